@@ -1,0 +1,35 @@
+"""The base every host gets: hostname, base packages, time sync, SSH hardening."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import server
+
+from ..operations import packages, ssh, timesync
+
+DEFAULTS = {
+    "hostname": None,  # default: the inventory name
+    "base_packages": ["ca-certificates", "curl", "gnupg", "jq", "iptables", "rsync"],
+    "ntp_servers": ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org", "2.debian.pool.ntp.org"],
+    "ssh_permit_root_login": "prohibit-password",
+}
+
+
+@deploy("Base host", data_defaults=DEFAULTS)
+def base_host() -> None:
+    """
+    Converge the base of a host. Data keys (defaults in ``DEFAULTS``):
+
+    + hostname: the host's name (default: its inventory name)
+    + base_packages: Debian packages every host gets (``systemd-timesyncd`` is added)
+    + ntp_servers: NTP servers for systemd-timesyncd
+    + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
+    """
+    server.hostname(name="Set the hostname", hostname=host.data.hostname or host.name)
+    packages.installed(
+        name="Install base packages",
+        packages=[*host.data.base_packages, "systemd-timesyncd"],
+    )
+    timesync.timesyncd(name="Configure time sync", servers=host.data.ntp_servers)
+    ssh.hardened(name="Harden sshd", permit_root_login=host.data.ssh_permit_root_login)

@@ -1,0 +1,53 @@
+"""Facts about the SSH server, gathered in one remote command."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from pyinfra.api import FactBase, StringCommand
+
+from .util import checksum, first_lines, next_section, sha256_of
+
+SSHD_DROPIN_DIR = "/etc/ssh/sshd_config.d"
+
+
+class SshdHardeningInfo(TypedDict):
+    dropin_sha256: str | None
+    includes_dropins: bool
+    login_user: str
+    authorized_keys: int
+
+
+class SshdHardening(FactBase[SshdHardeningInfo]):
+    """
+    Returns what hardening sshd needs to know about a host, in one command: the checksum of the hardening
+    drop-in (``None`` when absent), whether ``sshd_config`` includes ``sshd_config.d/*.conf``, the user this
+    deploy logs in as, and how many keys that user has in ``~/.ssh/authorized_keys{,2}``.
+
+    .. code:: python
+
+        {"dropin_sha256": "3f1c…", "includes_dropins": True, "login_user": "root", "authorized_keys": 1}
+    """
+
+    def command(self, path: str) -> StringCommand:
+        return StringCommand(
+            sha256_of(path),
+            next_section(),
+            r"grep -Eiq '^[[:space:]]*Include[[:space:]]+/etc/ssh/sshd_config\.d/\*\.conf' /etc/ssh/sshd_config"
+            " && echo yes || echo no;",
+            next_section(),
+            'u="${SUDO_USER:-$(id -un)}"; echo "$u";',
+            next_section(),
+            'h="$(getent passwd "$u" | cut -d: -f6)";',
+            'cat "$h/.ssh/authorized_keys" "$h/.ssh/authorized_keys2" 2>/dev/null'
+            " | grep -Ec '^[[:space:]]*[^#[:space:]]' || true",
+        )
+
+    def process(self, output: list[str]) -> SshdHardeningInfo:
+        sha, include, user, keys = first_lines(output, 4)
+        return {
+            "dropin_sha256": checksum(sha),
+            "includes_dropins": include == "yes",
+            "login_user": user,
+            "authorized_keys": int(keys) if keys.isdigit() else 0,
+        }

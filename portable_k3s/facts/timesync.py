@@ -1,0 +1,48 @@
+"""Facts about time synchronisation, gathered in one remote command."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from pyinfra.api import FactBase, StringCommand
+
+from .util import checksum, first_lines, next_section, sha256_of
+
+
+class TimesyncdInfo(TypedDict):
+    container: str | None
+    config_sha256: str | None
+    enabled: bool
+    active: bool
+
+
+class Timesyncd(FactBase[TimesyncdInfo]):
+    """
+    Returns the state of ``systemd-timesyncd``: the container type when the host is a container (its clock
+    then belongs to the container host and timesyncd will not run), the checksum of our drop-in
+    (``None`` when absent), and whether the unit is enabled and active.
+
+    .. code:: python
+
+        {"container": None, "config_sha256": "9a0e…", "enabled": True, "active": True}
+    """
+
+    def command(self, path: str) -> StringCommand:
+        return StringCommand(
+            "systemd-detect-virt --container 2>/dev/null || true;",
+            next_section(),
+            sha256_of(path),
+            next_section(),
+            "systemctl is-enabled systemd-timesyncd.service 2>/dev/null || true;",
+            next_section(),
+            "systemctl is-active systemd-timesyncd.service 2>/dev/null || true",
+        )
+
+    def process(self, output: list[str]) -> TimesyncdInfo:
+        container, sha, enabled, active = first_lines(output, 4)
+        return {
+            "container": None if container in ("", "none") else container,
+            "config_sha256": checksum(sha),
+            "enabled": enabled == "enabled",
+            "active": active == "active",
+        }

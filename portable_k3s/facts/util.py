@@ -1,0 +1,38 @@
+"""Helpers for facts that gather several answers in one remote command (one round trip, not several)."""
+
+from __future__ import annotations
+
+from pyinfra.api import QuoteString, StringCommand
+
+SEPARATOR = "--portable-k3s--"
+
+
+def next_section() -> str:
+    """The shell fragment that separates two answers of a batched fact command."""
+    return f"echo {SEPARATOR};"
+
+
+def sha256_of(path: str) -> StringCommand:
+    """Print the sha256 of ``path``, or ``-`` when it does not exist."""
+    return StringCommand("(sha256sum", QuoteString(path), "2>/dev/null || echo -) | cut -d' ' -f1;")
+
+
+def sections(output: list[str], count: int) -> list[list[str]]:
+    """Split a batched fact's output into ``count`` lists of stripped lines (missing ones are empty)."""
+    parts: list[list[str]] = [[]]
+    for line in output:
+        if line.strip() == SEPARATOR:
+            parts.append([])
+        else:
+            parts[-1].append(line.strip())
+    return (parts + [[] for _ in range(count)])[:count]
+
+
+def first_lines(output: list[str], count: int) -> list[str]:
+    """The first line of each of ``count`` sections ("" for an empty one)."""
+    return [part[0] if part else "" for part in sections(output, count)]
+
+
+def checksum(value: str) -> str | None:
+    """A ``sha256_of`` answer as a checksum, or None for a missing file."""
+    return None if value in ("", "-") else value

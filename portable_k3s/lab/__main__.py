@@ -1,0 +1,67 @@
+"""``python -m portable_k3s.lab up|down|status|ssh`` — manage the local lab."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .core import Lab, LabConfig, LabError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m portable_k3s.lab", description=__doc__)
+    parser.add_argument("--state-dir", help="where the lab keeps its state (env PORTABLE_K3S_LAB_STATE_DIR)")
+    parser.add_argument("--cache-dir", help="base image and artifact cache (env PORTABLE_K3S_CACHE)")
+    parser.add_argument("--cloud-bridge", help="bridge of the cloud site (default pk3slab-cloud)")
+    parser.add_argument("--home-bridge", help="bridge of the home site (default pk3slab-home)")
+    parser.add_argument("--cloud-subnet", help="subnet of the cloud site (default 10.231.1.0/24)")
+    parser.add_argument("--home-subnet", help="subnet of the home site (default 10.231.2.0/24)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="build the base image if needed, boot the hosts, wait for SSH")
+    up.add_argument("--hosts", type=int, default=4, help="number of hosts: h1 on the cloud site, the rest at home")
+    down = sub.add_parser("down", help="stop and remove everything (safe to run twice)")
+    down.add_argument("--keep-state", action="store_true",
+                      help="keep the hosts' disks and identity for the next `up` (e.g. on a new --home-subnet)")
+    status = sub.add_parser("status", help="list the hosts and whether they run")
+    status.add_argument("--json", action="store_true")
+    ssh = sub.add_parser("ssh", help="open a shell (or run a command) on a host")
+    ssh.add_argument("host")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        lab = Lab(LabConfig.from_env(
+            state_dir=args.state_dir, cache_dir=args.cache_dir, cloud_bridge=args.cloud_bridge,
+            home_bridge=args.home_bridge, cloud_subnet=args.cloud_subnet, home_subnet=args.home_subnet,
+        ))
+        if args.command == "up":
+            for host in lab.up(args.hosts):
+                print(f"{host.name}\t{host.site}\t{host.address}\t{','.join(host.groups)}")
+            print(f"ssh: python -m portable_k3s.lab ssh h1   (or ssh -F {lab.ssh_config} h1)")
+        elif args.command == "down":
+            lab.down(keep_state=args.keep_state)
+        elif args.command == "status":
+            rows = lab.status()
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            elif not rows:
+                print(f"no lab at {lab.state_dir}")
+            for row in [] if args.json else rows:
+                state = "running" if row["running"] else "stopped"
+                print(f"{row['name']}\t{row['site']}\t{row['address']}\t{state}\tssh={'up' if row['ssh'] else 'down'}")
+        elif args.command == "ssh":
+            cmd = ["ssh", "-F", str(lab.ssh_config), args.host, *args.cmd]
+            os.execvp("ssh", cmd)
+    except LabError as exc:
+        print(f"lab: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

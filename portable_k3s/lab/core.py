@@ -1,0 +1,611 @@
+"""The local lab: Debian hosts as systemd-nspawn containers on two bridged "sites".
+
+* cloud site: the entrance + headscale host(s), reachable from this machine (which plays the internet);
+* home site: the k3s nodes behind NAT: they reach out, nothing reaches in (no port forwarding, no public IP),
+  except this machine's own SSH, as the owner's laptop on the home LAN would.
+
+All hosts share one cached mmdebstrap base through per-host overlayfs. Everything ``up`` creates is recorded
+in a state file so that ``down`` can remove it, also after a crash, and is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE_DIR = "/var/lib/portable-k3s/lab"
+DEFAULT_CACHE_DIR = "/var/cache/portable-k3s"
+
+# The lab image: a minimal bookworm with systemd and sshd. The deploys install everything else.
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "iproute2",
+    "iputils-ping",
+    "ca-certificates",
+    "netcat-openbsd",
+    "procps",
+    "less",
+)
+BASE_RECIPE_VERSION = "1"  # bump when the base customisation below changes
+
+# A password-login user that exists only in the lab image, with the kind of password the seed's old cluster had:
+# the base deploy must make it useless over SSH (tests assert that).
+LAB_PASSWORD_USER = "labuser"
+LAB_PASSWORD = "hunter"  # noqa: S105 - a deliberately weak lab-only password
+
+CLOUD_ROLES = ("headscale", "entrance")
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which and how."""
+
+
+@dataclass
+class LabConfig:
+    """Where the lab lives and how it is wired. Every field can be overridden from the CLI."""
+
+    state_dir: str = DEFAULT_STATE_DIR
+    cache_dir: str = DEFAULT_CACHE_DIR
+    cloud_bridge: str = "pk3slab-cloud"
+    home_bridge: str = "pk3slab-home"
+    cloud_subnet: str = "10.231.1.0/24"
+    home_subnet: str = "10.231.2.0/24"
+    artifact_port: int = 8780
+    suite: str = "bookworm"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> LabConfig:
+        """Defaults, then ``PORTABLE_K3S_LAB_*`` environment variables, then explicit overrides."""
+        config = cls()
+        for name in asdict(config):
+            env = os.environ.get(f"PORTABLE_K3S_LAB_{name.upper()}")
+            if env is not None:
+                setattr(config, name, type(getattr(config, name))(env))
+        env_cache = os.environ.get("PORTABLE_K3S_CACHE")
+        if env_cache and "PORTABLE_K3S_LAB_CACHE_DIR" not in os.environ:
+            config.cache_dir = env_cache
+        for name, value in overrides.items():
+            if value is not None:
+                setattr(config, name, value)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in ("cloud_bridge", "home_bridge"):
+            value = getattr(self, name)
+            if not (0 < len(value) <= 15) or "/" in value or " " in value:
+                raise LabError(f"{name}: {value!r} is not a valid interface name (expected 1-15 characters)")
+        if self.cloud_bridge == self.home_bridge:
+            raise LabError("cloud_bridge and home_bridge must differ")
+        nets = []
+        for name in ("cloud_subnet", "home_subnet"):
+            try:
+                net = ipaddress.IPv4Network(getattr(self, name))
+            except ValueError as exc:
+                raise LabError(f"{name}: {exc} (expected an IPv4 network like 10.231.1.0/24)") from exc
+            if net.prefixlen > 26:
+                raise LabError(f"{name}: {net} is too small (expected a /26 or larger)")
+            nets.append(net)
+        if nets[0].overlaps(nets[1]):
+            raise LabError(f"cloud_subnet {nets[0]} and home_subnet {nets[1]} overlap")
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.state_dir) / "lab.json"
+
+    @property
+    def chain(self) -> str:
+        """iptables chain names, unique per lab (derived from the home bridge name)."""
+        return "PK3S-" + self.home_bridge.upper()[:20]
+
+
+@dataclass
+class LabHost:
+    name: str
+    site: str  # "cloud" or "home"
+    index: int  # position on its site (address = subnet + 10 + index)
+    groups: list[str] = field(default_factory=list)
+    address: str = ""
+    pid: int = 0
+
+
+def plan_hosts(count: int) -> list[LabHost]:
+    """h1 on the cloud site (headscale + entrance), h2 the k3s server, h3… agents on the home site."""
+    if count < 2:
+        raise LabError(f"--hosts {count}: the lab needs at least 2 hosts (one per site)")
+    hosts = [LabHost("h1", "cloud", 1, list(CLOUD_ROLES))]
+    for i in range(2, count + 1):
+        hosts.append(LabHost(f"h{i}", "home", i - 1, ["k3s_servers"] if i == 2 else ["k3s_agents"]))
+    return hosts
+
+
+def run(cmd: list[str], check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Run a local command; on failure raise LabError with its output."""
+    proc = subprocess.run(cmd, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+    return proc  # type: ignore[no-any-return]
+
+
+def log(message: str) -> None:
+    print(f"lab: {message}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    """One lab, described by a LabConfig and recorded in ``<state_dir>/lab.json``."""
+
+    def __init__(self, config: LabConfig | None = None) -> None:
+        self.config = config or LabConfig.from_env()
+        self.state_dir = Path(self.config.state_dir)
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def load_state(self) -> dict:
+        try:
+            return json.loads(self.config.state_file.read_text())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return {}
+
+    def save_state(self, state: dict) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.config.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.config.state_file)
+
+    def _adopt_names(self, state: dict) -> None:
+        """An existing lab keeps the bridge names it was made with: they name what there is to remove."""
+        for key in ("cloud_bridge", "home_bridge"):
+            recorded = state.get("config", {}).get(key)
+            if recorded and recorded != getattr(self.config, key):
+                log(f"{key}: using {recorded!r}, the name this lab was brought up with")
+                setattr(self.config, key, recorded)
+
+    def hosts(self) -> list[LabHost]:
+        return [LabHost(**h) for h in self.load_state().get("hosts", [])]
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    def host_dir(self, name: str) -> Path:
+        return self.state_dir / "hosts" / name
+
+    def gateway(self, site: str) -> str:
+        net = ipaddress.IPv4Network(self.config.cloud_subnet if site == "cloud" else self.config.home_subnet)
+        return str(net.network_address + 1)
+
+    def address(self, host: LabHost) -> str:
+        net = ipaddress.IPv4Network(self.config.cloud_subnet if host.site == "cloud" else self.config.home_subnet)
+        return str(net.network_address + 10 + host.index)
+
+    @property
+    def artifact_url(self) -> str:
+        return f"http://{self.gateway('cloud')}:{self.config.artifact_port}"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return Path(self.config.cache_dir) / "artifacts"
+
+    # -- base image ----------------------------------------------------------------------------------------
+
+    def base_dir(self) -> Path:
+        key = hashlib.sha256(
+            f"{self.config.suite}|{','.join(BASE_PACKAGES)}|{BASE_RECIPE_VERSION}".encode()
+        ).hexdigest()[:12]
+        return Path(self.config.cache_dir) / "lab" / f"base-{self.config.suite}-{key}"
+
+    def ensure_base(self) -> Path:
+        """Build the shared base rootfs once (cached by suite, package list and recipe version)."""
+        base = self.base_dir()
+        if (base / "etc" / "os-release").exists():
+            return base
+        if not shutil.which("mmdebstrap"):
+            raise LabError("mmdebstrap is not installed (run scripts/setup.sh, or apt-get install mmdebstrap)")
+        tmp = base.with_name(base.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        log(f"building the base image {base.name} with mmdebstrap (once)")
+        # No mirror argument: mmdebstrap uses this machine's own apt sources.
+        run(["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", self.config.suite, str(tmp)])
+        for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
+            run(["chroot", str(tmp), "systemctl", "mask", unit], check=False)
+        run(["chroot", str(tmp), "systemctl", "enable", "systemd-networkd", "ssh"])
+        for key in (tmp / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        (tmp / "etc" / "machine-id").write_text("")
+        run(["chroot", str(tmp), "useradd", "--create-home", "--shell", "/bin/bash", LAB_PASSWORD_USER])
+        run(["chroot", str(tmp), "chpasswd"], input=f"{LAB_PASSWORD_USER}:{LAB_PASSWORD}\n")
+        tmp.rename(base)
+        log(f"base image built in {time.monotonic() - started:.1f}s: {base}")
+        return base
+
+    # -- up ------------------------------------------------------------------------------------------------
+
+    def up(self, count: int = 4, timeout: float = 90.0) -> list[LabHost]:
+        """Bring the lab up (idempotent): network, artifact server, containers; wait until SSH answers."""
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (systemd-nspawn, bridges, iptables, overlayfs)")
+        state = self.load_state()
+        self._adopt_names(state)
+        if state.get("hosts"):
+            hosts = [LabHost(**h) for h in state["hosts"]]
+            if len(hosts) != count:
+                log(f"keeping the existing {len(hosts)} hosts (run 'down' first to change --hosts)")
+        else:
+            hosts = plan_hosts(count)
+        state.setdefault("config", asdict(self.config))
+        state["config"].update(
+            home_subnet=self.config.home_subnet, cloud_subnet=self.config.cloud_subnet,
+            cloud_bridge=self.config.cloud_bridge, home_bridge=self.config.home_bridge,
+            artifact_port=self.config.artifact_port,
+        )
+        state["hosts"] = [asdict(h) for h in hosts]
+        self.save_state(state)
+
+        base = self.ensure_base()
+        self._ensure_ssh_key()
+        self._network_up(state)
+        self.save_state(state)
+        self._artifact_server_up(state)
+        self.save_state(state)
+
+        started = time.monotonic()
+        for host in hosts:
+            host.address = self.address(host)
+            if self._running(host):
+                continue
+            self._prepare_host(host, base)
+            host.pid = self._start(host)
+            state["hosts"] = [asdict(h) for h in hosts]
+            self.save_state(state)
+        self._write_ssh_files(hosts)
+        state["hosts"] = [asdict(h) for h in hosts]
+        self.save_state(state)
+        self._wait_ready(hosts, timeout)
+        log(f"{len(hosts)} hosts up in {time.monotonic() - started:.1f}s; state in {self.state_dir}")
+        return hosts
+
+    def _ensure_ssh_key(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        if not self.ssh_key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "portable-k3s-lab", "-f", str(self.ssh_key)])
+
+    def _network_up(self, state: dict) -> None:
+        c = self.config
+        if "ip_forward_before" not in state:
+            state["ip_forward_before"] = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        for bridge, site in ((c.cloud_bridge, "cloud"), (c.home_bridge, "home")):
+            subnet = ipaddress.IPv4Network(c.cloud_subnet if site == "cloud" else c.home_subnet)
+            if run(["ip", "link", "show", bridge], check=False).returncode != 0:
+                run(["ip", "link", "add", bridge, "type", "bridge"])
+            state.setdefault("bridges", [])
+            if bridge not in state["bridges"]:
+                state["bridges"].append(bridge)
+            run(["ip", "addr", "flush", "dev", bridge])
+            run(["ip", "addr", "add", f"{self.gateway(site)}/{subnet.prefixlen}", "dev", bridge])
+            run(["ip", "link", "set", bridge, "up"])
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        self._firewall_down(state)  # rebuild from scratch: the subnets may have changed
+        fwd, nat = f"{c.chain}-FWD", f"{c.chain}-NAT"
+        run(["iptables", "-w", "-N", fwd])
+        run(["iptables", "-w", "-t", "nat", "-N", nat])
+        rules = [
+            # Nothing opens a connection into home: not the cloud site, not the outside world.
+            ["-A", fwd, "-o", c.home_bridge, "!", "-i", c.home_bridge, "-m", "conntrack", "--ctstate", "NEW",
+             "-j", "DROP"],
+            ["-A", fwd, "-i", c.home_bridge, "-j", "ACCEPT"],
+            ["-A", fwd, "-o", c.home_bridge, "-j", "ACCEPT"],
+            ["-A", fwd, "-i", c.cloud_bridge, "-j", "ACCEPT"],
+            ["-A", fwd, "-o", c.cloud_bridge, "-j", "ACCEPT"],
+        ]
+        for rule in rules:
+            run(["iptables", "-w", *rule])
+        for subnet, bridge in ((c.home_subnet, c.home_bridge), (c.cloud_subnet, c.cloud_bridge)):
+            run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"])
+        run(["iptables", "-w", "-I", "FORWARD", "1", "-j", fwd])
+        run(["iptables", "-w", "-t", "nat", "-I", "POSTROUTING", "1", "-j", nat])
+        state["chains"] = {"filter": fwd, "nat": nat}
+
+    def _artifact_server_up(self, state: dict) -> None:
+        pid = state.get("artifact_server_pid", 0)
+        if pid and _pid_matches(pid, "http.server"):
+            return
+        self.artifact_dir.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.state_dir / "artifact-server.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "http.server", "--bind", self.gateway("cloud"), "--directory",
+             str(self.artifact_dir), str(self.config.artifact_port)],
+            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        logfile.close()
+        state["artifact_server_pid"] = proc.pid
+        _wait_port(self.gateway("cloud"), self.config.artifact_port, 10, "the artifact server")
+
+    def _prepare_host(self, host: LabHost, base: Path) -> None:
+        """Mount the host's overlay and write its identity: hostname, machine-id, host keys, network."""
+        hdir = self.host_dir(host.name)
+        root = hdir / "root"
+        fresh = not (hdir / "upper").exists()
+        for sub in ("upper", "work", "root"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        if not os.path.ismount(root):
+            run(["mount", "-t", "overlay", "overlay", "-o",
+                 f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", str(root)])
+        etc = root / "etc"
+        if fresh:
+            (etc / "hostname").write_text(f"{host.name}\n")
+            (etc / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {host.name}\n::1 localhost\n")
+            (etc / "machine-id").write_text(run(["systemd-id128", "new"]).stdout)
+            for kind in ("ed25519", "rsa"):
+                key = etc / "ssh" / f"ssh_host_{kind}_key"
+                run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"root@{host.name}", "-f", str(key)])
+            ssh_dir = root / "root" / ".ssh"
+            ssh_dir.mkdir(mode=0o700, exist_ok=True)
+            shutil.copyfile(f"{self.ssh_key}.pub", ssh_dir / "authorized_keys")
+            os.chmod(ssh_dir / "authorized_keys", 0o600)
+        prefix = ipaddress.IPv4Network(self.config.cloud_subnet if host.site == "cloud" else self.config.home_subnet)
+        (etc / "systemd" / "network").mkdir(parents=True, exist_ok=True)
+        # 10- sorts before systemd's own 80-container-host0.network, so this file wins.
+        (etc / "systemd" / "network" / "10-lab.network").write_text(
+            "[Match]\nName=host0\n\n[Network]\n"
+            f"Address={host.address}/{prefix.prefixlen}\nGateway={self.gateway(host.site)}\n"
+            "IPv6AcceptRA=no\nLinkLocalAddressing=no\n"
+        )
+        resolv = etc / "resolv.conf"
+        if resolv.is_symlink():
+            resolv.unlink()
+        resolv.write_text("".join(f"nameserver {ns}\n" for ns in _host_nameservers()))
+
+    def _cgroup_dirs(self, name: str) -> list[Path]:
+        """The container's own cgroup in each hierarchy systemd uses (name=systemd v1 and/or unified v2)."""
+        root = Path("/sys/fs/cgroup")
+        if (root / "cgroup.controllers").exists():  # pure cgroup v2
+            return [root / "portable-k3s-lab" / f"{self.config.home_bridge}-{name}"]
+        dirs = []
+        for hierarchy in ("systemd", "unified"):
+            if (root / hierarchy / "cgroup.procs").exists():
+                dirs.append(root / hierarchy / "portable-k3s-lab" / f"{self.config.home_bridge}-{name}")
+        return dirs
+
+    def _start(self, host: LabHost) -> int:
+        cgroups = self._cgroup_dirs(host.name)
+        for cg in cgroups:
+            cg.mkdir(parents=True, exist_ok=True)
+
+        def join_cgroups() -> None:  # runs in the child before exec
+            for cg in cgroups:
+                (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+        bridge = self.config.cloud_bridge if host.site == "cloud" else self.config.home_bridge
+        logfile = open(self.host_dir(host.name) / "console.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--network-bridge={bridge}",
+             "--resolv-conf=off", "--timezone=off", "--bind=/dev/net/tun", "--console=passive",
+             f"--machine={self._machine_name(host)}", f"--hostname={host.name}",
+             "-D", str(self.host_dir(host.name) / "root")],
+            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=join_cgroups,  # noqa: PLW1509 - needed to join the cgroups
+        )
+        logfile.close()
+        return proc.pid
+
+    def _machine_name(self, host: LabHost) -> str:
+        return f"{self.config.home_bridge}-{host.name}"
+
+    def _running(self, host: LabHost) -> bool:
+        return bool(host.pid) and _pid_matches(host.pid, self._machine_name(host))
+
+    def _write_ssh_files(self, hosts: Iterable[LabHost]) -> None:
+        known, config = [], []
+        for host in hosts:
+            pub = (self.host_dir(host.name) / "upper" / "etc" / "ssh" / "ssh_host_ed25519_key.pub").read_text()
+            known.append(f"{host.address} {' '.join(pub.split()[:2])}\n")
+            config.append(
+                f"Host {host.name}\n  HostName {host.address}\n  User root\n  IdentityFile {self.ssh_key}\n"
+                f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
+                "  HostKeyAlgorithms ssh-ed25519\n\n"
+            )
+        self.known_hosts.write_text("".join(known))
+        self.ssh_config.write_text("".join(config))
+
+    def _wait_ready(self, hosts: list[LabHost], timeout: float) -> None:
+        def ready(host: LabHost) -> None:
+            _wait_port(host.address, 22, timeout, f"sshd on {host.name} ({host.address})")
+            deadline = time.monotonic() + timeout
+            while True:
+                proc = self.ssh(host.name, "systemctl is-system-running --wait", check=False)
+                if proc.stdout.strip() in ("running", "degraded"):
+                    return
+                if time.monotonic() > deadline:
+                    raise LabError(f"{host.name} did not finish booting: {proc.stdout.strip()} {proc.stderr.strip()}")
+                time.sleep(0.5)
+
+        with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+            for future in [pool.submit(ready, h) for h in hosts]:
+                future.result()
+
+    # -- use -----------------------------------------------------------------------------------------------
+
+    def ssh(self, name: str, command: str, check: bool = True, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+        """Run a shell command on a lab host as root over SSH."""
+        return run(["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                    name, command], check=check, timeout=timeout, input=input)
+
+    def status(self) -> list[dict]:
+        rows = []
+        for host in self.hosts():
+            running = self._running(host)
+            rows.append({
+                "name": host.name, "site": host.site, "address": host.address, "groups": host.groups,
+                "running": running, "ssh": running and _port_open(host.address, 22),
+            })
+        return rows
+
+    # -- down ----------------------------------------------------------------------------------------------
+
+    def down(self, keep_state: bool = False, timeout: float = 20.0) -> None:
+        """Stop and remove everything ``up`` made. Safe to run twice and after a crash.
+
+        With ``keep_state`` the hosts' disks (overlay upper dirs), keys and identity stay, so the next ``up``
+        boots the same hosts again, possibly on a renumbered home subnet.
+        """
+        state = self.load_state()
+        self._adopt_names(state)
+        hosts = [LabHost(**h) for h in state.get("hosts", [])]
+        stopping = [h for h in hosts if self._running(h)]
+        for host in stopping:
+            os.kill(host.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for host in stopping:
+            while self._running(host) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        for host in hosts:
+            if self._running(host):
+                log(f"{host.name} did not stop in {timeout:.0f}s: killing its cgroup")
+            self._kill_cgroups(host.name)
+            if self._running(host):
+                os.kill(host.pid, signal.SIGKILL)
+            self._remove_cgroups(host.name)
+            root = self.host_dir(host.name) / "root"
+            for _ in range(50):
+                if not os.path.ismount(root):
+                    break
+                if run(["umount", str(root)], check=False).returncode != 0:
+                    time.sleep(0.1)
+            if os.path.ismount(root):
+                run(["umount", "--lazy", str(root)], check=False)
+            host.pid = 0
+        pid = state.pop("artifact_server_pid", 0)
+        if pid and _pid_matches(pid, "http.server"):
+            os.kill(pid, signal.SIGTERM)
+        self._firewall_down(state)
+        config = state.get("config", {})
+        bridges = set(state.get("bridges", [])) | {
+            config.get("cloud_bridge", self.config.cloud_bridge), config.get("home_bridge", self.config.home_bridge)
+        }
+        for bridge in sorted(bridges):
+            if run(["ip", "link", "show", bridge], check=False).returncode == 0:
+                run(["ip", "link", "del", bridge])
+        if "ip_forward_before" in state:
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(state["ip_forward_before"] + "\n")
+        if keep_state:
+            state.pop("bridges", None)
+            state.pop("chains", None)
+            state.pop("ip_forward_before", None)
+            state["hosts"] = [asdict(h) for h in hosts]
+            self.save_state(state)
+        elif self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+
+    def _firewall_down(self, state: dict) -> None:
+        c = self.config
+        chains = state.get("chains") or {"filter": f"{c.chain}-FWD", "nat": f"{c.chain}-NAT"}
+        for table, hook in (("filter", "FORWARD"), ("nat", "POSTROUTING")):
+            chain = chains[table]
+            while run(["iptables", "-w", "-t", table, "-D", hook, "-j", chain], check=False).returncode == 0:
+                pass
+            if run(["iptables", "-w", "-t", table, "-n", "-L", chain], check=False).returncode == 0:
+                run(["iptables", "-w", "-t", table, "-F", chain])
+                run(["iptables", "-w", "-t", table, "-X", chain])
+        state.pop("chains", None)
+
+    def _kill_cgroups(self, name: str) -> None:
+        for cg in self._cgroup_dirs(name):
+            if not cg.exists():
+                continue
+            kill_file = cg / "cgroup.kill"
+            if kill_file.exists():
+                kill_file.write_text("1")
+                continue
+            for procs in cg.rglob("cgroup.procs"):
+                for pid in procs.read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+    def _remove_cgroups(self, name: str) -> None:
+        for cg in self._cgroup_dirs(name):
+            if not cg.exists():
+                continue
+            deadline = time.monotonic() + 5
+            for sub in sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [cg]:
+                while True:
+                    try:
+                        sub.rmdir()
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            parent = cg.parent
+            try:
+                parent.rmdir()  # the shared portable-k3s-lab parent, once empty
+            except OSError:
+                pass
+
+
+def _pid_matches(pid: int, needle: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return needle in cmdline
+
+
+def _port_open(address: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(address: str, port: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(address, port, 0.5):
+        if time.monotonic() > deadline:
+            raise LabError(f"{what} did not answer on {address}:{port} within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def _host_nameservers() -> list[str]:
+    """This machine's resolvers, as the containers reach them through NAT (loopback stub resolvers skipped)."""
+    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
+        try:
+            lines = Path(path).read_text().splitlines()
+        except FileNotFoundError:
+            continue
+        servers = [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
+        servers = [s for s in servers if not ipaddress.ip_address(s).is_loopback]
+        if servers:
+            return servers
+    raise LabError("no non-loopback nameserver found in /etc/resolv.conf or /run/systemd/resolve/resolv.conf")

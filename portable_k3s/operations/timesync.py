@@ -1,0 +1,59 @@
+"""Operations for time synchronisation (systemd-timesyncd)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import OperationValueError, operation
+from pyinfra.api.command import FileUploadCommand
+
+from ..facts.timesync import Timesyncd
+from ..render import render, sha256
+
+TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
+
+
+@operation()
+def timesyncd(servers: list[str], fallback: list[str] | None = None, path: str = TIMESYNCD_DROPIN):
+    """
+    Configure, enable and run ``systemd-timesyncd`` (install the package first), restarting it only when its
+    config changed.
+
+    In a container the clock belongs to the container host and timesyncd does not start (its unit has
+    ``ConditionVirtualization=!container``): the config is written and the unit enabled, and the operation
+    says so instead of trying to start it.
+
+    + servers: NTP servers (host names or addresses)
+    + fallback: FallbackNTP servers
+    + path: the drop-in file
+
+    **Example:**
+
+    .. code:: python
+
+        timesync.timesyncd(name="Time sync", servers=["0.debian.pool.ntp.org"])
+    """
+    if not servers:
+        raise OperationValueError("servers: empty (expected at least one NTP server)")
+    info = host.get_fact(Timesyncd, path=path)
+    content = render("timesyncd.conf.j2", servers=servers, fallback=fallback or [])
+    changed = info["config_sha256"] != sha256(content)
+    if changed:
+        yield f"mkdir -p {path.rsplit('/', 1)[0]}"
+        yield FileUploadCommand(StringIO(content), path)
+    if not info["enabled"]:
+        yield "systemctl enable systemd-timesyncd.service"
+    if info["container"]:
+        if not changed and info["enabled"]:
+            host.noop(
+                f"timesyncd is configured; this host is a container ({info['container']}): "
+                "its clock is the container host's, so timesyncd does not run here"
+            )
+        return
+    if changed and info["active"]:
+        yield "systemctl restart systemd-timesyncd.service"
+    elif not info["active"]:
+        yield "systemctl start systemd-timesyncd.service"
+    elif not changed and info["enabled"]:
+        host.noop("timesyncd is configured and running")

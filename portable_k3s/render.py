@@ -1,0 +1,29 @@
+"""Render the library's jinja2 templates (``portable_k3s/templates``)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,  # noqa: S701 - config files, not HTML
+)
+
+
+def render(name: str, **context: Any) -> str:
+    """Render ``templates/<name>`` with ``context``; an undefined variable is an error, not an empty string."""
+    return _env.get_template(name).render(**context)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
