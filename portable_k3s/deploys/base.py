@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from ..operations import packages, ssh, timesync
 
-DEFAULTS = {
+DEFAULTS: dict[str, Any] = {
     "hostname": None,  # default: the inventory name
     "base_packages": ["ca-certificates", "curl", "gnupg", "jq", "iptables", "rsync"],
     "ntp_servers": ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org", "2.debian.pool.ntp.org"],

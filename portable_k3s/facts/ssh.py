@@ -29,6 +29,10 @@ class SshdHardening(FactBase[SshdHardeningInfo]):
         {"dropin_sha256": "3f1c…", "includes_dropins": True, "login_user": "root", "authorized_keys": 1}
     """
 
+    @staticmethod
+    def default() -> SshdHardeningInfo:  # no output at all: nothing there yet
+        return {"dropin_sha256": None, "includes_dropins": False, "login_user": "", "authorized_keys": 0}
+
     def command(self, path: str) -> StringCommand:
         return StringCommand(
             sha256_of(path),

@@ -27,6 +27,10 @@ class Timesyncd(FactBase[TimesyncdInfo]):
         {"container": None, "config_sha256": "9a0e…", "enabled": True, "active": True}
     """
 
+    @staticmethod
+    def default() -> TimesyncdInfo:  # no output at all: nothing there yet
+        return {"container": None, "config_sha256": None, "enabled": False, "active": False}
+
     def command(self, path: str) -> StringCommand:
         return StringCommand(
             "systemd-detect-virt --container 2>/dev/null || true;",

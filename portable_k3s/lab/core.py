@@ -45,7 +45,7 @@ BASE_RECIPE_VERSION = "1"  # bump when the base customisation below changes
 
 # A password-login user that exists only in the lab image, with the kind of password the seed's old cluster had:
 # the base deploy must make it useless over SSH (tests assert that).
-LAB_PASSWORD_USER = "labuser"
+LAB_PASSWORD_USER = "labuser"  # noqa: S105 - a user name
 LAB_PASSWORD = "hunter"  # noqa: S105 - a deliberately weak lab-only password
 
 CLOUD_ROLES = ("headscale", "entrance")
@@ -139,7 +139,7 @@ def run(cmd: list[str], check: bool = True, **kwargs: object) -> subprocess.Comp
     proc = subprocess.run(cmd, text=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
-    return proc  # type: ignore[no-any-return]
+    return proc
 
 
 def log(message: str) -> None:
@@ -157,7 +157,7 @@ class Lab:
 
     def load_state(self) -> dict:
         try:
-            return json.loads(self.config.state_file.read_text())  # type: ignore[no-any-return]
+            return dict(json.loads(self.config.state_file.read_text()))
         except FileNotFoundError:
             return {}
 
@@ -325,8 +325,8 @@ class Lab:
         ]
         for rule in rules:
             run(["iptables", "-w", *rule])
-        for subnet, bridge in ((c.home_subnet, c.home_bridge), (c.cloud_subnet, c.cloud_bridge)):
-            run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"])
+        for cidr, bridge in ((c.home_subnet, c.home_bridge), (c.cloud_subnet, c.cloud_bridge)):
+            run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", cidr, "!", "-o", bridge, "-j", "MASQUERADE"])
         run(["iptables", "-w", "-I", "FORWARD", "1", "-j", fwd])
         run(["iptables", "-w", "-t", "nat", "-I", "POSTROUTING", "1", "-j", nat])
         state["chains"] = {"filter": fwd, "nat": nat}

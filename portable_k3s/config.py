@@ -1,0 +1,793 @@
+"""The configuration model: every inventory key the library reads, typed and validated in one place.
+
+All data (group_data files, the inventory file's host and group data, ``--data`` overrides) is read into
+one ``ClusterConfig`` before any operation is planned. Every problem is collected and reported at once,
+one per line, as ``<host or group>.<key path>: <problem> (expected …)``:
+
+.. code:: text
+
+    all.apps[3].hostname: 'Blog..example.org' is not a valid domain name (expected a lower-case DNS ...)
+    master.external_ssd: 'sdb' is not a block device path (expected /dev/NAME, e.g. /dev/sdb)
+    headscale: 2 hosts (cloud, vps) (expected exactly one headscale host)
+
+Check an inventory offline with ``python -m portable_k3s check inventories/home.py``; a deploy calls
+``validate_state(state)`` first, so a bad inventory stops the run before any host is touched.
+
+Secrets (``SECRET_KEYS``) are never literal strings in the data: give ``{"env": "VAR"}``,
+``{"file": "path"}`` or a ``pyinfra.api.HiddenValue``, and read them with ``resolve_secret``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyinfra.api import HiddenValue, Inventory
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.host import Host
+
+from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
+from portable_k3s.versions import VERSIONS
+
+# Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
+HEADSCALE = "headscale"
+ENTRANCE = "entrance"
+K3S_SERVERS = "k3s_servers"
+K3S_AGENTS = "k3s_agents"
+EXIT_NODES = "exit_nodes"
+KNOWN_GROUPS = frozenset({HEADSCALE, ENTRANCE, K3S_SERVERS, K3S_AGENTS, EXIT_NODES})
+
+# Data keys that hold secrets: only {"env": NAME}, {"file": PATH} or a HiddenValue are accepted.
+SECRET_KEYS: set[str] = {"k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token"}
+
+# Keys an app table in ``apps`` may have; each one is read in ``_check_app``.
+APP_KEYS: tuple[str, ...] = ("name", "hostname", "public", "tcp_port", "proxy_protocol")
+
+# Ports the entrance itself listens on: SSH, HTTP (ACME + redirect) and the TLS passthrough.
+RESERVED_PORTS: dict[int, str] = {22: "SSH", 80: "HTTP", 443: "HTTPS"}
+
+DEBIAN_CODENAMES: tuple[str, ...] = ("bookworm", "trixie")
+SSH_PERMIT_ROOT_LOGIN: tuple[str, ...] = ("prohibit-password", "no")
+
+# Values used when no data sets the key: the base deploy's own defaults (one place for them).
+DEFAULT_BASE_PACKAGES: tuple[str, ...] = tuple(BASE_DEFAULTS["base_packages"])
+DEFAULT_NTP_SERVERS: tuple[str, ...] = tuple(BASE_DEFAULTS["ntp_servers"])
+DEFAULT_SSH_PERMIT_ROOT_LOGIN: str = BASE_DEFAULTS["ssh_permit_root_login"]
+
+# Where a value set with ``pyinfra --data key=value`` is said to come from.
+OVERRIDE_SOURCE = "--data"
+
+_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_ANY_CASE_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_DEVICE_RE = re.compile(r"^/dev/[A-Za-z0-9._:+@=-]+(/[A-Za-z0-9._:+@=-]+)*$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SEMVER_RE = re.compile(r"^v?(\d+\.\d+\.\d+)$")
+_GENERIC_VERSION_RE = re.compile(r"^v?\d+\.\d+\.\d+([-+~][0-9A-Za-z.+~-]+)?$")
+
+_DOMAIN_EXPECTED = "a lower-case DNS name like blog.example.org"
+_LABEL_EXPECTED = "an RFC 1123 label: lower-case letters, digits and '-', at most 63, like {example}"
+_REFERENCE_SHAPES = '{"env": "NAME"} or {"file": "PATH"}; never a literal secret in group_data'
+
+
+class ConfigError(PyinfraError):
+    """
+    The inventory's data is invalid; ``problems`` holds one line per problem.
+    """
+
+    def __init__(self, problems: Iterable[str]):
+        self.problems: list[str] = list(dict.fromkeys(problems))
+        count = len(self.problems)
+        header = f"inventory has {count} problem{'' if count == 1 else 's'}; nothing was deployed:"
+        super().__init__("\n".join([header, *(f"    {problem}" for problem in self.problems)]))
+
+
+@dataclass(frozen=True)
+class App:
+    """
+    One entry of the app catalog (``apps`` in group_data/all.py).
+
+    + name: unique slug, e.g. ``blog``
+    + hostname: DNS name the app is served at (the domain or a name under it)
+    + public: let it in through the entrance (else it resolves only inside the tailnet)
+    + tcp_port: a raw TCP port the entrance forwards (e.g. 25565 for minecraft)
+    + proxy_protocol: send the PROXY protocol header on ``tcp_port``
+    """
+
+    name: str
+    hostname: str | None = None
+    public: bool = False
+    tcp_port: int | None = None
+    proxy_protocol: bool = True
+
+
+@dataclass
+class HostConfig:
+    """
+    One inventory host, with the data that applies to it.
+
+    + name: the inventory name
+    + groups: the groups the host is in
+    + hostname: the host's name on the tailnet and in k3s (``hostname`` data, else the inventory name)
+    + hardware: a slug naming the machine, e.g. ``thinkpad-t420``
+    + external_ssd: the block device given to rook-ceph, e.g. ``/dev/sdb``
+    + base_packages, ntp_servers, ssh_permit_root_login: the base settings as this host sees them
+    + secrets: the secret references (not values) set for this host, by key
+    """
+
+    name: str
+    groups: frozenset[str]
+    hostname: str
+    hardware: str | None = None
+    external_ssd: str | None = None
+    base_packages: list[str] = field(default_factory=lambda: list(DEFAULT_BASE_PACKAGES))
+    ntp_servers: list[str] = field(default_factory=lambda: list(DEFAULT_NTP_SERVERS))
+    ssh_permit_root_login: str = DEFAULT_SSH_PERMIT_ROOT_LOGIN
+    secrets: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterConfig:
+    """
+    The whole cluster, validated. ``base_packages``, ``ntp_servers`` and ``ssh_permit_root_login`` are the
+    inventory-wide values; a group or host may override them (see ``HostConfig``).
+    """
+
+    domain: str
+    apps: list[App]
+    hosts: dict[str, HostConfig]
+    versions: dict[str, str]
+    base_packages: list[str] = field(default_factory=lambda: list(DEFAULT_BASE_PACKAGES))
+    ntp_servers: list[str] = field(default_factory=lambda: list(DEFAULT_NTP_SERVERS))
+    ssh_permit_root_login: str = DEFAULT_SSH_PERMIT_ROOT_LOGIN
+
+    def public_apps(self) -> list[App]:
+        return [app for app in self.apps if app.public]
+
+    def private_apps(self) -> list[App]:
+        return [app for app in self.apps if not app.public]
+
+    def hosts_in(self, group: str) -> list[HostConfig]:
+        """Hosts of ``group``, in inventory order."""
+        return [host for host in self.hosts.values() if group in host.groups]
+
+
+# Problem collection
+#
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, where: str, problem: str, expected: str) -> None:
+        self.lines.append(f"{where}: {problem} (expected {expected})")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
+
+
+def _wrong_type(value: Any) -> str:
+    return f"{_show(value)} is {_a(_type_name(value))}"
+
+
+# Where data comes from
+#
+
+_MISSING = object()
+
+
+def _lookup(inventory: Inventory, host: Host, key: str) -> tuple[str, Any]:
+    """
+    Find ``key`` the way ``host.data`` does; returns ``(source, value)`` where source is the host, group,
+    ``all`` or ``--data`` that sets it, or ``("", _MISSING)``.
+    """
+    layers: list[tuple[str, Mapping[str, Any]]] = [
+        (OVERRIDE_SOURCE, inventory.get_override_data() or {}),
+        (host.name, inventory.get_host_data(host.name) or {}),
+    ]
+    # Later groups win in pyinfra's group data merge.
+    layers += [(group, inventory.get_group_data(group) or {}) for group in reversed(list(host.groups))]
+    layers.append(("all", inventory.get_data() or {}))
+    for source, data in layers:
+        if key in data:
+            return source, data[key]
+    return "", _MISSING
+
+
+def _sources(inventory: Inventory, key: str) -> dict[str, tuple[Any, list[Host]]]:
+    """Each distinct place ``key`` is set, with its value and the hosts that see it (inventory order)."""
+    found: dict[str, tuple[Any, list[Host]]] = {}
+    for host in inventory:
+        source, value = _lookup(inventory, host, key)
+        if value is _MISSING:
+            continue
+        found.setdefault(source, (value, []))[1].append(host)
+    return found
+
+
+# Value checks: each returns a list of (problem, expected) for one value
+#
+
+Check = list[tuple[str, str]]
+
+
+def is_label(value: Any) -> bool:
+    """An RFC 1123 label: lower-case letters, digits and hyphens, at most 63, no hyphen at either end."""
+    return isinstance(value, str) and bool(_LABEL_RE.match(value))
+
+
+def is_domain(value: Any, min_labels: int = 2, any_case: bool = False) -> bool:
+    """A DNS name of at least ``min_labels`` labels, at most 253 characters, whose TLD is not all digits."""
+    if not isinstance(value, str) or not value or len(value) > 253:
+        return False
+    labels = value.split(".")
+    label_re = _ANY_CASE_LABEL_RE if any_case else _LABEL_RE
+    if len(labels) < min_labels or not all(label_re.match(label) for label in labels):
+        return False
+    return not (len(labels) > 1 and labels[-1].isdigit())
+
+
+def _check_domain(value: Any) -> Check:
+    if not isinstance(value, str):
+        return [(_wrong_type(value), f"a string, {_DOMAIN_EXPECTED}")]
+    if not is_domain(value):
+        return [(f"{_show(value)} is not a valid domain name", _DOMAIN_EXPECTED)]
+    return []
+
+
+def _check_label(value: Any, what: str, example: str) -> Check:
+    expected = _LABEL_EXPECTED.format(example=example)
+    if not isinstance(value, str):
+        return [(_wrong_type(value), f"a string, {expected}")]
+    if not is_label(value):
+        return [(f"{_show(value)} is not a valid {what}", expected)]
+    return []
+
+
+def _check_slug(value: Any) -> Check:
+    expected = "a lower-case slug like thinkpad-t420"
+    if not isinstance(value, str):
+        return [(_wrong_type(value), f"a string, {expected}")]
+    if not _SLUG_RE.match(value) or len(value) > 63:
+        return [(f"{_show(value)} is not a valid slug", expected)]
+    return []
+
+
+def _check_device(value: Any) -> Check:
+    expected = "/dev/NAME, e.g. /dev/sdb, /dev/nvme0n1 or /dev/disk/by-id/..."
+    if not isinstance(value, str):
+        return [(_wrong_type(value), f"a string, {expected}")]
+    if not _DEVICE_RE.match(value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+        return [(f"{_show(value)} is not a block device path", expected)]
+    return []
+
+
+def _check_bool(value: Any) -> Check:
+    if not isinstance(value, bool):
+        return [(_wrong_type(value), "True or False")]
+    return []
+
+
+def _check_port(value: Any) -> Check:
+    expected = "an integer port 1-65535, not 22, 80 or 443"
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [(_wrong_type(value), expected)]
+    if not 1 <= value <= 65535:
+        return [(f"{value} is out of range", expected)]
+    if value in RESERVED_PORTS:
+        return [(f"{value} is reserved by the entrance ({RESERVED_PORTS[value]})", expected)]
+    return []
+
+
+def _check_str_list(
+    value: Any, where: str, what: str, item_ok: Any, item_expected: str, problems: _Problems
+) -> None:
+    """Check a list of strings; a bad item is reported as ``where[i]``."""
+    if not isinstance(value, list | tuple):
+        problems.add(where, _wrong_type(value), f"a list of {what}")
+        return
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item_ok(item):
+            problems.add(f"{where}[{index}]", f"{_show(item)} is not a valid {item_expected}", what)
+
+
+def _is_host_or_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return is_domain(value, min_labels=1, any_case=True)
+
+
+def _check_ssh_permit_root_login(value: Any) -> Check:
+    expected = " or ".join(repr(choice) for choice in SSH_PERMIT_ROOT_LOGIN)
+    if value not in SSH_PERMIT_ROOT_LOGIN or not isinstance(value, str):
+        return [(f"{_show(value)} is not allowed", expected)]
+    return []
+
+
+# Versions
+#
+
+_VERSION_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "headscale": (_SEMVER_RE, "MAJOR.MINOR.PATCH like 0.29.2"),
+    "tailscale": (_SEMVER_RE, "MAJOR.MINOR.PATCH like 1.98.10"),
+}
+
+
+def normalise_version(component: str, value: str) -> str:
+    """Drop the leading ``v`` of a MAJOR.MINOR.PATCH pin (``v0.29.2`` -> ``0.29.2``)."""
+    if component in _VERSION_RULES:
+        match = _VERSION_RULES[component][0].match(value)
+        if match:
+            return match.group(1)
+    return value
+
+
+def _check_version(component: str, value: Any) -> Check:
+    if component == "debian":
+        expected = f"a Debian codename: {', '.join(DEBIAN_CODENAMES)}"
+        if value not in DEBIAN_CODENAMES or not isinstance(value, str):
+            return [(f"{_show(value)} is not a supported Debian release", expected)]
+        return []
+    pattern, expected = _VERSION_RULES.get(component, (_GENERIC_VERSION_RE, "a version like 1.2.3"))
+    if not isinstance(value, str):
+        return [(_wrong_type(value), f"a string, {expected}")]
+    if not pattern.match(value):
+        return [(f"{_show(value)} is not a valid {component} version", expected)]
+    return []
+
+
+def _check_versions(value: Any, where: str, problems: _Problems) -> dict[str, str]:
+    versions = dict(VERSIONS)
+    known = ", ".join(sorted(VERSIONS))
+    if not isinstance(value, dict):
+        problems.add(f"{where}.versions", _wrong_type(value), 'a dict like {"tailscale": "1.98.10"}')
+        return versions
+    for component, pin in value.items():
+        if component not in VERSIONS:
+            problems.add(f"{where}.versions.{component}", "is not a versioned component", f"one of {known}")
+            continue
+        check = _check_version(component, pin)
+        for problem, expected in check:
+            problems.add(f"{where}.versions.{component}", problem, expected)
+        if not check:
+            versions[component] = normalise_version(component, pin)
+    return versions
+
+
+# Apps
+#
+
+
+def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems) -> list[App]:
+    if not isinstance(value, list | tuple):
+        problems.add(f"{where}.apps", _wrong_type(value), 'a list of apps like {"name": "blog", ...}')
+        return []
+    apps: list[App] = []
+    names: dict[str, int] = {}
+    hostnames: dict[str, int] = {}
+    ports: dict[int, int] = {}
+    for index, raw in enumerate(value):
+        key = f"{where}.apps[{index}]"
+        if not isinstance(raw, dict):
+            problems.add(key, _wrong_type(raw), 'an app like {"name": "blog", "hostname": "blog.DOMAIN"}')
+            continue
+        app = _check_app(raw, key, domain, problems)
+        if app is None:
+            continue
+        if app.name in names:
+            problems.add(
+                f"{key}.name",
+                f"{app.name!r} is also the name of apps[{names[app.name]}]",
+                "a unique name per app",
+            )
+        names.setdefault(app.name, index)
+        if app.hostname is not None:
+            if app.hostname in hostnames:
+                problems.add(
+                    f"{key}.hostname",
+                    f"{app.hostname!r} is also the hostname of apps[{hostnames[app.hostname]}]",
+                    "a unique hostname per app",
+                )
+            hostnames.setdefault(app.hostname, index)
+        if app.tcp_port is not None:
+            if app.tcp_port in ports:
+                problems.add(
+                    f"{key}.tcp_port",
+                    f"{app.tcp_port} is also the tcp_port of apps[{ports[app.tcp_port]}]",
+                    "a unique tcp_port per app",
+                )
+            ports.setdefault(app.tcp_port, index)
+        apps.append(app)
+    return apps
+
+
+def _check_app(raw: dict[Any, Any], key: str, domain: str | None, problems: _Problems) -> App | None:
+    before = len(problems.lines)
+    for unknown in raw:
+        if unknown not in APP_KEYS:
+            problems.add(f"{key}.{unknown}", "is not an app key", f"only {', '.join(APP_KEYS)}")
+
+    name = raw.get("name")
+    if "name" not in raw:
+        problems.add(f"{key}.name", "is missing", "a unique app name like blog")
+    else:
+        for problem, expected in _check_label(name, "app name", "blog or home-assistant"):
+            problems.add(f"{key}.name", problem, expected)
+
+    hostname = raw.get("hostname")
+    if hostname is not None:
+        check = _check_domain(hostname)
+        for problem, expected in check:
+            problems.add(f"{key}.hostname", problem, expected)
+        if not check and domain and hostname != domain and not hostname.endswith(f".{domain}"):
+            problems.add(
+                f"{key}.hostname",
+                f"{hostname!r} is not under the domain {domain!r}",
+                f"{domain} or a name like NAME.{domain}",
+            )
+
+    public = raw.get("public", False)
+    for problem, expected in _check_bool(public):
+        problems.add(f"{key}.public", problem, expected)
+    if public is True and hostname is None:
+        problems.add(
+            f"{key}.hostname",
+            "is missing for a public app",
+            f"a hostname the entrance lets in, like NAME.{domain or 'example.org'}",
+        )
+
+    proxy_protocol = raw.get("proxy_protocol", True)
+    for problem, expected in _check_bool(proxy_protocol):
+        problems.add(f"{key}.proxy_protocol", problem, expected)
+
+    tcp_port = raw.get("tcp_port")
+    if tcp_port is not None:
+        for problem, expected in _check_port(tcp_port):
+            problems.add(f"{key}.tcp_port", problem, expected)
+
+    if len(problems.lines) > before and not (isinstance(name, str) and is_label(name)):
+        return None
+    return App(
+        name=str(name),
+        hostname=hostname if isinstance(hostname, str) and is_domain(hostname) else None,
+        public=public is True,
+        tcp_port=tcp_port if isinstance(tcp_port, int) and not _check_port(tcp_port) else None,
+        proxy_protocol=proxy_protocol is not False,
+    )
+
+
+# Secrets
+#
+
+
+def _secret_file_path(path: str, cwd: str | None) -> str:
+    return path if os.path.isabs(path) else os.path.join(cwd or os.getcwd(), path)
+
+
+def _check_secret(value: Any, require: bool, cwd: str | None) -> Check:
+    """Shape of a secret reference; with ``require`` also that its env var or file is there."""
+    if isinstance(value, HiddenValue):
+        return []
+    if isinstance(value, str):
+        return [("is a literal secret", _REFERENCE_SHAPES)]
+    # Never show the value itself: a misplaced secret would end up in the deploy's output.
+    if not isinstance(value, dict):
+        return [(f"{_a(_type_name(value))} is not a secret reference", _REFERENCE_SHAPES)]
+    if len(value) != 1 or next(iter(value)) not in ("env", "file"):
+        keys = ", ".join(sorted(repr(key) for key in value)) or "no keys"
+        return [(f"a dict with {keys} is not a secret reference", _REFERENCE_SHAPES)]
+    kind, ref = next(iter(value.items()))
+    if kind == "env":
+        if not isinstance(ref, str) or not _ENV_NAME_RE.match(ref):
+            return [("the env value is not an environment variable name", '{"env": "NAME"}, e.g. K3S_TOKEN')]
+        if require and not os.environ.get(ref):
+            return [(f"environment variable {ref} is not set", f"the secret in ${ref} when deploying")]
+        return []
+    if not isinstance(ref, str) or not ref:
+        return [(f"{_show(ref)} is not a file path", '{"file": "PATH"}, e.g. secrets/k3s_token')]
+    path = _secret_file_path(ref, cwd)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        if require:
+            return [(f"secret file {ref} does not exist", f"a readable file {path} holding the secret")]
+        return []
+    if not stat.S_ISREG(mode):
+        return [(f"secret file {ref} is not a regular file", f"a file {path} holding the secret")]
+    if mode & 0o077:
+        return [
+            (f"secret file {ref} has mode {stat.S_IMODE(mode):04o}", f"mode 0600: chmod 600 {path}"),
+        ]
+    if require and not os.access(path, os.R_OK):
+        return [(f"secret file {ref} is not readable", f"a file {path} readable by the deploying user")]
+    return []
+
+
+def resolve_secret(value: Any, key_path: str, cwd: str | None = None) -> HiddenValue:
+    """
+    Read a secret reference from the data and return it as a ``HiddenValue``.
+
+    + value: ``{"env": "NAME"}``, ``{"file": "PATH"}`` (relative to ``cwd``) or a ``HiddenValue``
+    + key_path: the data key, named in the error, e.g. ``all.k3s_token``
+    + cwd: base directory for relative file paths (default: the current directory)
+
+    .. code:: python
+
+        token = resolve_secret(host.data.k3s_token, "k3s_token")
+    """
+    if isinstance(value, HiddenValue):
+        return value
+    check = _check_secret(value, require=True, cwd=cwd)
+    if check:
+        raise ConfigError(f"{key_path}: {problem} (expected {expected})" for problem, expected in check)
+    kind, ref = next(iter(value.items()))
+    if kind == "env":
+        return HiddenValue(os.environ[ref].strip())
+    path = _secret_file_path(ref, cwd)
+    with open(path, encoding="utf-8") as f:
+        secret = f.read().strip()
+    if not secret:
+        raise ConfigError([f"{key_path}: secret file {ref} is empty (expected the secret in {path})"])
+    return HiddenValue(secret)
+
+
+# The inventory
+#
+
+
+def _cluster_value(
+    inventory: Inventory, key: str, problems: _Problems, describe: str
+) -> tuple[str, Any] | None:
+    """
+    A key that must have one value for the whole cluster: returns ``(source, value)``; a source whose
+    value differs from the main one (``all`` if it sets it) is a problem.
+    """
+    sources = _sources(inventory, key)
+    if not sources:
+        return None
+    main = "all" if "all" in sources else next(iter(sources))
+    main_value = sources[main][0]
+    for source, (value, _hosts) in sources.items():
+        if source != main and value != main_value:
+            problems.add(
+                f"{source}.{key}",
+                f"{_show(value)} differs from {main}.{key}",
+                f"one {describe} for the whole cluster, set once in group_data/all.py",
+            )
+    return main, main_value
+
+
+def _group_hosts(inventory: Inventory, group: str) -> list[Host]:
+    return list(inventory.get_group(group, default=[]))
+
+
+def _check_groups(inventory: Inventory, problems: _Problems) -> None:
+    def names(hosts: list[Host]) -> str:
+        return ", ".join(host.name for host in hosts)
+
+    headscale = _group_hosts(inventory, HEADSCALE)
+    if len(headscale) != 1:
+        found = f"{len(headscale)} hosts ({names(headscale)})" if headscale else "no hosts"
+        problems.add(HEADSCALE, found, "exactly one headscale host")
+    if not _group_hosts(inventory, ENTRANCE):
+        problems.add(ENTRANCE, "no hosts", "at least one entrance host, with a public IP")
+    servers = _group_hosts(inventory, K3S_SERVERS)
+    if not servers:
+        problems.add(K3S_SERVERS, "no hosts", "at least one k3s server")
+    elif len(servers) % 2 == 0:
+        problems.add(
+            K3S_SERVERS,
+            f"{len(servers)} hosts ({names(servers)})",
+            "an odd number of k3s servers, e.g. 1 or 3, so embedded etcd keeps quorum",
+        )
+    for host in _group_hosts(inventory, K3S_AGENTS):
+        if host in servers:
+            problems.add(
+                K3S_AGENTS,
+                f"{host.name} is also in {K3S_SERVERS}",
+                f"each k3s node in {K3S_SERVERS} or {K3S_AGENTS}, not both",
+            )
+
+
+def _default_hostname(name: str) -> str:
+    """``@connector/NAME`` hosts default to NAME; other hosts to their inventory name."""
+    if name.startswith("@") and "/" in name:
+        return name.split("/", 1)[1]
+    return name
+
+
+def _check_per_source(
+    inventory: Inventory, key: str, check: Any, problems: _Problems
+) -> dict[str, tuple[Any, bool]]:
+    """Check each distinct value of a per-host key once, at its source; returns source -> (value, ok)."""
+    results: dict[str, tuple[Any, bool]] = {}
+    for source, (value, _hosts) in _sources(inventory, key).items():
+        found = check(value)
+        for problem, expected in found:
+            problems.add(f"{source}.{key}", problem, expected)
+        results[source] = (value, not found)
+    return results
+
+
+def validate_inventory(
+    inventory: Inventory, require_secrets: bool = True, cwd: str | None = None
+) -> ClusterConfig:
+    """
+    Read and validate all of an inventory's data; raise ``ConfigError`` listing every problem.
+
+    + inventory: a ``pyinfra.api.Inventory`` (see ``load_inventory``)
+    + require_secrets: also check that secrets' env vars and files exist (deploy time); else shape only
+    + cwd: base directory for relative secret file paths (default: the current directory)
+    """
+    problems = _Problems()
+    _check_groups(inventory, problems)
+
+    # Cluster-wide values
+    domain: str | None = None
+    found = _cluster_value(inventory, "domain", problems, "domain")
+    if found is None:
+        problems.add("all.domain", "is missing", f"{_DOMAIN_EXPECTED}, in group_data/all.py")
+    else:
+        source, value = found
+        check = _check_domain(value)
+        for problem, expected in check:
+            problems.add(f"{source}.domain", problem, expected)
+        domain = value if not check else None
+
+    versions = dict(VERSIONS)
+    found = _cluster_value(inventory, "versions", problems, "set of versions")
+    if found is not None:
+        versions = _check_versions(found[1], found[0], problems)
+
+    apps: list[App] = []
+    found = _cluster_value(inventory, "apps", problems, "app catalog")
+    if found is not None:
+        apps = _check_apps(found[1], found[0], domain, problems)
+
+    # Settings a group or host may override: each distinct value is checked once, where it is set.
+    for source, (value, _hosts) in _sources(inventory, "base_packages").items():
+        packages = "Debian package names like curl"
+        _check_str_list(
+            value, f"{source}.base_packages", packages, _PACKAGE_RE.match, "package name", problems
+        )
+    for source, (value, _hosts) in _sources(inventory, "ntp_servers").items():
+        servers = "NTP server host names or IP addresses"
+        if isinstance(value, list | tuple) and not value:
+            problems.add(f"{source}.ntp_servers", "is empty", f"at least one of {servers}")
+        _check_str_list(value, f"{source}.ntp_servers", servers, _is_host_or_ip, "host", problems)
+    _check_per_source(inventory, "ssh_permit_root_login", _check_ssh_permit_root_login, problems)
+    _check_per_source(inventory, "hardware", lambda v: [] if v is None else _check_slug(v), problems)
+    _check_per_source(inventory, "external_ssd", lambda v: [] if v is None else _check_device(v), problems)
+    for key in sorted(SECRET_KEYS):
+        _check_per_source(inventory, key, lambda v: _check_secret(v, require_secrets, cwd), problems)
+
+    # Hosts
+    hosts: dict[str, HostConfig] = {}
+    hostname_sources = _check_per_source(
+        inventory, "hostname", lambda v: _check_label(v, "host name", "t420 or node-1"), problems
+    )
+    seen: dict[str, str] = {}
+    for host in inventory:
+        source, value = _lookup(inventory, host, "hostname")
+        if value is _MISSING:
+            source, value = host.name, _default_hostname(host.name)
+            if not is_label(value):
+                problems.add(
+                    f"{host.name}.hostname",
+                    f"the inventory name {value!r} is not a valid host name",
+                    _LABEL_EXPECTED.format(example="t420") + "; or set hostname in the host's data",
+                )
+        elif not hostname_sources[source][1]:
+            value = None
+        if isinstance(value, str) and is_label(value):
+            if value in seen:
+                problems.add(
+                    f"{source}.hostname",
+                    f"{value!r} is also the hostname of {seen[value]}",
+                    "a unique hostname per host",
+                )
+            seen.setdefault(value, host.name)
+        hosts[host.name] = _host_config(inventory, host, value if isinstance(value, str) else host.name)
+
+    if problems.lines:
+        raise ConfigError(problems.lines)
+
+    assert domain is not None
+    defaults = HostConfig(name="all", groups=frozenset(), hostname="all")
+    data = inventory.get_data() or {}
+    return ClusterConfig(
+        domain=domain,
+        apps=apps,
+        hosts=hosts,
+        versions=versions,
+        base_packages=list(data.get("base_packages", defaults.base_packages)),
+        ntp_servers=list(data.get("ntp_servers", defaults.ntp_servers)),
+        ssh_permit_root_login=data.get("ssh_permit_root_login", defaults.ssh_permit_root_login),
+    )
+
+
+def _host_config(inventory: Inventory, host: Host, hostname: str) -> HostConfig:
+    def get(key: str, default: Any) -> Any:
+        value = _lookup(inventory, host, key)[1]
+        return default if value is _MISSING else value
+
+    config = HostConfig(name=host.name, groups=frozenset(host.groups), hostname=hostname)
+    config.hardware = get("hardware", None)
+    config.external_ssd = get("external_ssd", None)
+    config.base_packages = list(get("base_packages", config.base_packages) or [])
+    config.ntp_servers = list(get("ntp_servers", config.ntp_servers) or [])
+    config.ssh_permit_root_login = get("ssh_permit_root_login", config.ssh_permit_root_login)
+    config.secrets = {key: value for key in sorted(SECRET_KEYS) if (value := get(key, None)) is not None}
+    return config
+
+
+_STATE_ATTR = "portable_k3s_config"
+
+
+def validate_state(state: Any) -> ClusterConfig:
+    """
+    Validate ``state.inventory`` once per state (secrets must be there); raise the same ``ConfigError``
+    on every call if it is bad. Runs no fact and no command: call it first in a deploy file.
+
+    .. code:: python
+
+        from pyinfra import state
+        from portable_k3s.config import validate_state
+
+        validate_state(state)
+    """
+    inventory = state.inventory
+    cached = getattr(state, _STATE_ATTR, None)
+    if cached is None or cached[0] is not inventory:
+        cwd = getattr(state, "cwd", None) or os.getcwd()
+        result: ClusterConfig | ConfigError
+        try:
+            result = validate_inventory(inventory, require_secrets=True, cwd=cwd)
+        except ConfigError as error:
+            result = error
+        cached = (inventory, result)
+        setattr(state, _STATE_ATTR, cached)
+    result = cached[1]
+    if isinstance(result, ConfigError):
+        raise ConfigError(result.problems)
+    return result
+
+
+def load_inventory(path: str, cwd: str | None = None) -> Inventory:
+    """
+    Load a pyinfra inventory file with its group_data, offline: nothing connects or resolves names.
+
+    + path: the inventory file, e.g. ``inventories/home.py``
+    + cwd: the project directory whose ``group_data/`` applies (default: the current directory)
+    """
+    from pyinfra.api import State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    if not os.path.isfile(path):
+        raise ConfigError([f"{path}: no such inventory file (expected a pyinfra inventory .py file)"])
+    previous = ctx_state.get()
+    with ctx_state.use(State()):
+        try:
+            return make_inventory(path, cwd=cwd or os.getcwd())
+        finally:
+            ctx_state.set(previous)  # also when the inventory's own code raises

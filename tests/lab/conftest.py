@@ -1,0 +1,80 @@
+"""The lab tier: one lab of real Debian hosts (systemd-nspawn) for the whole session, always torn down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from portable_k3s.lab import Lab, LabConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Its own names, subnets and state dir, so the tests never touch a lab brought up by hand.
+TEST_LAB = {
+    "state_dir": "/var/lib/portable-k3s/lab-test",
+    "cloud_bridge": "pk3slabt-cloud",
+    "home_bridge": "pk3slabt-home",
+    "cloud_subnet": "10.231.11.0/24",
+    "home_subnet": "10.231.12.0/24",
+    "artifact_port": 8781,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="the lab tier needs root (systemd-nspawn, bridges, iptables, overlayfs)")
+        for item in items:
+            if "tests/lab" in str(item.fspath):
+                item.add_marker(skip)
+
+
+@dataclass
+class PyinfraRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def results(self) -> dict:
+        return json.loads(self.stdout)["results"]  # type: ignore[no-any-return]
+
+    def changed(self) -> dict[str, list[str]]:
+        """{operation name: [hosts where it changed something]} for operations that changed anything."""
+        return {op["name"]: op["success"] for op in self.results["operations"] if op["success"]}
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    lab = Lab(LabConfig.from_env(**TEST_LAB))
+    lab.down()  # leftovers of a crashed run
+    try:
+        lab.up(4)
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab_env(lab: Lab) -> dict[str, str]:
+    return {**os.environ, "PORTABLE_K3S_LAB_STATE_DIR": str(lab.state_dir)}
+
+
+@pytest.fixture(scope="session")
+def pyinfra(lab_env: dict[str, str]):
+    """Run the real pyinfra CLI from the repo root against the lab inventory, with JSON results."""
+
+    def run(*args: str, inventory: str = "inventories/lab.py", deploy: str = "deploy.py") -> PyinfraRun:
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("pyinfra")), inventory, deploy, "-y", "--json", *args],
+            cwd=REPO, env=lab_env, capture_output=True, text=True, timeout=900,
+        )
+        return PyinfraRun(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

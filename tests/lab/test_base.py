@@ -1,0 +1,127 @@
+"""Lab tier: the two sites, then the reference deploy twice with the real CLI, then its effects.
+
+Tests in this module run in order and share one lab.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import paramiko
+
+from portable_k3s.lab.core import LAB_PASSWORD, LAB_PASSWORD_USER
+
+from .conftest import REPO
+
+
+def _auth_methods(address: str) -> list[str]:
+    """The authentication methods sshd offers (what a 'none' auth attempt is told)."""
+    transport = paramiko.Transport(socket.create_connection((address, 22), timeout=5))
+    try:
+        transport.start_client(timeout=5)
+        try:
+            transport.auth_none(LAB_PASSWORD_USER)
+        except paramiko.BadAuthenticationType as exc:
+            return list(exc.allowed_types)
+        return ["none"]
+    finally:
+        transport.close()
+
+
+def _password_login(address: str) -> bool:
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # noqa: S507 - throwaway lab check
+    try:
+        client.connect(address, username=LAB_PASSWORD_USER, password=LAB_PASSWORD, timeout=5,
+                       allow_agent=False, look_for_keys=False)
+        return True
+    except (paramiko.AuthenticationException, paramiko.SSHException):
+        return False
+    finally:
+        client.close()
+
+
+def test_home_reaches_cloud_through_nat(lab):
+    h1 = next(h for h in lab.hosts() if h.name == "h1")
+    listener = subprocess.Popen(
+        ["ssh", "-F", str(lab.ssh_config), "h1", "timeout 10 nc -v -l -p 9000"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        lab.ssh("h1", "for i in $(seq 50); do ss -ltn | grep -q ':9000 ' && exit 0; sleep 0.1; done; exit 1")
+        lab.ssh("h2", f"echo hello | nc -w 2 -q 1 {h1.address} 9000")
+        out, _ = listener.communicate(timeout=15)
+    finally:
+        listener.kill()
+    # The cloud sees the home host as the NAT address (this machine's address on the cloud bridge).
+    assert f"Connection received on {lab.gateway('cloud')}" in out, out
+    assert "hello" in out
+
+
+def test_cloud_cannot_open_connections_into_home(lab):
+    home = [h for h in lab.hosts() if h.site == "home"]
+    assert len(home) == 3
+    for host in home:
+        ssh_open = lab.ssh("h1", f"nc -z -w 2 {host.address} 22", check=False)
+        assert ssh_open.returncode != 0, f"h1 reached {host.name}:22"
+        ping = lab.ssh("h1", f"ping -c 1 -W 1 {host.address}", check=False)
+        assert ping.returncode != 0, f"h1 pinged {host.name}"
+        # ...while this machine (the owner's laptop on the home LAN) can.
+        assert lab.ssh(host.name, "true").returncode == 0
+
+
+def test_both_sites_reach_debian_mirror(lab):
+    for name in ("h1", "h2"):
+        out = lab.ssh(name, "apt-get update -q 2>&1 | tail -n 1", timeout=180).stdout
+        assert "Reading package lists" in out, (name, out)
+
+
+def test_password_login_possible_before_deploy(lab):
+    """The fresh lab image accepts passwords (like the seed's old cluster), so the next tests mean something."""
+    for host in lab.hosts():
+        assert "password" in _auth_methods(host.address), host.name
+    assert _password_login(lab.hosts()[0].address)
+
+
+def test_deploy_converges_then_changes_nothing(pyinfra):
+    first = pyinfra()
+    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.results["totals"]["error"] == 0
+    assert first.changed(), "the first run on fresh hosts changed nothing"
+    assert {"Base host | Harden sshd", "Base host | Install base packages"} <= set(first.changed())
+
+    second = pyinfra()
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert second.results["totals"]["error"] == 0
+    assert second.changed() == {}, f"second run changed: {second.changed()}"
+    assert second.results["totals"]["no_change"] == first.results["totals"]["hosts"]
+
+
+def test_password_login_refused_after_deploy(lab):
+    for host in lab.hosts():
+        assert _auth_methods(host.address) == ["publickey"], host.name
+        assert not _password_login(host.address), host.name
+
+
+def test_bad_data_stops_before_any_operation(pyinfra):
+    run = pyinfra("--data", "ssh_permit_root_login=maybe")
+    output = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "ssh_permit_root_login" in output and "prohibit-password" in output, output[-3000:]
+    assert "Starting operation" not in output
+
+
+def test_infra_suite_passes_against_lab(lab_env):
+    """The testinfra suite users run against their live hosts, run against the deployed lab."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/infra",
+         "--inventory", "inventories/lab.py"],
+        cwd=REPO, env={**lab_env, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
+    print(proc.stdout.splitlines()[-1])
+
+

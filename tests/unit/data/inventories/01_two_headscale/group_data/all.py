@@ -1,0 +1,9 @@
+"""Two hosts in headscale: a tailnet has exactly one control server."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "vault", "hostname": f"pass.{domain}"},
+    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565,
+     "proxy_protocol": False},
+]

@@ -1,0 +1,5 @@
+"""No entrance host: nothing would let public traffic in."""
+
+headscale = [("cloud", {"ssh_hostname": "203.0.113.10"})]
+k3s_servers = [("master", {"ssh_hostname": "192.0.2.10", "external_ssd": "/dev/sdb"})]
+k3s_agents = [("t420", {"ssh_hostname": "192.0.2.11", "external_ssd": "/dev/sdb"})]

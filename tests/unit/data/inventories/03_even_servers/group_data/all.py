@@ -1,0 +1,9 @@
+"""Two k3s servers: embedded etcd needs an odd number to keep quorum."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "vault", "hostname": f"pass.{domain}"},
+    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565,
+     "proxy_protocol": False},
+]

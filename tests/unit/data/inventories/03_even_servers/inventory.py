@@ -1,0 +1,9 @@
+"""Two k3s servers: embedded etcd needs an odd number to keep quorum."""
+
+headscale = [("cloud", {"ssh_hostname": "203.0.113.10"})]
+entrance = ["cloud"]
+k3s_servers = [
+    ("master", {"ssh_hostname": "192.0.2.10"}),
+    ("master2", {"ssh_hostname": "192.0.2.13"}),
+]
+k3s_agents = [("t420", {"ssh_hostname": "192.0.2.11", "external_ssd": "/dev/sdb"})]

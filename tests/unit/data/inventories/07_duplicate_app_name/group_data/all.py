@@ -1,0 +1,7 @@
+"""Two apps named blog."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "blog", "hostname": f"news.{domain}", "public": True},
+]

@@ -1,0 +1,7 @@
+"""Two apps with the same hostname."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "news", "hostname": f"blog.{domain}", "public": True},
+]

@@ -1,0 +1,9 @@
+"""A host name that is not an RFC 1123 label (upper case, underscore) and no hostname set."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "vault", "hostname": f"pass.{domain}"},
+    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565,
+     "proxy_protocol": False},
+]

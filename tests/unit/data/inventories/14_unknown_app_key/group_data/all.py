@@ -1,0 +1,7 @@
+"""An app with a misspelled key (port instead of tcp_port)."""
+
+domain = "example.org"
+apps = [
+    {"name": "blog", "hostname": f"blog.{domain}", "public": True},
+    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "port": 25565},
+]
