@@ -6,7 +6,6 @@ Bad inventories live in ``data/inventories/<case>/`` (inventory.py + group_data/
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -701,13 +700,6 @@ def test_check_rejects_bad_inventory(case: Path) -> None:
 #
 
 
-def _base_deploy_importable() -> bool:
-    try:
-        return importlib.util.find_spec("portable_k3s.deploys.base") is not None
-    except ImportError:
-        return False
-
-
 @contextmanager
 def deploy_contexts(state: State) -> Iterator[None]:
     previous = ctx_state.get(), ctx_inventory.get()
@@ -765,23 +757,20 @@ def test_deploy_with_bad_inventory_executes_nothing(
     assert fake_connector.log == {}
 
 
-@pytest.mark.skipif(
-    not _base_deploy_importable(),
-    reason="portable_k3s.deploys.base (base_host, imported by deploy.py) does not exist yet",
-)
-def test_deploy_with_good_inventory_passes_validation(
-    fake_connector: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Validation lets the good inventory through to the deploys (recorded here, their ops have own tests)."""
-    from pyinfra import host as current_host
+def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any) -> None:
+    """The good inventory passes validation and the real deploy.py plans the base deploy on every host."""
     from pyinfra_cli.util import load_deploy_file
 
-    import portable_k3s.deploys.base as base
+    from portable_k3s.facts.util import SEPARATOR
 
-    reached: list[str] = []
-    monkeypatch.setattr(base, "base_host", lambda: reached.append(current_host.name))
+    # A fresh host whose deploying user has one authorized key (else the sshd hardening refuses to plan).
+    answer = ["-", SEPARATOR, "yes", SEPARATOR, "root", SEPARATOR, "1"]
+    fake_connector.responses = {"authorized_keys": "\n".join(answer)}
     state = fake_state(REPO / "inventories" / "home.py", REPO, fake_connector)
     with deploy_contexts(state):
         load_deploy_file(state, str(DEPLOY))
         config = validate_state(state)
-    assert sorted(reached) == sorted(config.hosts) == ["cloud", "master", "pi", "t410", "t420"]
+    assert sorted(config.hosts) == ["cloud", "master", "pi", "t410", "t420"]
+    for host in state.inventory:
+        names = {name for meta in (state.op_meta[h] for h in state.ops[host]) for name in meta.names}
+        assert {"Base host | Harden sshd", "Base host | Configure time sync"} <= names, (host.name, names)
