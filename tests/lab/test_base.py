@@ -125,3 +125,20 @@ def test_infra_suite_passes_against_lab(lab_env):
     print(proc.stdout.splitlines()[-1])
 
 
+
+
+def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
+    """Moving house: the home site comes back on a new subnet with the same disks; the deploy still has
+    nothing to change (k3s and the tailnet bind to tailnet addresses, not to the LAN's)."""
+    lab.ssh("h3", "echo before-the-move > /root/marker")
+    old = {h.name: h.address for h in lab.hosts()}
+    lab.down(keep_state=True)
+    lab.config.home_subnet = "10.231.13.0/24"
+    lab.up(4)
+    new = {h.name: h.address for h in lab.hosts()}
+    assert new["h1"] == old["h1"]
+    assert all(new[n].startswith("10.231.13.") for n in ("h2", "h3", "h4")), new
+    assert lab.ssh("h3", "cat /root/marker").stdout.strip() == "before-the-move"
+    again = pyinfra()
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == {}, f"changed after the move: {again.changed()}"
