@@ -32,6 +32,7 @@ from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
+from portable_k3s.deploys.base import default_hostname
 from portable_k3s.versions import VERSIONS
 
 # Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
@@ -608,13 +609,6 @@ def _check_groups(inventory: Inventory, problems: _Problems) -> None:
             )
 
 
-def _default_hostname(name: str) -> str:
-    """``@connector/NAME`` hosts default to NAME; other hosts to their inventory name."""
-    if name.startswith("@") and "/" in name:
-        return name.split("/", 1)[1]
-    return name
-
-
 def _check_per_source(
     inventory: Inventory, key: str, check: Any, problems: _Problems
 ) -> dict[str, tuple[Any, bool]]:
@@ -689,7 +683,7 @@ def validate_inventory(
     for host in inventory:
         source, value = _lookup(inventory, host, "hostname")
         if value is _MISSING:
-            source, value = host.name, _default_hostname(host.name)
+            source, value = host.name, default_hostname(host.name)
             if not is_label(value):
                 problems.add(
                     f"{host.name}.hostname",

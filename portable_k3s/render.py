@@ -10,8 +10,11 @@ import jinja2
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
+# Read once at import: templates are small, and rendering then touches no local file.
 _env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+    loader=jinja2.DictLoader(
+        {path.relative_to(TEMPLATE_DIR).as_posix(): path.read_text() for path in TEMPLATE_DIR.rglob("*.j2")}
+    ),
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=True,
     trim_blocks=True,

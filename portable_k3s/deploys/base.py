@@ -18,6 +18,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def default_hostname(name: str) -> str:
+    """A host's name when its data sets none: ``@connector/NAME`` hosts are NAME, others their inventory name."""
+    if name.startswith("@") and "/" in name:
+        return name.split("/", 1)[1]
+    return name
+
+
 @deploy("Base host", data_defaults=DEFAULTS)
 def base_host() -> None:
     """
@@ -28,7 +35,7 @@ def base_host() -> None:
     + ntp_servers: NTP servers for systemd-timesyncd
     + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
     """
-    server.hostname(name="Set the hostname", hostname=host.data.hostname or host.name)
+    server.hostname(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(
         name="Install base packages",
         packages=[*host.data.base_packages, "systemd-timesyncd"],

@@ -16,7 +16,7 @@ PERMIT_ROOT_LOGIN = ("prohibit-password", "no")
 
 
 @operation()
-def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING_DROPIN):
+def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING_DROPIN, present: bool = True):
     """
     Harden sshd: public keys only (no password or keyboard-interactive login), root by key only or not at all.
 
@@ -26,6 +26,7 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
 
     + permit_root_login: ``prohibit-password`` (root by key only) or ``no``
     + path: the drop-in file (must sort before other drop-ins; sshd keeps the first value it reads)
+    + present: ``False`` removes the drop-in again (tested with ``sshd -t``, then sshd is reloaded)
 
     **Example:**
 
@@ -38,6 +39,14 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
             f"permit_root_login: {permit_root_login!r} (expected one of {', '.join(PERMIT_ROOT_LOGIN)})"
         )
     info = host.get_fact(SshdHardening, path=path)
+    if not present:
+        if info["dropin_sha256"] is None:
+            host.noop("sshd hardening is absent")
+            return
+        yield StringCommand(
+            "rm -f", QuoteString(path), "&& sshd -t && systemctl try-reload-or-restart ssh.service"
+        )
+        return
     content = render("sshd_hardening.conf.j2", permit_root_login=permit_root_login)
     if info["dropin_sha256"] == sha256(content):
         host.noop("sshd hardening is in place")
@@ -59,7 +68,7 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
             "(expected 'prohibit-password', or deploy as a sudo user with ssh_user)"
         )
     staged = f"{path}.portable-k3s-new"
-    yield FileUploadCommand(StringIO(content), staged, remote_temp_filename=staged + ".tmp")
+    yield FileUploadCommand(StringIO(content), staged)
     quoted, backup = QuoteString(path), QuoteString(f"{path}.portable-k3s-old")
     yield StringCommand(
         "set -e;",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
 from ..facts.timesync import Timesyncd
@@ -15,7 +16,9 @@ TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 
 
 @operation()
-def timesyncd(servers: list[str], fallback: list[str] | None = None, path: str = TIMESYNCD_DROPIN):
+def timesyncd(
+    servers: list[str], fallback: list[str] | None = None, path: str = TIMESYNCD_DROPIN, present: bool = True
+):
     """
     Configure, enable and run ``systemd-timesyncd`` (install the package first), restarting it only when its
     config changed.
@@ -27,6 +30,7 @@ def timesyncd(servers: list[str], fallback: list[str] | None = None, path: str =
     + servers: NTP servers (host names or addresses)
     + fallback: FallbackNTP servers
     + path: the drop-in file
+    + present: ``False`` removes the drop-in (timesyncd falls back to its own defaults) and restarts it if running
 
     **Example:**
 
@@ -34,13 +38,21 @@ def timesyncd(servers: list[str], fallback: list[str] | None = None, path: str =
 
         timesync.timesyncd(name="Time sync", servers=["0.debian.pool.ntp.org"])
     """
-    if not servers:
+    if present and not servers:
         raise OperationValueError("servers: empty (expected at least one NTP server)")
     info = host.get_fact(Timesyncd, path=path)
+    if not present:
+        if info["config_sha256"] is None:
+            host.noop("timesyncd drop-in is absent")
+            return
+        yield StringCommand("rm -f", QuoteString(path))
+        if info["active"]:
+            yield "systemctl restart systemd-timesyncd.service"
+        return
     content = render("timesyncd.conf.j2", servers=servers, fallback=fallback or [])
     changed = info["config_sha256"] != sha256(content)
     if changed:
-        yield f"mkdir -p {path.rsplit('/', 1)[0]}"
+        yield StringCommand("mkdir -p", QuoteString(os.path.dirname(path) or "."))
         yield FileUploadCommand(StringIO(content), path)
     if not info["enabled"]:
         yield "systemctl enable systemd-timesyncd.service"
