@@ -383,9 +383,7 @@ def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems)
         problems.add(f"{where}.apps", _wrong_type(value), 'a list of apps like {"name": "blog", ...}')
         return []
     apps: list[App] = []
-    names: dict[str, int] = {}
-    hostnames: dict[str, int] = {}
-    ports: dict[int, int] = {}
+    seen: dict[str, dict[Any, int]] = {"name": {}, "hostname": {}, "tcp_port": {}}
     for index, raw in enumerate(value):
         key = f"{where}.apps[{index}]"
         if not isinstance(raw, dict):
@@ -394,29 +392,18 @@ def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems)
         app = _check_app(raw, key, domain, problems)
         if app is None:
             continue
-        if app.name in names:
-            problems.add(
-                f"{key}.name",
-                f"{app.name!r} is also the name of apps[{names[app.name]}]",
-                "a unique name per app",
-            )
-        names.setdefault(app.name, index)
-        if app.hostname is not None:
-            if app.hostname in hostnames:
+        for field_name, first in seen.items():
+            field_value = getattr(app, field_name)
+            if field_value is None:
+                continue
+            if field_value in first:
+                shown = repr(field_value) if isinstance(field_value, str) else str(field_value)
                 problems.add(
-                    f"{key}.hostname",
-                    f"{app.hostname!r} is also the hostname of apps[{hostnames[app.hostname]}]",
-                    "a unique hostname per app",
+                    f"{key}.{field_name}",
+                    f"{shown} is also the {field_name} of apps[{first[field_value]}]",
+                    f"a unique {field_name} per app",
                 )
-            hostnames.setdefault(app.hostname, index)
-        if app.tcp_port is not None:
-            if app.tcp_port in ports:
-                problems.add(
-                    f"{key}.tcp_port",
-                    f"{app.tcp_port} is also the tcp_port of apps[{ports[app.tcp_port]}]",
-                    "a unique tcp_port per app",
-                )
-            ports.setdefault(app.tcp_port, index)
+            first.setdefault(field_value, index)
         apps.append(app)
     return apps
 
