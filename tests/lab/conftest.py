@@ -16,15 +16,20 @@ from portable_k3s.lab import Lab, LabConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Its own names, subnets and state dir, so the tests never touch a lab brought up by hand.
+# Its own names, subnets and state dir, so the tests never touch a lab brought up by hand. Two test runs on one
+# machine need different PORTABLE_K3S_TEST_LAB_ID values (1-9, default 1).
+LAB_ID = int(os.environ.get("PORTABLE_K3S_TEST_LAB_ID", "1"))
+assert 1 <= LAB_ID <= 9, "PORTABLE_K3S_TEST_LAB_ID must be 1-9"
 TEST_LAB = {
-    "state_dir": "/var/lib/portable-k3s/lab-test",
-    "cloud_bridge": "pk3slabt-cloud",
-    "home_bridge": "pk3slabt-home",
-    "cloud_subnet": "10.231.11.0/24",
-    "home_subnet": "10.231.12.0/24",
-    "artifact_port": 8781,
+    "state_dir": f"/var/lib/portable-k3s/lab-test{LAB_ID}",
+    "cloud_bridge": f"pk3slabt{LAB_ID}-cloud",
+    "home_bridge": f"pk3slabt{LAB_ID}-home",
+    "cloud_subnet": f"10.231.{10 * LAB_ID + 1}.0/24",
+    "home_subnet": f"10.231.{10 * LAB_ID + 2}.0/24",
+    "artifact_port": 8780 + LAB_ID,
 }
+# Where the home site moves to when a test renumbers it.
+MOVED_HOME_SUBNET = f"10.231.{10 * LAB_ID + 3}.0/24"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

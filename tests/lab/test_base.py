@@ -5,6 +5,7 @@ Tests in this module run in order and share one lab.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import paramiko
 
 from portable_k3s.lab.core import LAB_PASSWORD, LAB_PASSWORD_USER
 
-from .conftest import REPO
+from .conftest import MOVED_HOME_SUBNET, REPO
 
 
 def _auth_methods(address: str) -> list[str]:
@@ -133,11 +134,12 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
     lab.ssh("h3", "echo before-the-move > /root/marker")
     old = {h.name: h.address for h in lab.hosts()}
     lab.down(keep_state=True)
-    lab.config.home_subnet = "10.231.13.0/24"
+    lab.config.home_subnet = MOVED_HOME_SUBNET
     lab.up(4)
     new = {h.name: h.address for h in lab.hosts()}
     assert new["h1"] == old["h1"]
-    assert all(new[n].startswith("10.231.13.") for n in ("h2", "h3", "h4")), new
+    moved = ipaddress.ip_network(MOVED_HOME_SUBNET)
+    assert all(ipaddress.ip_address(new[n]) in moved for n in ("h2", "h3", "h4")), new
     assert lab.ssh("h3", "cat /root/marker").stdout.strip() == "before-the-move"
     again = pyinfra()
     assert again.returncode == 0, again.stderr[-4000:]
