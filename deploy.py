@@ -3,11 +3,30 @@
 The whole inventory is validated first; a single problem stops the run before any operation is planned.
 """
 
-from pyinfra import state
+from pyinfra import host, inventory, state
 
-from portable_k3s.config import validate_state
+from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.base import base_host
+from portable_k3s.deploys.headscale import headscale_server
+from portable_k3s.deploys.tailscale import tailscale_node
+from portable_k3s.operations import headscale
 
-validate_state(state)
+cluster = validate_state(state)
+groups = set(host.groups)
+headscale_host = inventory.get_group("headscale")[0]
 
 base_host()
+
+if "headscale" in groups:
+    headscale_server(policy=cluster.tailnet_policy())
+
+if groups & TAILNET_GROUPS:
+    tailscale_node(headscale_host=headscale_host)
+
+if "headscale" in groups:
+    private = [app.hostname for app in cluster.private_apps() if app.hostname]
+    headscale.dns_records(
+        name="MagicDNS records for private apps",
+        names=private,
+        **({"address": cluster.ingress_address} if cluster.ingress_address else {"node": cluster.ingress_node()}),
+    )

@@ -32,3 +32,10 @@ apps = [
     {"name": "baikal", "hostname": f"dav.{domain}", "public": False},
     {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565, "proxy_protocol": False},
 ]
+
+# The tailnet (portable_k3s.deploys.headscale / .tailscale). headscale_url is what nodes and the tailscale
+# apps connect to; tailnet_domain is the MagicDNS domain (it must differ from headscale_url's domain).
+headscale_url = f"https://headscale.{domain}"
+tailnet_domain = f"tailnet.{domain}"
+tailnet_admins = ["admin"]
+# ingress_address = "192.168.1.240"  # where private app names resolve (default: the first k3s server's tailnet IP)

@@ -33,6 +33,7 @@ from pyinfra.api.host import Host
 
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
+from portable_k3s.deploys.headscale import BUILTIN_TAGS, HEADSCALE_DEFAULTS, host_tags, tailnet_policy
 from portable_k3s.versions import VERSIONS
 
 # Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
@@ -42,6 +43,8 @@ K3S_SERVERS = "k3s_servers"
 K3S_AGENTS = "k3s_agents"
 EXIT_NODES = "exit_nodes"
 KNOWN_GROUPS = frozenset({HEADSCALE, ENTRANCE, K3S_SERVERS, K3S_AGENTS, EXIT_NODES})
+# Hosts in any of these groups join the tailnet.
+TAILNET_GROUPS = KNOWN_GROUPS
 
 # Data keys that hold secrets: only {"env": NAME}, {"file": PATH} or a HiddenValue are accepted.
 SECRET_KEYS: set[str] = {"k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token"}
@@ -134,6 +137,23 @@ class HostConfig:
 
 
 @dataclass
+class TailnetConfig:
+    """
+    The tailnet: headscale's public URL, MagicDNS domain, admins, policy additions, DNS target of private apps.
+
+    + routes: ``{cidr: [tags of the nodes advertising it]}`` from hosts' ``tailscale_advertise_routes``
+    """
+
+    headscale_url: str
+    domain: str
+    admins: list[str]
+    tags: list[str]
+    extra_grants: list[dict[str, Any]]
+    ingress_address: str | None
+    routes: dict[str, list[str]]
+
+
+@dataclass
 class ClusterConfig:
     """
     The whole cluster, validated. ``base_packages``, ``ntp_servers`` and ``ssh_permit_root_login`` are the
@@ -147,6 +167,24 @@ class ClusterConfig:
     base_packages: list[str] = field(default_factory=lambda: list(DEFAULT_BASE_PACKAGES))
     ntp_servers: list[str] = field(default_factory=lambda: list(DEFAULT_NTP_SERVERS))
     ssh_permit_root_login: str = DEFAULT_SSH_PERMIT_ROOT_LOGIN
+    tailnet: TailnetConfig | None = None
+
+    def tailnet_policy(self) -> dict[str, Any]:
+        """The headscale ACL policy generated from the inventory (see deploys.headscale.tailnet_policy)."""
+        assert self.tailnet is not None
+        ports = [80, 443] + [app.tcp_port for app in self.apps if app.tcp_port is not None]
+        return tailnet_policy(
+            admins=self.tailnet.admins, ingress_ports=ports, routes=self.tailnet.routes,
+            extra_tags=self.tailnet.tags, extra_grants=self.tailnet.extra_grants,
+        )
+
+    @property
+    def ingress_address(self) -> str | None:
+        return self.tailnet.ingress_address if self.tailnet else None
+
+    def ingress_node(self) -> str:
+        """The tailnet name of the node private app names point to when no ingress_address is set."""
+        return self.hosts_in(K3S_SERVERS)[0].hostname
 
     def public_apps(self) -> list[App]:
         return [app for app in self.apps if app.public]
@@ -609,6 +647,151 @@ def _check_per_source(
     return results
 
 
+# Tailnet (headscale + tailscale)
+#
+
+_TAG_RE = re.compile(r"^tag:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
+_ENV_VALUE_RE = re.compile(r'^[^"\\$`\n]*$')
+
+
+def _tailnet_value(
+    inventory: Inventory, key: str, problems: _Problems, defaults: Mapping[str, Any]
+) -> tuple[str, Any]:
+    found = _cluster_value(inventory, key, problems, key.replace("_", " "))
+    return found if found is not None else ("all", defaults.get(key, _MISSING))
+
+
+def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig | None:
+    """Validate the tailnet keys (see deploys.headscale and deploys.tailscale for their defaults)."""
+    before = len(problems.lines)
+    source, url = _tailnet_value(inventory, "headscale_url", problems, HEADSCALE_DEFAULTS)
+    _, allow_http = _tailnet_value(inventory, "headscale_allow_http", problems, {"headscale_allow_http": False})
+    url_host = ""
+    if url is _MISSING:
+        problems.add("all.headscale_url", "is missing", "the URL nodes reach headscale at, like https://headscale.DOMAIN")
+    elif not isinstance(url, str) or "://" not in url:
+        problem = _wrong_type(url) if not isinstance(url, str) else f"{url!r} is not a URL"
+        problems.add(f"{source}.headscale_url", problem, "a URL like https://headscale.example.org")
+    else:
+        scheme, _, rest = url.partition("://")
+        url_host = rest.split("/", 1)[0].rsplit(":", 1)[0] if not rest.startswith("[") else ""
+        if scheme != "https" and not (scheme == "http" and allow_http is True):
+            problems.add(f"{source}.headscale_url", f"{url!r} is not https",
+                         "https:// (plain http only in the local lab, with headscale_allow_http = True)")
+        elif not (is_domain(url_host) or _is_host_or_ip(url_host)) or rest.endswith("/"):
+            problems.add(f"{source}.headscale_url", f"{url!r} has no valid host",
+                         "a URL like https://headscale.example.org, without a trailing slash")
+    source, base = _tailnet_value(inventory, "tailnet_domain", problems, {})
+    if base is _MISSING:
+        problems.add("all.tailnet_domain", "is missing", "the MagicDNS base domain, like tailnet.example.org")
+    else:
+        for problem, expected in _check_domain(base):
+            problems.add(f"{source}.tailnet_domain", problem, expected)
+        if isinstance(base, str) and url_host and (url_host == base or url_host.endswith("." + base)):
+            problems.add(f"{source}.tailnet_domain", f"{base!r} contains headscale's own name {url_host!r}",
+                         "a MagicDNS domain that differs from the headscale_url domain, like tailnet.example.org")
+    source, admins = _tailnet_value(inventory, "tailnet_admins", problems, HEADSCALE_DEFAULTS)
+    _check_str_list(admins, f"{source}.tailnet_admins", "headscale user names like admin", is_label, "user name",
+                    problems)
+    source, derp = _tailnet_value(inventory, "tailnet_derp", problems, HEADSCALE_DEFAULTS)
+    if derp not in ("tailscale", "embedded"):
+        problems.add(f"{source}.tailnet_derp", f"{_show(derp)} is not a DERP mode", "'tailscale' or 'embedded'")
+    source, nameservers = _tailnet_value(inventory, "tailnet_nameservers", problems, HEADSCALE_DEFAULTS)
+    _check_str_list(nameservers, f"{source}.tailnet_nameservers", "resolver IP addresses", _is_ip, "address",
+                    problems)
+    source, tags = _tailnet_value(inventory, "tailnet_tags", problems, {"tailnet_tags": []})
+    _check_str_list(tags, f"{source}.tailnet_tags", "tags like tag:nas", lambda t: bool(_TAG_RE.match(t)), "tag",
+                    problems)
+    known_tags = set(BUILTIN_TAGS) | set(tags if isinstance(tags, list) else [])
+    source, grants = _tailnet_value(inventory, "tailnet_extra_grants", problems, HEADSCALE_DEFAULTS)
+    if not isinstance(grants, list) or not all(isinstance(g, dict) and {"src", "dst"} <= set(g) for g in grants):
+        problems.add(f"{source}.tailnet_extra_grants", "is not a list of grants",
+                     'a list like [{"src": ["group:admins"], "dst": ["tag:k3s"], "ip": ["tcp:22"]}]')
+    source, ingress = _tailnet_value(inventory, "ingress_address", problems, {"ingress_address": None})
+    if ingress is not None and not (isinstance(ingress, str) and _is_ipv4(ingress)):
+        problems.add(f"{source}.ingress_address", f"{_show(ingress)} is not an IPv4 address",
+                     "the cluster ingress address private app names resolve to, or None for the first k3s server")
+    source, sha = _tailnet_value(inventory, "headscale_sha256", problems, HEADSCALE_DEFAULTS)
+    if sha is not None and not (isinstance(sha, str) and _HEX64_RE.match(sha)):
+        problems.add(f"{source}.headscale_sha256", f"{_show(sha)} is not a sha256", "64 lower-case hex digits or None")
+
+    # Per host
+    methods = "'apt' (the official repository) or 'static' (the tarball)"
+    _check_per_source(
+        inventory, "tailscale_install",
+        lambda v: [] if v in ("apt", "static") else [(f"{_show(v)} is not an install method", methods)], problems,
+    )
+    for key in ("tailscale_accept_dns", "tailscale_accept_routes", "headscale_allow_http"):
+        _check_per_source(inventory, key, _check_bool, problems)
+    _check_per_source(inventory, "tailscaled_port", _check_port, problems)
+    _check_per_source(inventory, "tailscale_tags", lambda v: _check_tags(v, known_tags), problems)
+    _check_per_source(inventory, "tailscale_advertise_routes", _check_routes, problems)
+    _check_per_source(inventory, "tailscaled_env", _check_env, problems)
+    routes: dict[str, set[str]] = {}
+    for host in inventory:
+        _, host_routes = _lookup(inventory, host, "tailscale_advertise_routes")
+        _, extra = _lookup(inventory, host, "tailscale_tags")
+        if isinstance(host_routes, list) and not _check_routes(host_routes):
+            for cidr in host_routes:
+                routes.setdefault(cidr, set()).update(
+                    host_tags(set(host.groups), extra if isinstance(extra, list) else [])
+                )
+    if len(problems.lines) > before:
+        return None
+    return TailnetConfig(
+        headscale_url=url, domain=base, admins=list(admins), tags=list(tags), extra_grants=list(grants),
+        ingress_address=ingress, routes={cidr: sorted(t) for cidr, t in routes.items()},
+    )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_ipv4(value: str) -> bool:
+    try:
+        ipaddress.IPv4Address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_tags(value: Any, known: set[str]) -> Check:
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        return [(_wrong_type(value), "a list of tags like ['tag:nas']")]
+    unknown = [t for t in value if t not in known]
+    if unknown:
+        return [(f"unknown tags {unknown}", f"tags defined by the deploy or in tailnet_tags: {sorted(known)}")]
+    return []
+
+
+def _check_routes(value: Any) -> Check:
+    if not isinstance(value, list):
+        return [(_wrong_type(value), "a list of subnets like ['192.168.1.0/24']")]
+    for cidr in value:
+        try:
+            net = ipaddress.ip_network(cidr, strict=True) if isinstance(cidr, str) else None
+        except ValueError:
+            net = None
+        if net is None or net.prefixlen == 0:
+            return [(f"{_show(cidr)} is not a subnet", "networks like 192.168.1.0/24 (use exit_nodes for 0.0.0.0/0)")]
+    return []
+
+
+def _check_env(value: Any) -> Check:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and _ENV_NAME_RE.match(k) and isinstance(v, str) and _ENV_VALUE_RE.match(v)
+        for k, v in value.items()
+    ):
+        return [(f"{_show(value)} is not an environment", 'a dict of NAME: "value" without quotes, $ or backticks')]
+    return []
+
+
 def validate_inventory(
     inventory: Inventory, require_secrets: bool = True, cwd: str | None = None
 ) -> ClusterConfig:
@@ -689,6 +872,8 @@ def validate_inventory(
             seen.setdefault(value, host.name)
         hosts[host.name] = _host_config(inventory, host, value if isinstance(value, str) else host.name)
 
+    tailnet = _check_tailnet(inventory, problems)
+
     if problems.lines:
         raise ConfigError(problems.lines)
 
@@ -703,6 +888,7 @@ def validate_inventory(
         base_packages=list(data.get("base_packages", defaults.base_packages)),
         ntp_servers=list(data.get("ntp_servers", defaults.ntp_servers)),
         ssh_permit_root_login=data.get("ssh_permit_root_login", defaults.ssh_permit_root_login),
+        tailnet=tailnet,
     )
 
 

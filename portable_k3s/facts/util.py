@@ -8,8 +8,9 @@ SEPARATOR = "--portable-k3s--"
 
 
 def next_section() -> str:
-    """The shell fragment that separates two answers of a batched fact command."""
-    return f"echo {SEPARATOR};"
+    """The shell fragment that separates two answers of a batched fact command (on a line of its own, also
+    after output that does not end with a newline)."""
+    return f"echo; echo {SEPARATOR};"
 
 
 def sha256_of(path: str) -> StringCommand:
@@ -23,7 +24,7 @@ def sections(output: list[str], count: int) -> list[list[str]]:
     for line in output:
         if line.strip() == SEPARATOR:
             parts.append([])
-        else:
+        elif line.strip() or parts[-1]:
             parts[-1].append(line.strip())
     return (parts + [[] for _ in range(count)])[:count]
 

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..versions import VERSIONS
+
 DEFAULT_STATE_DIR = "/var/lib/portable-k3s/lab"
 DEFAULT_CACHE_DIR = "/var/cache/portable-k3s"
 
@@ -245,8 +247,9 @@ class Lab:
 
     # -- up ------------------------------------------------------------------------------------------------
 
-    def up(self, count: int = 4, timeout: float = 90.0) -> list[LabHost]:
-        """Bring the lab up (idempotent): network, artifact server, containers; wait until SSH answers."""
+    def up(self, count: int = 4, timeout: float = 90.0, publish: bool = True) -> list[LabHost]:
+        """Bring the lab up (idempotent): network, artifact server (with the release files the deploys download,
+        built once per version), containers; wait until SSH answers."""
         if os.geteuid() != 0:
             raise LabError("the lab needs root (systemd-nspawn, bridges, iptables, overlayfs)")
         state = self.load_state()
@@ -272,6 +275,10 @@ class Lab:
         self.save_state(state)
         self._artifact_server_up(state)
         self.save_state(state)
+        if publish:
+            from .artifacts import publish_all  # noqa: PLC0415 - imports core itself
+
+            publish_all(VERSIONS, self.config.cache_dir, self.artifact_dir)
 
         started = time.monotonic()
         for host in hosts:

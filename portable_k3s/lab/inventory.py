@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .artifacts import HEADSCALE_PATH, TAILSCALE_PATH
 from .core import Lab, LabConfig, LabError
 
 
@@ -18,6 +19,21 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
             "(or set PORTABLE_K3S_LAB_STATE_DIR)"
         )
     groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    headscale = next((h for h in lab.hosts() if "headscale" in h.groups), None)
+    artifacts = lab.artifact_url
+    # The lab's stand-ins for what a real cluster gets from the internet: plain http to headscale (no public
+    # certificate here), headscale's embedded DERP relay (Tailscale's public ones are out of reach), and release
+    # files from the lab's artifact server instead of the upstream URLs.
+    tailnet: dict[str, Any] = {
+        "headscale_allow_http": True,
+        "headscale_url": f"http://{headscale.address}:8080" if headscale else None,
+        "headscale_derp_ipv4": headscale.address if headscale else None,
+        "tailnet_derp": "embedded",
+        "headscale_download_url": f"{artifacts}/{HEADSCALE_PATH}",
+        "tailscale_install": "static",
+        "tailscale_download_url": f"{artifacts}/{TAILSCALE_PATH}",
+        "tailscaled_env": {"TS_DEBUG_USE_DERP_HTTP": "true"},  # DERP over plain http: the lab has no TLS
+    }
     for host in lab.hosts():
         data = {
             "ssh_hostname": host.address,
@@ -27,6 +43,7 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
             "ssh_strict_host_key_checking": "yes",
             "lab_site": host.site,
             "lab_artifact_url": lab.artifact_url,
+            **tailnet,
         }
         for group in host.groups:
             groups.setdefault(group, []).append((host.name, data))

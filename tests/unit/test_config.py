@@ -77,6 +77,8 @@ DOMAIN = "example.org"
 def good_data() -> dict[str, Any]:
     return {
         "domain": DOMAIN,
+        "headscale_url": f"https://headscale.{DOMAIN}",
+        "tailnet_domain": f"tailnet.{DOMAIN}",
         "base_packages": ["ca-certificates", "curl", "libnginx-mod-stream", "g++"],
         "ntp_servers": ["0.debian.pool.ntp.org", "192.0.2.123", "2001:db8::1"],
         "ssh_permit_root_login": "prohibit-password",
@@ -211,7 +213,7 @@ def test_versions_override_pins_and_drop_leading_v() -> None:
 
 
 def test_optional_keys_may_be_absent() -> None:
-    data = {"domain": DOMAIN}
+    data = {"domain": DOMAIN, "headscale_url": f"https://headscale.{DOMAIN}", "tailnet_domain": f"tailnet.{DOMAIN}"}
     groups = good_groups()
     groups.pop("exit_nodes")
     groups["k3s_servers"] = (["master"], {})
@@ -765,7 +767,10 @@ def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any
 
     # A fresh host whose deploying user has one authorized key (else the sshd hardening refuses to plan).
     answer = ["-", SEPARATOR, "yes", SEPARATOR, "root", SEPARATOR, "1"]
-    fake_connector.responses = {"authorized_keys": "\n".join(answer)}
+    fake_connector.responses = {
+        "authorized_keys": "\n".join(answer), "uname -s": "Linux", "uname -m": "x86_64",
+        "command -v useradd": "/usr/sbin/useradd",
+    }
     state = fake_state(REPO / "inventories" / "home.py", REPO, fake_connector)
     with deploy_contexts(state):
         load_deploy_file(state, str(DEPLOY))

@@ -7,3 +7,6 @@ apps = [
     {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565,
      "proxy_protocol": False},
 ]
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

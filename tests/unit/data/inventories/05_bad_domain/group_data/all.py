@@ -2,3 +2,6 @@
 
 domain = "Example..org"
 apps = []
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

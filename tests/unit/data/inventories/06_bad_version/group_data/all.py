@@ -8,3 +8,6 @@ apps = [
      "proxy_protocol": False},
 ]
 versions = {"headscale": "latest", "tailscale": "v1.98.10"}
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

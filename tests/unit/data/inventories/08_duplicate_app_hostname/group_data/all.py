@@ -5,3 +5,6 @@ apps = [
     {"name": "blog", "hostname": f"blog.{domain}", "public": True},
     {"name": "news", "hostname": f"blog.{domain}", "public": True},
 ]
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

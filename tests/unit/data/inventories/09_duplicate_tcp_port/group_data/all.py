@@ -6,3 +6,6 @@ apps = [
     {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcp_port": 25565},
     {"name": "minecraft-test", "hostname": f"mc-test.{domain}", "public": True, "tcp_port": 25565},
 ]
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

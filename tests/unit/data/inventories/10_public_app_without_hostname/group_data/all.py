@@ -5,3 +5,6 @@ apps = [
     {"name": "blog", "public": True},
     {"name": "vault", "hostname": f"pass.{domain}"},
 ]
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

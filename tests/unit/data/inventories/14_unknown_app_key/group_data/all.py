@@ -5,3 +5,6 @@ apps = [
     {"name": "blog", "hostname": f"blog.{domain}", "public": True},
     {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "port": 25565},
 ]
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

@@ -5,3 +5,6 @@ apps = [
     {"name": "minecraft", "hostname": f"mc.{domain}", "public": "yes", "tcp_port": "25565"},
 ]
 ntp_servers = "pool.ntp.org"
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

@@ -8,3 +8,6 @@ apps = [
 ]
 versions = {"debian": "buster"}
 ssh_permit_root_login = "yes"
+
+headscale_url = "https://headscale.example.org"
+tailnet_domain = "tailnet.example.org"

@@ -1,0 +1,146 @@
+"""The headscale control server: install, configure, ACL policy, MagicDNS records, users."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Arch
+from pyinfra.operations import files as pyinfra_files
+from pyinfra.operations import server, systemd
+from pyinfra.operations.util import any_changed
+
+from ..operations import files, headscale, release
+from ..render import render
+from ..versions import VERSIONS
+
+HEADSCALE_DEFAULTS: dict[str, Any] = {
+    "headscale_listen_addr": "0.0.0.0:8080",
+    "headscale_download_url": "https://github.com/juanfont/headscale/releases/download",
+    "headscale_sha256": None,  # pin the binary's sha256 instead of trusting the release's checksums.txt
+    "tailnet_admins": ["admin"],
+    "tailnet_derp": "tailscale",  # or "embedded": headscale's own DERP relay (+ STUN on udp/3478)
+    "tailnet_nameservers": [],  # upstream resolvers pushed to nodes; empty keeps each node's own
+    "tailnet_extra_grants": [],  # your own policy grants, appended to the generated ones
+}
+
+CONFIG = "/etc/headscale/config.yaml"
+POLICY = "/etc/headscale/policy.hujson"
+EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
+UNIT = "/etc/systemd/system/headscale.service"
+MANAGED = (UNIT, POLICY, CONFIG)
+
+
+def host_tags(groups: set[str], extra: list[str] | None = None) -> list[str]:
+    """A tailnet node's tags, from its inventory groups (plus ``tailscale_tags`` data)."""
+    tags = set(extra or [])
+    if groups & {"k3s_servers", "k3s_agents"}:
+        tags.add("tag:k3s")
+    if "entrance" in groups:
+        tags.add("tag:entrance")
+    if "exit_nodes" in groups:
+        tags.add("tag:exit")
+    if not tags:
+        tags.add("tag:infra")
+    return sorted(tags)
+
+
+BUILTIN_TAGS = ("tag:k3s", "tag:entrance", "tag:exit", "tag:infra")
+
+
+def tailnet_policy(
+    admins: list[str],
+    ingress_ports: list[int],
+    routes: dict[str, list[str]],
+    extra_tags: list[str] | None = None,
+    extra_grants: list[dict] | None = None,
+) -> dict[str, Any]:
+    """
+    The tailnet's policy: k3s nodes reach each other; the entrance reaches k3s nodes only on the ingress ports;
+    admins reach everything; every node and user may use the exit nodes; exit nodes and the subnet routes named
+    in the inventory are approved automatically.
+
+    + admins: headscale user names of the admins
+    + ingress_ports: TCP ports the entrance may open on k3s nodes (80, 443 and the raw TCP apps)
+    + routes: ``{cidr: [tags of the nodes that advertise it]}``
+    """
+    owners = ["group:admins"]
+    tags = sorted(set(BUILTIN_TAGS) | set(extra_tags or []))
+    policy: dict[str, Any] = {
+        "groups": {"group:admins": [f"{name}@" for name in admins]},
+        "tagOwners": {tag: owners for tag in tags},
+        "grants": [
+            {"src": ["tag:k3s"], "dst": ["tag:k3s"], "ip": ["*"]},
+            {"src": ["tag:entrance"], "dst": ["tag:k3s"], "ip": [f"tcp:{port}" for port in sorted(ingress_ports)]},
+            {"src": ["group:admins"], "dst": ["*"], "ip": ["*"]},
+            {"src": ["autogroup:member", "autogroup:tagged"], "dst": ["autogroup:internet"], "ip": ["*"]},
+            *(extra_grants or []),
+        ],
+        "autoApprovers": {"exitNode": ["tag:exit"], "routes": {cidr: sorted(t) for cidr, t in sorted(routes.items())}},
+    }
+    return policy
+
+
+@deploy("headscale server", data_defaults=HEADSCALE_DEFAULTS)
+def headscale_server(policy: dict[str, Any]) -> None:
+    """
+    Install and run headscale. Data keys (defaults in ``HEADSCALE_DEFAULTS``): ``headscale_url`` (its public URL),
+    ``tailnet_domain`` (MagicDNS base domain), ``headscale_listen_addr``, ``headscale_download_url``,
+    ``headscale_sha256``, ``tailnet_admins``, ``tailnet_derp``, ``tailnet_nameservers``,
+    ``versions["headscale"]``.
+
+    + policy: the ACL policy (see ``tailnet_policy``); a policy-only change reloads headscale, no restart
+    """
+    data = host.data
+    version = (data.get("versions") or {}).get("headscale", VERSIONS["headscale"]).lstrip("v")
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(host.get_fact(Arch), "amd64")
+    base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
+    server.group(name="headscale group", group="headscale", system=True)
+    server.user(  # noqa: S604 - "shell" is the login shell here
+        name="headscale user", user="headscale", group="headscale", system=True,
+        home="/var/lib/headscale", shell="/usr/sbin/nologin", create_home=False,
+    )
+    pyinfra_files.directory(name="headscale config dir", path="/etc/headscale", group="headscale", mode="750")
+    pyinfra_files.directory(
+        name="headscale state dir", path="/var/lib/headscale", user="headscale", group="headscale", mode="750"
+    )
+    binary = release.installed(
+        name="Install headscale",
+        component="headscale",
+        version=version,
+        url=f"{base}/headscale_{version}_linux_{arch}",
+        checksum_url=None if data.headscale_sha256 else f"{base}/checksums.txt",
+        sha256=data.headscale_sha256,
+        files={"": "/usr/local/bin/headscale"},
+    )
+    unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED)
+    systemd.daemon_reload(name="Reload systemd for headscale", _if=unit.did_change)
+    policy_file = files.content(
+        name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",
+        mode="0640", group="headscale", batch=MANAGED,
+    )
+    pyinfra_files.file(  # its content belongs to headscale.dns_records, run once the nodes have joined
+        name="MagicDNS records file", path=EXTRA_RECORDS, user="headscale", group="headscale", mode="640",
+    )
+    config = files.content(
+        name="headscale config", path=CONFIG, mode="0640", group="headscale", batch=MANAGED,
+        text=render(
+            "headscale.yaml.j2", server_url=data.headscale_url, listen_addr=data.headscale_listen_addr,
+            derp=data.tailnet_derp, derp_ipv4=data.get("headscale_derp_ipv4"), base_domain=data.tailnet_domain,
+            nameservers=list(data.tailnet_nameservers),
+        ),
+        validate="runuser -u headscale -- headscale configtest -c {}",
+    )
+    restart = any_changed(config, unit, binary)
+    systemd.service(name="Run headscale", service="headscale.service", running=True, enabled=True)
+    systemd.service(
+        name="Restart headscale after a config, unit or binary change", service="headscale.service",
+        restarted=True, _if=restart,
+    )
+    systemd.service(
+        name="Reload the headscale ACL policy", service="headscale.service", reloaded=True,
+        _if=[policy_file.did_change, lambda: not restart()],
+    )
+    headscale.users(name="headscale users", names=list(data.tailnet_admins))

@@ -1,0 +1,96 @@
+"""A tailscale node joined to the headscale tailnet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import Host, deploy
+from pyinfra.facts.server import Arch, LinuxDistribution
+from pyinfra.operations import apt, systemd
+from pyinfra.operations import files as pyinfra_files
+from pyinfra.operations.util import any_changed
+
+from ..operations import files, release, tailscale
+from ..render import render
+from ..versions import VERSIONS
+from .base import default_hostname
+from .headscale import host_tags
+
+TAILSCALE_DEFAULTS: dict[str, Any] = {
+    "tailscale_install": "apt",  # or "static": the official static tarball
+    "tailscale_download_url": "https://pkgs.tailscale.com/stable",
+    "tailscale_accept_dns": True,
+    "tailscale_accept_routes": False,
+    "tailscale_advertise_routes": [],
+    "tailscale_tags": [],  # extra tags (each must be in tailnet_tags)
+    "tailscaled_port": 41641,
+    "tailscaled_env": {},  # extra environment for tailscaled
+}
+
+STATIC_UNIT = "/etc/systemd/system/tailscaled.service"
+DEFAULTS_FILE = "/etc/default/tailscaled"
+APT_KEYRING = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
+APT_LIST = "/etc/apt/sources.list.d/tailscale.list"
+
+
+@deploy("Tailscale node", data_defaults=TAILSCALE_DEFAULTS)
+def tailscale_node(headscale_host: Host) -> None:
+    """
+    Install tailscale at the pinned version, run tailscaled and join the tailnet. Data keys (defaults in
+    ``TAILSCALE_DEFAULTS``): ``headscale_url``, ``tailscale_install``, ``tailscale_download_url``,
+    ``tailscale_accept_dns``, ``tailscale_accept_routes``, ``tailscale_advertise_routes``, ``tailscale_tags``,
+    ``tailscaled_port``, ``tailscaled_env``, ``hostname``, ``versions["tailscale"]``. Hosts in ``exit_nodes``
+    advertise themselves as exit nodes; tags come from the host's groups.
+
+    + headscale_host: the inventory host running headscale (pre-auth keys are minted there)
+    """
+    data = host.data
+    version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
+    managed = (STATIC_UNIT, DEFAULTS_FILE) if data.tailscale_install == "static" else (DEFAULTS_FILE,)
+    if data.tailscale_install == "static":
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(host.get_fact(Arch), "amd64")
+        stem = f"tailscale_{version}_{arch}"
+        url = f"{data.tailscale_download_url.rstrip('/')}/{stem}.tgz"
+        binary = release.installed(
+            name="Install tailscale (static)", component="tailscale", version=version, url=url,
+            checksum_url=f"{url}.sha256",
+            files={f"{stem}/tailscale": "/usr/local/bin/tailscale", f"{stem}/tailscaled": "/usr/local/sbin/tailscaled"},
+        )
+        unit = files.content(
+            name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed
+        )
+        systemd.daemon_reload(name="Reload systemd for tailscaled", _if=unit.did_change)
+    else:
+        codename = (host.get_fact(LinuxDistribution).get("release_meta") or {}).get("VERSION_CODENAME", "bookworm")
+        pyinfra_files.download(
+            name="tailscale apt key", src=f"https://pkgs.tailscale.com/stable/debian/{codename}.noarmor.gpg",
+            dest=APT_KEYRING, mode="644",
+        )
+        source = pyinfra_files.line(
+            name="tailscale apt source", path=APT_LIST,
+            line=f"deb [signed-by={APT_KEYRING}] https://pkgs.tailscale.com/stable/debian {codename} main",
+        )
+        apt.update(name="apt lists with tailscale", _if=source.did_change)
+        binary = apt.packages(name="Install tailscale (apt)", packages=[f"tailscale={version}"])
+        unit = binary
+    env = files.content(
+        name="tailscaled settings", path=DEFAULTS_FILE, batch=managed,
+        text=render("tailscaled.defaults.j2", port=data.tailscaled_port, env=dict(data.tailscaled_env)),
+    )
+    systemd.service(name="Run tailscaled", service="tailscaled.service", running=True, enabled=True)
+    systemd.service(
+        name="Restart tailscaled after a change", service="tailscaled.service", restarted=True,
+        _if=any_changed(binary, unit, env),
+    )
+    tailscale.joined(
+        name="Join the tailnet",
+        login_server=data.headscale_url,
+        headscale_host=headscale_host,
+        tags=host_tags(set(host.groups), list(data.tailscale_tags)),
+        hostname=data.get("hostname") or default_hostname(host.name),
+        accept_dns=data.tailscale_accept_dns,
+        accept_routes=data.tailscale_accept_routes,
+        exit_node="exit_nodes" in host.groups,
+        routes=list(data.tailscale_advertise_routes),
+    )

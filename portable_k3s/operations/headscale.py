@@ -1,0 +1,130 @@
+"""Operations on a headscale server (run on the headscale host, through its local CLI)."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import (
+    HiddenValue,
+    Host,
+    OperationError,
+    OperationValueError,
+    QuoteString,
+    State,
+    StringCommand,
+    operation,
+)
+from pyinfra.api.command import FunctionCommand
+
+from ..facts.headscale import Headscale
+
+PREAUTH_KEY_EXPIRY = "15m"
+EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
+
+
+@operation()
+def users(names: list[str]):
+    """
+    Create the headscale users that do not exist yet (existing users are kept; none are deleted).
+
+    + names: user names
+
+    **Example:**
+
+    .. code:: python
+
+        headscale.users(name="headscale users", names=["admin"])
+    """
+    for name in names:
+        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise OperationValueError(f"names: {name!r} is not a valid user name")
+    existing = host.get_fact(Headscale)["users"]
+    missing = [name for name in names if name not in existing]
+    if not missing:
+        host.noop(f"headscale users exist: {', '.join(names) or 'none wanted'}")
+        return
+    for name in missing:
+        yield StringCommand("headscale users create", QuoteString(name), ">/dev/null")
+
+
+def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PREAUTH_KEY_EXPIRY) -> HiddenValue:
+    """Mint a single-use, short-lived, tagged pre-auth key on ``headscale_host`` and return it hidden.
+
+    Runs ``headscale preauthkeys create`` there over the already open SSH connection; the key is read from
+    its JSON output, which is never printed, and exists only in memory here.
+    """
+    if not tags or not all(t.startswith("tag:") for t in tags):
+        raise OperationValueError(f"tags: {tags!r} (expected tag:NAME values)")
+    command = StringCommand(
+        "headscale preauthkeys create --expiration", QuoteString(expiration),
+        "--tags", QuoteString(",".join(tags)), "-o json",
+    )
+    ok, output = headscale_host.run_shell_command(command, print_output=False, print_input=False)
+    if not ok:
+        raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
+    try:
+        key = json.loads(output.stdout)["key"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OperationError(f"headscale on {headscale_host.name} returned no pre-auth key") from exc
+    return HiddenValue(key)
+
+
+def records_text(names: list[str], address: str) -> str:
+    """The extra-records JSON headscale reads: every name an A record to ``address``."""
+    records = [{"name": name, "type": "A", "value": address} for name in sorted(names)]
+    return json.dumps(records, indent=2) + "\n"
+
+
+@operation()
+def dns_records(names: list[str], address: str | None = None, node: str | None = None, path: str = EXTRA_RECORDS):
+    """
+    Make MagicDNS resolve ``names`` (inside the tailnet only) to ``address``, or to the tailnet IPv4 of the
+    node named ``node``. headscale reads the file on change: no restart. When that node has not joined yet
+    at planning time (a first run), the records are written at execution time, once it has.
+
+    + names: DNS names (e.g. the private apps' hostnames)
+    + address: the IPv4 they resolve to
+    + node: else, the tailnet node whose address they resolve to
+    + path: headscale's ``dns.extra_records_path``
+
+    **Example:**
+
+    .. code:: python
+
+        headscale.dns_records(name="Private apps", names=["pass.example.org"], node="master")
+    """
+    if (address is None) == (node is None):
+        raise OperationValueError("give exactly one of address or node")
+    from .files import content  # noqa: PLC0415 - avoids a cycle at import time
+
+    if address is None:
+        address = next((n["ipv4"] for n in host.get_fact(Headscale)["nodes"] if n["name"] == node), None)
+    if address is not None:
+        yield from content._inner(
+            path=path, text=records_text(names, address), mode="0640", user="headscale", group="headscale",
+        )
+        return
+
+    def write_records(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        ok, output = host.run_shell_command("headscale nodes list -o json", print_output=False)
+        nodes: Any = json.loads(output.stdout or "null") if ok else None
+        found = next(
+            (n for n in nodes or [] if (n.get("given_name") or n.get("name")) == node and n.get("ip_addresses")),
+            None,
+        )
+        if found is None:
+            raise OperationError(f"node {node!r} is not in the tailnet: cannot point MagicDNS records at it")
+        ipv4 = next(a for a in found["ip_addresses"] if ":" not in a)
+        staged = f"{path}.portable-k3s-new"
+        if not host.put_file(StringIO(records_text(names, ipv4)), staged, print_output=False):
+            raise OSError(f"writing {staged} failed")
+        ok, output = host.run_shell_command(
+            StringCommand("chown headscale:headscale", staged, "&& chmod 0640", staged, "&& mv -f", staged, path)
+        )
+        if not ok:
+            raise OperationError(f"installing {path} failed: {output.stderr}")
+
+    yield FunctionCommand(write_records, (), {})

@@ -1,0 +1,109 @@
+"""Operations for the tailscale client: install it, and join (or re-join) the headscale tailnet."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import Host, OperationValueError, QuoteString, State, StringCommand, operation
+from pyinfra.api.command import FunctionCommand
+
+from ..facts.headscale import Headscale
+from ..facts.tailscale import Tailscale
+from .headscale import mint_preauth_key
+
+AUTHKEY_DIR = "/run/portable-k3s"
+AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
+
+
+def wanted_prefs(
+    login_server: str, hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool, routes: list[str]
+) -> dict[str, Any]:
+    """The ``tailscale debug prefs`` values a node joined with these settings has."""
+    advertised = sorted(routes + (["0.0.0.0/0", "::/0"] if exit_node else []))
+    return {
+        "ControlURL": login_server, "Hostname": hostname, "CorpDNS": accept_dns, "RouteAll": accept_routes,
+        "AdvertiseRoutes": advertised,
+    }
+
+
+def _settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool,
+                    routes: list[str]) -> list[str]:
+    return [
+        f"--hostname={hostname}",
+        f"--accept-dns={str(accept_dns).lower()}",
+        f"--accept-routes={str(accept_routes).lower()}",
+        f"--advertise-exit-node={str(exit_node).lower()}",
+        f"--advertise-routes={','.join(routes)}",
+    ]
+
+
+@operation()
+def joined(
+    login_server: str,
+    headscale_host: Host,
+    tags: list[str],
+    hostname: str,
+    accept_dns: bool = True,
+    accept_routes: bool = False,
+    exit_node: bool = False,
+    routes: list[str] | None = None,
+):
+    """
+    Join this node to the headscale tailnet, or bring it back in line.
+
+    A joined node with the wanted settings is left alone; changed settings are applied with ``tailscale set``
+    (no re-join); a node that is not logged in, or that the headscale server no longer knows, (re-)joins with a
+    fresh pre-auth key. The key is minted on the headscale host only when needed, at execution time: single use,
+    short-lived, tagged; it reaches this node as a 0600 file in a root-only directory, is passed as
+    ``--auth-key=file:…`` (never in argv) and is deleted right after use. Tagged keys set the node's tags.
+
+    + login_server: the headscale URL
+    + headscale_host: the inventory host running headscale
+    + tags: the node's tags (``tag:NAME``)
+    + hostname: the node's name in the tailnet
+    + accept_dns: use MagicDNS
+    + accept_routes: accept subnet routes advertised by other nodes
+    + exit_node: offer this node as an exit node
+    + routes: subnets this node advertises
+
+    **Example:**
+
+    .. code:: python
+
+        tailscale.joined(
+            name="Join the tailnet", login_server="https://headscale.example.org",
+            headscale_host=inventory.get_host("cloud"), tags=["tag:k3s"], hostname="t420",
+        )
+    """
+    routes = list(routes or [])
+    if not tags or not all(t.startswith("tag:") for t in tags):
+        raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
+    info = host.get_fact(Tailscale)
+    server = headscale_host.get_fact(Headscale)
+    known_keys = {node["node_key"] for node in server["nodes"]}
+    flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes)
+    wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes)
+    joined_here = info["backend_state"] == "Running" and info["prefs"].get("ControlURL") == login_server
+    known = info["node_key"] in known_keys if server["running"] else True
+    if joined_here and known:
+        current = {key: info["prefs"].get(key) for key in wanted}
+        current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
+        if current == wanted:
+            host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
+            return
+        yield StringCommand("tailscale set", *flags)
+        return
+
+    def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        key = mint_preauth_key(headscale_host, tags)
+        if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False):
+            raise OSError(f"uploading the pre-auth key to {host.name} failed")
+
+    yield StringCommand("install -d -m 0700", AUTHKEY_DIR, "&& install -m 0600 /dev/null", AUTHKEY_FILE)
+    yield FunctionCommand(upload_fresh_key, (), {})
+    yield StringCommand(
+        "tailscale up --reset", f"--login-server={login_server}", f"--auth-key=file:{AUTHKEY_FILE}",
+        "--timeout=60s", *flags, "; rc=$?; rm -f", QuoteString(AUTHKEY_FILE), "; exit $rc",
+    )
