@@ -8,12 +8,18 @@ from pyinfra import host, inventory, state
 from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.base import base_host
 from portable_k3s.deploys.headscale import headscale_server
+from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
 from portable_k3s.operations import headscale
 
 cluster = validate_state(state)
 groups = set(host.groups)
 headscale_host = inventory.get_group("headscale")[0]
+
+# Node baseline first, on k3s nodes and exit nodes: its first operation checks the firmware policy, and a host
+# whose policy says "fail" fails there, so pyinfra deploys nothing else to it while the other hosts carry on.
+if is_node(host.groups):
+    node_baseline()
 
 base_host()
 

@@ -34,6 +34,8 @@ from pyinfra.api.host import Host
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
 from portable_k3s.deploys.headscale import BUILTIN_TAGS, HEADSCALE_DEFAULTS, host_tags, tailnet_policy
+from portable_k3s.deploys.node_baseline import DEFAULTS as NODE_BASELINE_DEFAULTS
+from portable_k3s.operations import hardware as hardware_ops
 from portable_k3s.versions import VERSIONS
 
 # Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
@@ -792,6 +794,93 @@ def _check_env(value: Any) -> Check:
     return []
 
 
+# Node baseline
+#
+# The keys deploys.node_baseline reads (its DEFAULTS are the defaults), limits from operations.hardware. Each
+# distinct value is checked once, where it is set. pyinfra replaces a dict whole: a host's firmware_policy
+# replaces its group's, and a check it leaves out takes the default.
+
+_POLICY_LEVELS = ", ".join(map(repr, hardware_ops.POLICY_LEVELS[:-1])) + f" or {hardware_ops.POLICY_LEVELS[-1]!r}"
+_THRESHOLDS_EXAMPLE = '{"start": 40, "stop": 80}'
+
+NodeCheck = list[tuple[str, str, str]]  # (key path below the key, problem, expected)
+
+
+def _check_int_range(value: Any, low: int, high: int, expected: str, or_zero: bool = False) -> Check:
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [(_wrong_type(value), expected)]
+    if not (low <= value <= high or (or_zero and value == 0)):
+        return [(f"{value} is out of range", expected)]
+    return []
+
+
+def _check_firmware_policy(value: Any) -> NodeCheck:
+    checks = tuple(NODE_BASELINE_DEFAULTS["firmware_policy"])
+    if not isinstance(value, dict):
+        example = ", ".join(f'"{check}": "warn"' for check in checks)
+        return [("", _wrong_type(value), f"a dict like {{{example}}}")]
+    found: NodeCheck = []
+    for check, level in value.items():
+        if check not in checks:
+            found.append((f".{check}", "is not a firmware check", " or ".join(checks)))
+        elif not isinstance(level, str) or level not in hardware_ops.POLICY_LEVELS:
+            found.append((f".{check}", f"{_show(level)} is not a policy level", _POLICY_LEVELS))
+    return found
+
+
+def _check_battery_thresholds(value: Any) -> NodeCheck:
+    low, high = hardware_ops.BATTERY_THRESHOLD_RANGE
+    expected = f"percentages with {low - 1} < start < stop <= {high}, like {_THRESHOLDS_EXAMPLE}"
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [("", _wrong_type(value), f"a dict like {_THRESHOLDS_EXAMPLE}, or None to leave them alone")]
+    found: NodeCheck = [(f".{key}", "is not a threshold", "start and stop") for key in value if key not in
+                        ("start", "stop")]
+    for key in ("start", "stop"):
+        if key not in value:
+            found.append((f".{key}", "is missing", expected))
+        else:
+            found += [(f".{key}", problem, expected) for problem, expected in
+                      _check_int_range(value[key], low, high, expected)]
+    if not found and value["start"] >= value["stop"]:
+        found.append(("", f"start {value['start']} is not below stop {value['stop']}", expected))
+    return found
+
+
+def _node_checks() -> dict[str, Any]:
+    """Each node baseline key and the check for one of its values."""
+
+    def flat(check: Any) -> Any:
+        return lambda value: [("", problem, expected) for problem, expected in check(value)]
+
+    watchdog_low, watchdog_high = hardware_ops.WATCHDOG_SEC_RANGE
+    panic_low, panic_high = hardware_ops.PANIC_REBOOT_SEC_RANGE
+    blank_low, blank_high = hardware_ops.CONSOLE_BLANK_MINUTES_RANGE
+    checks = {
+        "firmware_policy": _check_firmware_policy,
+        "laptop": flat(_check_bool),
+        "battery_charge_thresholds": _check_battery_thresholds,
+        "console_blank_minutes": flat(lambda v: _check_int_range(
+            v, blank_low, blank_high, f"whole minutes {blank_low}-{blank_high} (0: never blank)")),
+        "watchdog_sec": flat(lambda v: _check_int_range(
+            v, watchdog_low, watchdog_high, f"0 (off) or {watchdog_low}-{watchdog_high} seconds", or_zero=True)),
+        "kernel_panic_reboot_sec": flat(lambda v: _check_int_range(
+            v, panic_low, panic_high, f"seconds {panic_low}-{panic_high} (0: stay halted after a panic)")),
+        "kernel_panic_on_oops": flat(_check_bool),
+    }
+    assert set(checks) == set(NODE_BASELINE_DEFAULTS), "every node baseline key has a check"
+    return checks
+
+
+def _check_node_baseline(inventory: Inventory, problems: _Problems) -> None:
+    """Validate the node baseline keys (firmware policy, laptop settings, watchdog, kernel panic)."""
+    for key, check in _node_checks().items():
+        for source, (value, _hosts) in _sources(inventory, key).items():
+            for path, problem, expected in check(value):
+                problems.add(f"{source}.{key}{path}", problem, expected)
+
+
 def validate_inventory(
     inventory: Inventory, require_secrets: bool = True, cwd: str | None = None
 ) -> ClusterConfig:
@@ -841,6 +930,7 @@ def validate_inventory(
     _check_per_source(inventory, "ssh_permit_root_login", _check_ssh_permit_root_login, problems)
     _check_per_source(inventory, "hardware", lambda v: [] if v is None else _check_slug(v), problems)
     _check_per_source(inventory, "external_ssd", lambda v: [] if v is None else _check_device(v), problems)
+    _check_node_baseline(inventory, problems)
     for key in sorted(SECRET_KEYS):
         _check_per_source(inventory, key, lambda v: _check_secret(v, require_secrets, cwd), problems)
 

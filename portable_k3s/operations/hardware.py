@@ -79,38 +79,52 @@ class PolicyFinding(NamedTuple):
         return f"firmware_policy.{self.check}"
 
     def message(self) -> str:
+        """What a host that does not comply is told (quoted with double quotes: it also goes through a shell)."""
         if self.level == "fail":
             return (
-                f"{self.key} is 'fail' and {self.found}: nothing else is deployed to this host "
-                f"(fix the firmware, or set {self.key} to 'warn' or 'off' for it)"
+                f'{self.key} is "fail" and {self.found}: nothing else is deployed to this host '
+                f'(fix the firmware, or set {self.key} to "warn" or "off" for it)'
             )
-        return f"{self.key} is '{self.level}': {self.found}"
+        return f'{self.key} is "{self.level}": {self.found}'
+
+    def summary(self) -> str:
+        if self.level == "off":
+            return f'{self.key} is "off": {self.found}'
+        return f'{self.key} is "{self.level}", {"complies" if self.complies else "does not comply"}: {self.found}'
+
+
+# DMI strings cheap boards leave at the vendor's placeholder.
+DMI_PLACEHOLDERS = frozenset({
+    "default string", "to be filled by o.e.m.", "system product name", "system manufacturer", "system version",
+    "not applicable", "not specified", "none", "o.e.m.", "oem", "0123456789", "x.x",
+})
 
 
 def describe_machine(info: Mapping[str, Any]) -> str:
     """A short name for the machine from its DMI strings, e.g. ``LENOVO ThinkPad T420 (4180A21)``."""
     if not info["dmi"]:
         virt = " on ".join(v for v in (info["container"], info["vm"]) if v)
-        return f"no DMI ({virt})" if virt else "no DMI"
-    names = [info["sys_vendor"], info["product_version"], info["product_name"]]
-    unique = [n for i, n in enumerate(names) if n and n not in names[:i]]
-    if len(unique) == 3:
-        return f"{unique[0]} {unique[1]} ({unique[2]})"
-    return " ".join(unique) or "unnamed machine"
+        return f"a host without DMI ({virt})" if virt else "a host without DMI"
+    names: list[str] = []
+    for name in (info["sys_vendor"], info["product_version"], info["product_name"]):
+        if name and name.lower() not in DMI_PLACEHOLDERS and name not in names:
+            names.append(name)
+    if len(names) == 3:
+        return f"{names[0]} {names[1]} ({names[2]})"
+    return " ".join(names) or "an unbranded machine"
 
 
 def _coreboot_found(info: Mapping[str, Any]) -> str:
+    machine = describe_machine(info)
     if info["coreboot"]:
         version = info["coreboot_version"] or "of unknown version"
-        prefix = f", BIOS version prefix {info['coreboot_version_prefix']}" if info["coreboot_version_prefix"] else ""
-        evidence = ", ".join(info["coreboot_evidence"])
-        return f"{describe_machine(info)} runs coreboot {version}{prefix} (seen as {evidence})"
+        prefix = info["coreboot_version_prefix"]
+        prefix_text = f", BIOS version prefix {prefix}" if prefix else ""
+        return f"{machine} runs coreboot {version}{prefix_text} (seen as {', '.join(info['coreboot_evidence'])})"
     if info["coreboot"] is False:
+        firmware = " ".join(v for v in (info["bios_vendor"], "firmware", info["bios_version"]) if v)
         date = f" of {info['bios_date']}" if info["bios_date"] else ""
-        return (
-            f"{describe_machine(info)} runs {info['bios_vendor']} firmware {info['bios_version'] or ''}{date},"
-            " not coreboot"
-        ).replace("  ", " ")
+        return f"{machine} runs {firmware}{date}, not coreboot"
     virt = " on ".join(v for v in (info["container"], info["vm"]) if v)
     where = f"; this host is virtualised ({virt})" if virt else ""
     return (
@@ -175,17 +189,17 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
     info = host.get_fact(Firmware)
     findings = firmware_findings(info, require_coreboot, require_me_disabled)
     failures = [f for f in findings if f.level == "fail" and not f.complies]
-    warnings = [f for f in findings if f.level == "warn" and not f.complies]
-    for finding in warnings:
-        logger.warning(f"{host.print_prefix}{finding.message()}")
+    planning = not host.state.is_executing  # report once, when planning (operations are re-run to execute)
+    for finding in findings:
+        if planning and finding.level == "warn" and not finding.complies:
+            logger.warning(f"{host.print_prefix}{finding.message()}")
     if failures:
         message = "; ".join(f.message() for f in failures)
-        logger.error(f"{host.print_prefix}{message}")
+        if planning:
+            logger.error(f"{host.print_prefix}{message}")
         yield StringCommand("echo", QuoteString(message), ">&2; exit 1")
         return
-    summary = "; ".join(f"{f.found} ({f.check}: {f.level})" for f in findings)
-    prefix = "".join(f"warning: {f.message()}; " for f in warnings)
-    host.noop(f"{prefix}firmware policy holds: {summary}" if not warnings else f"{prefix.rstrip('; ')}")
+    host.noop("; ".join(finding.summary() for finding in findings))
 
 
 # Laptop as a server
@@ -228,7 +242,7 @@ def lid_switch_ignored(path: str = LOGIND_DROPIN, present: bool = True):
         yield from _upload(content, path)
     configured, in_effect = info["configured"], info["in_effect"]
     overridden = {k: v for k, v in configured.items() if not changed and LID_SETTINGS.get(k, v) != v}
-    for key, value in overridden.items():
+    for key, value in overridden.items() if not host.state.is_executing else ():
         logger.warning(
             f"{host.print_prefix}logind: {key}={value} from a drop-in that sorts after {path} overrides "
             f"{key}={LID_SETTINGS[key]} (remove it, or the lid may still suspend this host)"
@@ -239,8 +253,9 @@ def lid_switch_ignored(path: str = LOGIND_DROPIN, present: bool = True):
         return
     if not changed:
         lid = f"lid {info['lid_state'] or 'present'}" if info["lid"] else "no lid switch found"
-        running = "logind runs with them" if info["logind_active"] else "logind is not running"
-        host.noop(f"logind ignores the lid switch and sleep keys ({lid}; {running})")
+        running = "logind runs with it" if info["logind_active"] else "logind is not running"
+        but = f", except {', '.join(sorted(overridden))} (overridden by a later drop-in)" if overridden else ""
+        host.noop(f"the logind drop-in ignores the lid switch and sleep keys{but} ({lid}; {running})")
 
 
 @operation()
@@ -271,16 +286,14 @@ def sleep_masked(present: bool = True):
     yield StringCommand("systemctl", verb, *todo)
 
 
-def _unit_steps(content: str, path: str, unit_info: Mapping[str, Any]) -> tuple[list[Any], bool]:
-    """Commands that put a boot-time unit in place and enable it; also whether the file changed."""
-    unit = os.path.basename(path)
+def _unit_steps(content: str, path: str, unit_info: Mapping[str, Any]) -> list[Any]:
+    """Commands that put a boot-time unit in place (when it differs) and enable it (when it is not)."""
     commands: list[Any] = []
-    changed = unit_info["sha256"] != sha256(content)
-    if changed:
+    if unit_info["sha256"] != sha256(content):
         commands += [*_upload(content, path), "systemctl daemon-reload"]
     if not unit_info["enabled"]:
-        commands.append(StringCommand("systemctl enable", QuoteString(unit)))
-    return commands, changed
+        commands.append(StringCommand("systemctl enable", QuoteString(os.path.basename(path))))
+    return commands
 
 
 @operation()
@@ -320,17 +333,18 @@ def battery_thresholds(start: int = 40, stop: int = 80, unit: str = BATTERY_UNIT
     info = host.get_fact(Battery)
     capable = [battery for battery in info["batteries"] if battery["thresholds"]]
     if not capable:
-        batteries = ", ".join(b["name"] for b in info["batteries"])
-        if batteries:
+        names = [b["name"] for b in info["batteries"]]
+        if names:
+            offer = "offers" if len(names) == 1 else "offer"
             host.noop(
-                f"no charge thresholds to set: {batteries} offer none (thinkpad_acpi supports them only where "
+                f"no charge thresholds to set: {', '.join(names)} {offer} none (thinkpad_acpi has them only where "
                 "the firmware does, e.g. not on a T410 with the stock BIOS)"
             )
         else:
             host.noop("no charge thresholds to set: this host has no battery")
         return
     content = render("node_baseline/battery-thresholds.service.j2", start=start, stop=stop)
-    commands, changed = _unit_steps(content, unit, unit_info)
+    commands = _unit_steps(content, unit, unit_info)
     differ = [b["name"] for b in capable if (b["start_threshold"], b["stop_threshold"]) != (start, stop)]
     if differ:
         commands.append(StringCommand("systemctl restart", QuoteString(name)))
@@ -373,7 +387,7 @@ def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool =
         return
     console = host.get_fact(Console)
     content = render("node_baseline/console-blank.service.j2", minutes=minutes)
-    commands, changed = _unit_steps(content, unit, unit_info)
+    commands = _unit_steps(content, unit, unit_info)
     if console["vt"] and console["blank_sec"] != minutes * 60:
         commands.append(StringCommand("systemctl restart", QuoteString(name)))
     if not commands:

@@ -1,0 +1,81 @@
+"""The hardware baseline of a node (k3s servers and agents, exit nodes): the firmware policy first, then
+laptop-as-server settings on laptops, and on every node a watchdog and a reboot after a kernel panic, so a
+hung cheap machine comes back by itself."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+
+from ..operations import hardware
+
+# The inventory groups whose hosts are nodes and get this baseline.
+NODE_GROUPS = frozenset({"k3s_servers", "k3s_agents", "exit_nodes"})
+
+DEFAULTS: dict[str, Any] = {
+    # Each check: "off", "warn" (report, carry on) or "fail" (stop the host before anything is deployed to it).
+    "firmware_policy": {"require_coreboot": "off", "require_me_disabled": "off"},
+    "laptop": False,  # a laptop runs as a server: lid, sleep, battery and console settings
+    "battery_charge_thresholds": {"start": 40, "stop": 80},  # None: leave the thresholds alone
+    "console_blank_minutes": 1,  # laptops: blank the idle console (panel off) after this; 0 = never
+    "watchdog_sec": 15,  # systemd RuntimeWatchdogSec; 0 = off
+    "kernel_panic_reboot_sec": 10,  # kernel.panic; 0 = stay halted after a panic
+    "kernel_panic_on_oops": True,  # kernel.panic_on_oops
+}
+
+
+def is_node(groups: Any) -> bool:
+    """Whether a host in these groups (e.g. ``host.groups``) is a node that gets the baseline."""
+    return bool(NODE_GROUPS & set(groups))
+
+
+def firmware_policy_levels(value: Any) -> dict[str, str]:
+    """The firmware policy for a host: its ``firmware_policy`` data over the defaults (checks it leaves
+    out are the default's)."""
+    return {**DEFAULTS["firmware_policy"], **(value or {})}
+
+
+@deploy("Node baseline", data_defaults=DEFAULTS)
+def node_baseline() -> None:
+    """
+    Converge the hardware baseline of a node. The firmware policy check is its first operation: call this
+    before anything else for the host, and a host whose policy says ``fail`` fails there, so pyinfra deploys
+    nothing else to it while the other hosts carry on. Data keys (defaults in ``DEFAULTS``):
+
+    + firmware_policy: ``{"require_coreboot": "off|warn|fail", "require_me_disabled": "off|warn|fail"}``
+    + laptop: the host is a laptop that runs as a server: logind ignores the lid and the sleep keys, sleep
+      targets are masked, battery charge thresholds are set where supported, the idle console blanks
+    + battery_charge_thresholds: ``{"start": 40, "stop": 80}`` percent (laptops), or None to leave them alone
+    + console_blank_minutes: idle minutes before a laptop's console blanks (0: never)
+    + watchdog_sec: systemd's RuntimeWatchdogSec (0: off)
+    + kernel_panic_reboot_sec: seconds from a kernel panic to the reboot (0: stay halted)
+    + kernel_panic_on_oops: an oops panics (and so reboots)
+    """
+    policy = firmware_policy_levels(host.data.firmware_policy)
+    checked = hardware.firmware_policy(
+        name="Check the firmware policy",
+        require_coreboot=policy["require_coreboot"],
+        require_me_disabled=policy["require_me_disabled"],
+    )
+    if checked.will_change:
+        # Its only command is the one that fails this host: plan nothing more for it.
+        return
+
+    if host.data.laptop:
+        hardware.lid_switch_ignored(name="Ignore the lid switch")
+        hardware.sleep_masked(name="Disable sleep and hibernation")
+        thresholds = host.data.battery_charge_thresholds
+        if thresholds:
+            hardware.battery_thresholds(
+                name="Set battery charge thresholds", start=thresholds["start"], stop=thresholds["stop"]
+            )
+        hardware.console_blanking(name="Blank the idle console", minutes=host.data.console_blank_minutes)
+
+    hardware.watchdog(name="Arm the systemd watchdog", runtime_sec=host.data.watchdog_sec)
+    hardware.panic_reboot(
+        name="Reboot after a kernel panic",
+        reboot_sec=host.data.kernel_panic_reboot_sec,
+        on_oops=host.data.kernel_panic_on_oops,
+    )
