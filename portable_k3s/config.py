@@ -718,6 +718,17 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
     if sha is not None and not (isinstance(sha, str) and _HEX64_RE.match(sha)):
         problems.add(f"{source}.headscale_sha256", f"{_show(sha)} is not a sha256", "64 lower-case hex digits or None")
 
+    source, derp_ipv4 = _tailnet_value(inventory, "headscale_derp_ipv4", problems, {"headscale_derp_ipv4": None})
+    if derp_ipv4 is not None and not (isinstance(derp_ipv4, str) and _is_ipv4(derp_ipv4)):
+        problems.add(f"{source}.headscale_derp_ipv4", f"{_show(derp_ipv4)} is not an IPv4 address",
+                     "the public IPv4 of the headscale host for its embedded DERP relay, or None")
+    source, versions = _tailnet_value(inventory, "versions", problems, {"versions": {}})
+    client = versions.get("tailscale") if isinstance(versions, dict) else None
+    match = _SEMVER_RE.match(client) if isinstance(client, str) else None
+    if match and not (1, 80) <= tuple(int(x) for x in match.group(1).split(".")[:2]) <= (1, 98):
+        problems.add(f"{source}.versions.tailscale", f"{client!r} is not a client headscale 0.29 accepts",
+                     "a tailscale version from 1.80 to 1.98")
+
     # Per host
     methods = "'apt' (the official repository) or 'static' (the tarball)"
     _check_per_source(

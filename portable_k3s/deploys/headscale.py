@@ -120,6 +120,8 @@ def headscale_server(policy: dict[str, Any]) -> None:
     policy_file = files.content(
         name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",
         mode="0640", group="headscale", batch=MANAGED,
+        # A running headscale checks a new policy against its users; on a first install configtest does.
+        validate="! systemctl is-active --quiet headscale.service || headscale policy check --file {} >/dev/null",
     )
     pyinfra_files.file(  # its content belongs to headscale.dns_records, run once the nodes have joined
         name="MagicDNS records file", path=EXTRA_RECORDS, user="headscale", group="headscale", mode="640",

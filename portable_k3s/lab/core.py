@@ -169,6 +169,13 @@ class Lab:
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.config.state_file)
 
+    def adopt(self, state: dict) -> None:
+        """Use the wiring the lab was brought up with (subnets, port, bridges), as recorded in its state."""
+        recorded = state.get("config", {})
+        for key in ("cloud_bridge", "home_bridge", "cloud_subnet", "home_subnet", "artifact_port"):
+            if key in recorded:
+                setattr(self.config, key, recorded[key])
+
     def _adopt_names(self, state: dict) -> None:
         """An existing lab keeps the bridge names it was made with: they name what there is to remove."""
         for key in ("cloud_bridge", "home_bridge"):
@@ -465,6 +472,7 @@ class Lab:
                     name, command], check=check, timeout=timeout, input=input)
 
     def status(self) -> list[dict]:
+        self.adopt(self.load_state())
         rows = []
         for host in self.hosts():
             running = self._running(host)

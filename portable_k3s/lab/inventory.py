@@ -13,6 +13,7 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
     own key and known_hosts (strict host key checking)."""
     lab = Lab(config or LabConfig.from_env())
     state = lab.load_state()
+    lab.adopt(state)
     if not state.get("hosts"):
         raise LabError(
             f"no lab at {lab.state_dir}: bring one up with `python -m portable_k3s.lab up` "

@@ -73,7 +73,7 @@ def content(
     if validate:
         before, _, after = validate.partition("{}")
         check = [
-            "if !", StringCommand(before.strip(), q_staged, after.strip()) if _ else validate, "; then rm -f",
+            "if ! {", StringCommand(before.strip(), q_staged, after.strip()) if _ else validate, "; }; then rm -f",
             q_staged, f"; echo 'validation of {path} failed; the previous file is still in place' >&2; exit 1; fi;",
         ]
     yield StringCommand(*check, "mv -f", q_staged, quoted)

@@ -32,7 +32,12 @@ TEST_LAB = {
 MOVED_HOME_SUBNET = f"10.231.{10 * LAB_ID + 3}.0/24"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "moves_lab: changes the lab's network; runs after every other lab test")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("moves_lab") is not None)  # stable: keeps file order
     if os.geteuid() != 0:
         skip = pytest.mark.skip(reason="the lab tier needs root (systemd-nspawn, bridges, iptables, overlayfs)")
         for item in items:

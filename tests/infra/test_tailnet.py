@@ -1,0 +1,45 @@
+"""Checks for the tailnet: headscale on its host, tailscale on every node (deploys.headscale, deploys.tailscale)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+
+@pytest.mark.groups("headscale")
+def test_headscale_runs_hardened(host):
+    service = host.service("headscale")
+    assert service.is_running and service.is_enabled
+    assert host.check_output("systemctl show -p User --value headscale") == "headscale"
+    config = host.file("/etc/headscale/config.yaml")
+    assert config.mode == 0o640 and config.group == "headscale"
+    assert "policy:" in config.content_string
+
+
+@pytest.mark.groups("headscale")
+def test_headscale_config_and_policy_are_valid(host):
+    host.check_output("runuser -u headscale -- headscale configtest -c /etc/headscale/config.yaml")
+    policy = json.loads(host.file("/etc/headscale/policy.hujson").content_string)
+    assert {"tag:k3s", "tag:entrance"} <= set(policy["tagOwners"])
+    assert not host.file("/etc/headscale/.config.portable-k3s-new.yaml").exists
+
+
+@pytest.mark.groups("headscale")
+def test_no_valid_unused_preauth_key(host):
+    keys = json.loads(host.check_output("headscale preauthkeys list -o json") or "null") or []
+    valid_unused = [k for k in keys if not k.get("used") and k["expiration"]["seconds"] > time.time()]
+    assert not valid_unused, valid_unused
+
+
+@pytest.mark.groups("headscale", "entrance", "k3s_servers", "k3s_agents", "exit_nodes")
+def test_tailscale_node_is_in_the_tailnet(host, inventory_host):
+    assert host.service("tailscaled").is_running
+    status = json.loads(host.check_output("tailscale status --json"))
+    assert status["BackendState"] == "Running"
+    assert status["Self"]["Online"] or status["Self"]["TailscaleIPs"]
+    assert any(ip.startswith("100.") for ip in status["Self"]["TailscaleIPs"])
+    prefs = json.loads(host.check_output("tailscale debug prefs"))
+    assert prefs["ControlURL"] == inventory_host.get("headscale_url")
+    assert not host.file("/run/portable-k3s/tailscale-authkey").exists
