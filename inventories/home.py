@@ -18,8 +18,11 @@ k3s_servers = [
     ("master", {**_ssh, "ssh_hostname": "192.0.2.10", "hardware": "fanless-pc", "external_ssd": "/dev/sdb"}),
 ]
 k3s_agents = [
-    ("t420", {**_ssh, "ssh_hostname": "192.0.2.11", "hardware": "thinkpad-t420", "external_ssd": "/dev/sdb"}),
-    ("t410", {**_ssh, "ssh_hostname": "192.0.2.12", "hardware": "thinkpad-t410", "external_ssd": "/dev/sdb"}),
+    # Two ThinkPads that run as servers (the node baseline's laptop settings: lid, sleep, battery, console).
+    ("t420", {**_ssh, "ssh_hostname": "192.0.2.11", "hardware": "thinkpad-t420", "external_ssd": "/dev/sdb",
+              "laptop": True}),
+    ("t410", {**_ssh, "ssh_hostname": "192.0.2.12", "hardware": "thinkpad-t410", "external_ssd": "/dev/sdb",
+              "laptop": True}),
 ]
 exit_nodes = [
     ("pi", {**_ssh, "ssh_hostname": "192.0.2.20", "hardware": "raspberry-pi"}),

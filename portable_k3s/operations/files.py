@@ -44,7 +44,7 @@ def content(
             mode="0640", group="headscale", validate="headscale configtest -c {}",
         )
     """
-    if not mode.isdigit() or len(mode) not in (3, 4):
+    if len(mode) not in (3, 4) or any(c not in "01234567" for c in mode):
         raise OperationValueError(f"mode: {mode!r} (expected an octal mode like 0644)")
     paths = batch or (path,)
     if path not in paths:

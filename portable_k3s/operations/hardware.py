@@ -404,7 +404,7 @@ def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool =
 
 
 @operation()
-def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN):
+def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool = True):
     """
     Let systemd feed the hardware watchdog (``RuntimeWatchdogSec``), so a hung host is reset by it. The
     drop-in is applied with ``systemctl daemon-reexec``, only when it changed or the running manager still
@@ -414,6 +414,7 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN):
     + runtime_sec: seconds without a ping before the watchdog resets the host, 5-600 (0: off); systemd pings
       at half of it. Some watchdogs allow less (a Raspberry Pi's at most 15).
     + path: the ``system.conf.d`` drop-in
+    + present: ``False`` removes the drop-in again (systemd is re-executed, with its default: off)
 
     **Example:**
 
@@ -425,6 +426,13 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN):
     if not (_is_int(runtime_sec) and (runtime_sec == 0 or low <= runtime_sec <= high)):
         raise OperationValueError(f"runtime_sec: {runtime_sec!r} (expected 0 (off) or {low}-{high} seconds)")
     info = host.get_fact(Watchdog, path=path)
+    if not present:
+        if info["dropin_sha256"] is None:
+            host.noop("the watchdog drop-in is absent")
+            return
+        yield StringCommand("rm -f", QuoteString(path))
+        yield "systemctl daemon-reexec"
+        return
     content = render("node_baseline/watchdog.conf.j2", runtime_sec=runtime_sec)
     changed = info["dropin_sha256"] != sha256(content)
     if changed:
@@ -439,7 +447,7 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN):
     elif info["container"]:
         host.noop(
             f"RuntimeWatchdogSec={runtime_sec}s is loaded; this host is a container ({info['container']}) "
-            "without a watchdog device, so nothing is armed here: the container host's watchdog applies"
+            "without a watchdog device, so nothing is armed here (watchdogs are the container host's)"
         )
     else:
         host.noop(
@@ -449,7 +457,7 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN):
 
 
 @operation()
-def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_SYSCTL):
+def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_SYSCTL, present: bool = True):
     """
     Reboot after a kernel panic instead of hanging (``kernel.panic``), and panic on an oops
     (``kernel.panic_on_oops``). The ``sysctl.d`` file applies at every boot; the running kernel is set with
@@ -460,6 +468,8 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
     + reboot_sec: seconds between a panic and the reboot, 0-3600 (0: stay halted)
     + on_oops: make an oops a panic (and so a reboot)
     + path: the ``sysctl.d`` file
+    + present: ``False`` removes the file and, where ``/proc/sys`` is writable, sets the kernel's defaults
+      again (``kernel.panic = 0``, ``kernel.panic_on_oops = 0``)
 
     **Example:**
 
@@ -473,6 +483,14 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
     if not isinstance(on_oops, bool):
         raise OperationValueError(f"on_oops: {on_oops!r} (expected True or False)")
     info = host.get_fact(PanicSysctl, path=path)
+    if not present:
+        if info["config_sha256"] is None:
+            host.noop(f"{path} is absent")
+            return
+        yield StringCommand("rm -f", QuoteString(path))
+        if info["writable"]:
+            yield "sysctl -q -w kernel.panic=0 kernel.panic_on_oops=0"
+        return
     content = render("node_baseline/panic-sysctl.conf.j2", reboot_sec=reboot_sec, on_oops=on_oops)
     changed = info["config_sha256"] != sha256(content)
     if changed:

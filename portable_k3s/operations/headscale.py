@@ -20,6 +20,7 @@ from pyinfra.api import (
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale
+from .util import escalation
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
@@ -62,7 +63,9 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
         "headscale preauthkeys create --expiration", QuoteString(expiration),
         "--tags", QuoteString(",".join(tags)), "-o json",
     )
-    ok, output = headscale_host.run_shell_command(command, print_output=False, print_input=False)
+    ok, output = headscale_host.run_shell_command(
+        command, print_output=False, print_input=False, **escalation(headscale_host)
+    )
     if not ok:
         raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
     try:
@@ -108,8 +111,10 @@ def dns_records(names: list[str], address: str | None = None, node: str | None =
         )
         return
 
+    sudo = escalation(host, use_current_op=True)
+
     def write_records(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        ok, output = host.run_shell_command("headscale nodes list -o json", print_output=False)
+        ok, output = host.run_shell_command("headscale nodes list -o json", print_output=False, **sudo)
         nodes: Any = json.loads(output.stdout or "null") if ok else None
         found = next(
             (n for n in nodes or [] if (n.get("given_name") or n.get("name")) == node and n.get("ip_addresses")),
@@ -119,10 +124,14 @@ def dns_records(names: list[str], address: str | None = None, node: str | None =
             raise OperationError(f"node {node!r} is not in the tailnet: cannot point MagicDNS records at it")
         ipv4 = next(a for a in found["ip_addresses"] if ":" not in a)
         staged = f"{path}.portable-k3s-new"
-        if not host.put_file(StringIO(records_text(names, ipv4)), staged, print_output=False):
+        if not host.put_file(StringIO(records_text(names, ipv4)), staged, print_output=False, **sudo):
             raise OSError(f"writing {staged} failed")
         ok, output = host.run_shell_command(
-            StringCommand("chown headscale:headscale", staged, "&& chmod 0640", staged, "&& mv -f", staged, path)
+            StringCommand(
+                "chown headscale:headscale", QuoteString(staged), "&& chmod 0640", QuoteString(staged),
+                "&& mv -f", QuoteString(staged), QuoteString(path),
+            ),
+            **sudo,
         )
         if not ok:
             raise OperationError(f"installing {path} failed: {output.stderr}")

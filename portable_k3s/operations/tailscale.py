@@ -12,6 +12,7 @@ from pyinfra.api.command import FunctionCommand
 from ..facts.headscale import Headscale
 from ..facts.tailscale import Tailscale
 from .headscale import mint_preauth_key
+from .util import escalation
 
 AUTHKEY_DIR = "/run/portable-k3s"
 AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
@@ -90,15 +91,32 @@ def joined(
     if joined_here and known:
         current = {key: info["prefs"].get(key) for key in wanted}
         current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
-        if current == wanted:
+        node = next((n for n in server["nodes"] if n["node_key"] == info["node_key"]), None)
+        retag = node is not None and node["tags"] != sorted(set(tags))
+        if current == wanted and not retag:
             host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
             return
-        yield StringCommand("tailscale set", *flags)
+        if current != wanted:
+            yield StringCommand("tailscale set", *flags)
+        if retag and node is not None:
+            node_id, wanted_tags = node["id"], ",".join(sorted(set(tags)))
+
+            def set_tags(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+                ok, output = headscale_host.run_shell_command(
+                    StringCommand("headscale nodes tag --identifier", str(node_id), "--tags", QuoteString(wanted_tags)),
+                    print_output=False, **escalation(headscale_host),
+                )
+                if not ok:
+                    raise OSError(f"re-tagging {hostname} on {headscale_host.name} failed: {output.stderr[-300:]}")
+
+            yield FunctionCommand(set_tags, (), {})
         return
+
+    sudo = escalation(host, use_current_op=True)
 
     def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         key = mint_preauth_key(headscale_host, tags)
-        if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False):
+        if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False, **sudo):
             raise OSError(f"uploading the pre-auth key to {host.name} failed")
 
     yield StringCommand("install -d -m 0700", AUTHKEY_DIR, "&& install -m 0600 /dev/null", AUTHKEY_FILE)

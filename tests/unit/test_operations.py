@@ -10,13 +10,26 @@ e.g. ``path=/etc/ssh/sshd_config.d/01-portable-k3s-hardening.conf``.
 
 from __future__ import annotations
 
+import grp
+import hashlib
 import importlib
 import inspect
+import io
+import os
 import pkgutil
+import pwd
+import shutil
+import stat
+import subprocess
+import tarfile
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
+import pytest
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.operations import make_operation_tests
+from pyinfra_testing.util import FakeState, create_host
 
 import portable_k3s.operations as operations_pkg
 
@@ -93,3 +106,253 @@ def test_timesyncd_quotes_the_drop_in_directory() -> None:
     first = _run_operation(timesync.timesyncd, facts, servers=["ntp.example"], path=path)[0]
     text = first if isinstance(first, str) else first.get_raw_value()
     assert text == "mkdir -p '/etc/systemd/timesyncd.conf.d/site a'"
+
+
+# files.content and release.installed, executed by a local shell in a temporary directory: the commands do
+# what the case files say they look like.
+
+needs_shell_tools = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("sh", "stat", "sha256sum", "install", "curl", "tar", "awk")),
+    reason="needs sh, coreutils, curl, tar and awk",
+)
+
+
+def _local_owner() -> tuple[str, str]:
+    return pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+
+
+def _sh(command: Any) -> subprocess.CompletedProcess:
+    text = command if isinstance(command, str) else command.get_raw_value()
+    return subprocess.run(["sh", "-c", text], capture_output=True, text=True, check=False)
+
+
+def _file_states(paths: tuple[str, ...]) -> dict:
+    """The FileStates fact, gathered by running its command locally."""
+    from portable_k3s.facts.files import FileStates
+
+    result = _sh(FileStates().command(paths))
+    assert result.returncode == 0, result.stderr
+    return FileStates().process(result.stdout.splitlines())
+
+
+def _apply(commands: list) -> subprocess.CompletedProcess | None:
+    """Run commands as a connector would; an upload writes into the existing staged file, keeping its mode."""
+    from pyinfra.api.command import FileUploadCommand
+
+    last = None
+    for command in commands:
+        if isinstance(command, FileUploadCommand):
+            assert isinstance(command.src, io.StringIO)
+            with open(command.dest, "w") as staged:
+                staged.write(command.src.getvalue())
+            continue
+        last = _sh(command)
+        if last.returncode != 0:
+            return last
+    return last
+
+
+def _content(path: str, text: str, **kwargs: Any) -> tuple[list, Any]:
+    from portable_k3s.operations import files
+
+    user, group = _local_owner()
+    paths = kwargs.get("batch") or (path,)
+    facts = {"files.FileStates": {f"paths={paths!r}": _file_states(paths)}}
+    state = FakeState()
+    host = create_host(state, facts=facts)
+    with ctx_state.use(state), ctx_host.use(host):
+        commands = list(files.content._inner(path=path, text=text, user=user, group=group, **kwargs))
+    return commands, host
+
+
+@needs_shell_tools
+def test_content_writes_validates_and_then_is_a_noop(tmp_path: Path) -> None:
+    path = str(tmp_path / "etc dir" / "config.yaml")
+    text = "server_url: https://hs.example.org\n"
+    commands, _ = _content(path, text, mode="0640", validate="grep -q '^server_url:' {}")
+    result = _apply(commands)
+    assert result is not None and result.returncode == 0, result
+    assert Path(path).read_text() == text
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    assert sorted(p.name for p in Path(path).parent.iterdir()) == ["config.yaml"]  # no staged file left
+
+    # Converged: the fact read from the real file makes the operation a no-op.
+    commands, host = _content(path, text, mode="0640", validate="grep -q '^server_url:' {}")
+    assert commands == []
+    assert host.noop_description == f"{path} is up to date"
+
+    # Only the mode changed: fixed in place.
+    commands, _ = _content(path, text, mode="0600")
+    assert len(commands) == 1 and commands[0].get_raw_value().startswith("chmod 0600 ")
+    result = _apply(commands)
+    assert result is not None and result.returncode == 0
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert _content(path, text, mode="0600")[0] == []
+
+
+@needs_shell_tools
+def test_content_failed_validation_keeps_the_previous_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "config.yaml")
+    Path(path).write_text("server_url: https://old.example.org\n")
+    commands, _ = _content(path, "not: valid\n", validate="grep -q '^server_url:' {}")
+    result = _apply(commands)
+    assert result is not None and result.returncode == 1
+    assert f"validation of {path} failed; the previous file is still in place" in result.stderr
+    assert Path(path).read_text() == "server_url: https://old.example.org\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+@needs_shell_tools
+@pytest.mark.parametrize(
+    ("guard", "text", "installed"),
+    [
+        pytest.param("true", "server_url: https://new.example.org\n", True, id="checked-valid"),
+        pytest.param("true", "not: valid\n", False, id="checked-invalid"),
+        pytest.param("false", "not: valid\n", True, id="check-skipped"),
+    ],
+)
+def test_content_compound_validate_is_one_check(tmp_path: Path, guard: str, text: str, installed: bool) -> None:
+    """Like the policy check, skipped while headscale is not running: '! running || check {} >/dev/null'."""
+    path = str(tmp_path / "policy.hujson")
+    Path(path).write_text("server_url: https://old.example.org\n")
+    commands, _ = _content(path, text, validate=f"! {guard} || grep -q '^server_url:' {{}} >/dev/null")
+    result = _apply(commands)
+    assert result is not None and result.returncode == (0 if installed else 1), result
+    assert Path(path).read_text() == (text if installed else "server_url: https://old.example.org\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy.hujson"]
+
+
+def test_content_refuses_a_mode_that_is_not_octal() -> None:
+    from pyinfra.api import OperationValueError
+
+    from portable_k3s.operations import files
+
+    facts: dict = {"files.FileStates": {"paths=('/etc/default/tailscaled',)": {}}}
+    with pytest.raises(OperationValueError):
+        _run_operation(files.content, facts, path="/etc/default/tailscaled", text="", mode="0698")
+
+
+def _release_fixture(tmp_path: Path) -> dict[str, Any]:
+    """A release directory: a single binary, a tarball with two members, and their published checksums."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    binary = downloads / "headscale_0.29.2_linux_amd64"
+    binary.write_bytes(b"#!/bin/sh\necho headscale\n")
+    digest = hashlib.sha256(binary.read_bytes()).hexdigest()
+    (downloads / "checksums.txt").write_text(
+        f"{'1' * 64}  headscale_0.29.2_linux_arm64\n{digest}  headscale_0.29.2_linux_amd64\n"
+    )
+    archive = downloads / "tailscale_1.98.10_amd64.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("tailscale", "tailscaled"):
+            data = f"#!/bin/sh\necho {name}\n".encode()
+            info = tarfile.TarInfo(f"tailscale_1.98.10_amd64/{name}")
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    # tailscale publishes the bare digest, without a newline
+    (downloads / "tailscale_1.98.10_amd64.tgz.sha256").write_text(hashlib.sha256(archive.read_bytes()).hexdigest())
+    return {"dir": downloads, "binary": binary, "digest": digest, "archive": archive}
+
+
+def _install_release(monkeypatch: pytest.MonkeyPatch, state_dir: Path, **kwargs: Any) -> subprocess.CompletedProcess:
+    from portable_k3s.operations import release
+
+    monkeypatch.setattr(release, "RELEASE_STATE_DIR", str(state_dir))
+    key = f"component={kwargs['component']}, paths={list(kwargs['files'].values())!r}"
+    (command,) = _run_operation(release.installed, {"release.InstalledRelease": {key: {}}}, **kwargs)
+    return _sh(command)
+
+
+@needs_shell_tools
+def test_release_single_binary_verified_by_checksums_txt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fixture = _release_fixture(tmp_path)
+    dest = tmp_path / "bin" / "headscale"
+    result = _install_release(
+        monkeypatch,
+        tmp_path / "state",
+        component="headscale",
+        version="0.29.2",
+        url=f"file://{fixture['binary']}",
+        checksum_url=f"file://{fixture['dir']}/checksums.txt",
+        files={"": str(dest)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == fixture["binary"].read_bytes()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o755
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["headscale"]
+    # What the InstalledRelease fact reads back.
+    assert (tmp_path / "state" / "headscale").read_text() == f"0.29.2 {fixture['digest']}\n"
+
+
+@needs_shell_tools
+@pytest.mark.parametrize("published", ["other", "missing"])
+def test_release_checksum_mismatch_installs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, published: str
+) -> None:
+    fixture = _release_fixture(tmp_path)
+    checksums = fixture["dir"] / "checksums.txt"
+    if published == "other":
+        checksums.write_text(f"{'0' * 64}  headscale_0.29.2_linux_amd64\n")
+    else:
+        checksums.unlink()
+    dest = tmp_path / "bin" / "headscale"
+    result = _install_release(
+        monkeypatch,
+        tmp_path / "state",
+        component="headscale",
+        version="0.29.2",
+        url=f"file://{fixture['binary']}",
+        checksum_url=f"file://{checksums}",
+        files={"": str(dest)},
+    )
+    assert result.returncode == 1
+    expected = "0" * 64 if published == "other" else "nothing (no checksum found)"
+    assert (
+        f"headscale: sha256 of headscale_0.29.2_linux_amd64 is {fixture['digest']}, expected {expected}; "
+        "nothing was installed"
+    ) in result.stderr
+    assert not dest.parent.exists()
+    assert not (tmp_path / "state").exists()
+
+
+@needs_shell_tools
+def test_release_pinned_sha256_mismatch_installs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fixture = _release_fixture(tmp_path)
+    dest = tmp_path / "bin" / "headscale"
+    result = _install_release(
+        monkeypatch,
+        tmp_path / "state",
+        component="headscale",
+        version="0.29.2",
+        url=f"file://{fixture['binary']}",
+        sha256="f" * 64,
+        files={"": str(dest)},
+    )
+    assert result.returncode == 1
+    assert f"expected {'f' * 64}; nothing was installed" in result.stderr
+    assert not dest.parent.exists()
+
+
+@needs_shell_tools
+def test_release_tarball_members_verified_by_a_bare_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fixture = _release_fixture(tmp_path)
+    archive = fixture["archive"]
+    bin_dir, sbin_dir = tmp_path / "bin", tmp_path / "sbin dir"
+    result = _install_release(
+        monkeypatch,
+        tmp_path / "state",
+        component="tailscale",
+        version="1.98.10",
+        url=f"file://{archive}",
+        checksum_url=f"file://{archive}.sha256",
+        files={
+            "tailscale_1.98.10_amd64/tailscale": str(bin_dir / "tailscale"),
+            "tailscale_1.98.10_amd64/tailscaled": str(sbin_dir / "tailscaled"),
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert (bin_dir / "tailscale").read_text() == "#!/bin/sh\necho tailscale\n"
+    assert (sbin_dir / "tailscaled").read_text() == "#!/bin/sh\necho tailscaled\n"
+    assert stat.S_IMODE((sbin_dir / "tailscaled").stat().st_mode) == 0o755
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert (tmp_path / "state" / "tailscale").read_text() == f"1.98.10 {digest}\n"
