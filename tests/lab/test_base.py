@@ -145,8 +145,11 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
     assert lab.ssh("h3", "cat /root/marker").stdout.strip() == "before-the-move"
     # Every node is back in the tailnet by itself, before any deploy.
     for host in lab.hosts():
-        lab.ssh(host.name, "for i in $(seq 150); do tailscale status --json 2>/dev/null | grep -q "
-                '\'"BackendState": "Running"\' && exit 0; sleep 0.2; done; exit 1')
+        waited = lab.ssh(host.name, "for i in $(seq 300); do tailscale status --json 2>/dev/null | grep -q "
+                         '\'"BackendState": "Running"\' && exit 0; sleep 0.3; done; exit 1', check=False)
+        assert waited.returncode == 0, lab.ssh(
+            host.name, "tailscale status; systemctl status tailscaled --no-pager | tail -n 20", check=False
+        ).stdout
     again = pyinfra()
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.changed() == {}, f"changed after the move: {again.changed()}"
