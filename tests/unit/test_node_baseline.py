@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import importlib
 import inspect
 import logging
 import os
@@ -600,14 +601,26 @@ def test_node_groups() -> None:
 
 
 def test_deploy_py_runs_the_baseline_first_on_nodes() -> None:
+    """In deploy.py the node baseline, guarded by the node groups, comes before every other deploy or operation."""
     tree = ast.parse((REPO / "deploy.py").read_text())
-    calls = [n.value.func.id for n in tree.body if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call)
-             and isinstance(n.value.func, ast.Name)]
-    guarded = [n for n in tree.body if isinstance(n, ast.If) and "is_node(host.groups)" in ast.unparse(n.test)]
-    assert len(guarded) == 1 and ast.unparse(guarded[0].body[0]) == "node_baseline()"
-    first_deploy = tree.body.index(guarded[0])
-    later = [n for n in tree.body[first_deploy + 1:] if "()" in ast.unparse(n)]
-    assert "base_host" in calls and all(tree.body.index(n) > first_deploy for n in later)
+    (guard,) = [n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "is_node(host.groups)"]
+    assert [ast.unparse(n) for n in guard.body] == ["node_baseline()"]
+    deploys, op_modules = set(), set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("portable_k3s.deploys."):
+            module = importlib.import_module(node.module or "")
+            deploys |= {alias.asname or alias.name for alias in node.names
+                        if hasattr(getattr(module, alias.name), "_inner")}  # @deploy functions
+        if isinstance(node, ast.ImportFrom) and node.module in ("portable_k3s.operations", "pyinfra.operations"):
+            op_modules |= {alias.asname or alias.name for alias in node.names}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    deploying = [n for n in calls if (isinstance(n.func, ast.Name) and n.func.id in deploys)
+                 or (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+                     and n.func.value.id in op_modules)]
+    assert {n.func.id for n in deploying if isinstance(n.func, ast.Name)} >= {"node_baseline", "base_host"}
+    for call in deploying:
+        if ast.unparse(call) != "node_baseline()":
+            assert call.lineno > guard.lineno, f"deploy.py line {call.lineno} deploys before the node baseline"
 
 
 def test_laptop_and_server_plans(fake: type[FakeConnector]) -> None:
