@@ -52,6 +52,9 @@ LAB_PASSWORD = "hunter"  # noqa: S105 - a deliberately weak lab-only password
 
 CLOUD_ROLES = ("headscale", "entrance")
 
+IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+IP_FORWARD_SAVED = Path("/run/portable-k3s-lab/ip_forward.before")
+
 
 class LabError(RuntimeError):
     """A lab step failed; the message says which and how."""
@@ -311,8 +314,11 @@ class Lab:
 
     def _network_up(self, state: dict) -> None:
         c = self.config
-        if "ip_forward_before" not in state:
-            state["ip_forward_before"] = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+        # ip_forward is one switch for the whole machine, shared by every lab on it: the first lab up records
+        # its value, the last lab down restores it.
+        if not IP_FORWARD_SAVED.exists():
+            IP_FORWARD_SAVED.parent.mkdir(parents=True, exist_ok=True)
+            IP_FORWARD_SAVED.write_text(IP_FORWARD.read_text())
         for bridge, site in ((c.cloud_bridge, "cloud"), (c.home_bridge, "home")):
             subnet = ipaddress.IPv4Network(c.cloud_subnet if site == "cloud" else c.home_subnet)
             if run(["ip", "link", "show", bridge], check=False).returncode != 0:
@@ -323,7 +329,7 @@ class Lab:
             run(["ip", "addr", "flush", "dev", bridge])
             run(["ip", "addr", "add", f"{self.gateway(site)}/{subnet.prefixlen}", "dev", bridge])
             run(["ip", "link", "set", bridge, "up"])
-        Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
+        IP_FORWARD.write_text("1\n")
         self._firewall_down(state)  # rebuild from scratch: the subnets may have changed
         fwd, nat = f"{c.chain}-FWD", f"{c.chain}-NAT"
         run(["iptables", "-w", "-N", fwd])
@@ -527,8 +533,11 @@ class Lab:
         for bridge in sorted(bridges):
             if run(["ip", "link", "show", bridge], check=False).returncode == 0:
                 run(["ip", "link", "del", bridge])
-        if "ip_forward_before" in state:
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(state["ip_forward_before"] + "\n")
+        other_labs = [ln for ln in run(["iptables", "-w", "-S", "FORWARD"]).stdout.splitlines() if "-j PK3S-" in ln]
+        if not other_labs and IP_FORWARD_SAVED.exists():
+            IP_FORWARD.write_text(IP_FORWARD_SAVED.read_text())
+            IP_FORWARD_SAVED.unlink()
+            IP_FORWARD_SAVED.parent.rmdir()
         if keep_state:
             state.pop("bridges", None)
             state.pop("chains", None)
