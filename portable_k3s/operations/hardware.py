@@ -8,7 +8,7 @@ Nothing here flashes or changes firmware: the firmware policy only checks.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from io import StringIO
 from typing import Any, NamedTuple
 
@@ -24,6 +24,7 @@ from ..facts.hardware import (
     Firmware,
     LidSwitch,
     ManagedUnit,
+    ManagedUnitInfo,
     PanicSysctl,
     SleepTargets,
     Watchdog,
@@ -161,6 +162,17 @@ def _check_levels(require_coreboot: str, require_me_disabled: str) -> None:
     for name, level in (("require_coreboot", require_coreboot), ("require_me_disabled", require_me_disabled)):
         if level not in POLICY_LEVELS:
             raise OperationValueError(f"{name}: {level!r} (expected one of {', '.join(POLICY_LEVELS)})")
+
+
+def _removed_unit(unit: str, unit_info: ManagedUnitInfo) -> Iterator[str | StringCommand]:
+    """Commands that disable and remove a unit this module manages (a no-op when it is absent)."""
+    name = os.path.basename(unit)
+    if unit_info["sha256"] is None:
+        host.noop(f"{name} is absent")
+        return
+    yield StringCommand("systemctl disable", QuoteString(name), "2>/dev/null || true")
+    yield StringCommand("rm -f", QuoteString(unit))
+    yield "systemctl daemon-reload"
 
 
 @operation()
@@ -323,12 +335,7 @@ def battery_thresholds(start: int = 40, stop: int = 80, unit: str = BATTERY_UNIT
     unit_info = host.get_fact(ManagedUnit, path=unit)
     name = os.path.basename(unit)
     if not present:
-        if unit_info["sha256"] is None:
-            host.noop(f"{name} is absent")
-            return
-        yield StringCommand("systemctl disable", QuoteString(name), "2>/dev/null || true")
-        yield StringCommand("rm -f", QuoteString(unit))
-        yield "systemctl daemon-reload"
+        yield from _removed_unit(unit, unit_info)
         return
     info = host.get_fact(Battery)
     capable = [battery for battery in info["batteries"] if battery["thresholds"]]
@@ -378,12 +385,7 @@ def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool =
     unit_info = host.get_fact(ManagedUnit, path=unit)
     name = os.path.basename(unit)
     if not present:
-        if unit_info["sha256"] is None:
-            host.noop(f"{name} is absent")
-            return
-        yield StringCommand("systemctl disable", QuoteString(name), "2>/dev/null || true")
-        yield StringCommand("rm -f", QuoteString(unit))
-        yield "systemctl daemon-reload"
+        yield from _removed_unit(unit, unit_info)
         return
     console = host.get_fact(Console)
     content = render("node_baseline/console-blank.service.j2", minutes=minutes)
