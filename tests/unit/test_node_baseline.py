@@ -1,6 +1,10 @@
 """The node baseline (deploys/node_baseline.py, operations/hardware.py, facts/hardware.py): firmware policy
-outcomes for captured machines, the fact commands against fake sysfs trees, the templates, the data keys in
-the configuration model, and the deploy's wiring on ``@fake`` hosts, including a host stopped by its policy."""
+outcomes for reference machines, the fact commands against fake sysfs trees, the templates, the data keys in
+the configuration model, and the deploy's wiring on ``@fake`` hosts, including a host stopped by its policy.
+
+The reference machines' fact outputs (tests/unit/facts/hardware.*/) are reconstructed from those models' real
+DMI strings and documented ME states, not dumped from the machines themselves: no such hardware is reachable
+from the test machine. Each case file says what it is based on."""
 
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ def fact_case(fact: str, case: str) -> dict[str, Any]:
 
 
 def captured(fact_cls: type, case: str) -> Any:
-    """The fact parsed from a captured output (the unit case's output, not its expected answer)."""
+    """The fact parsed from a reference machine's output (the unit case's output, not its expected answer)."""
     return fact_cls().process(fact_case(fact_cls.__name__, case)["output"])
 
 
@@ -54,7 +58,7 @@ def output_text(fact: str, case: str) -> str:
     return "\n".join(fact_case(fact, case)["output"])
 
 
-# Firmware policy outcomes for the captured machines
+# Firmware policy outcomes for the reference machines
 #
 
 # Machine (Firmware case) -> per check: (complies, a piece of what was found that the message must name).
