@@ -8,6 +8,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
+from ..connection import tcp_nodelay
 from ..operations import packages, ssh, timesync
 
 DEFAULTS: dict[str, Any] = {
@@ -35,6 +36,7 @@ def base_host() -> None:
     + ntp_servers: NTP servers for systemd-timesyncd
     + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
     """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     server.hostname(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(
         name="Install base packages",

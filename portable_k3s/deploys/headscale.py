@@ -12,6 +12,7 @@ from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
+from ..connection import tcp_nodelay
 from ..operations import files, headscale, release
 from ..render import render
 from ..versions import VERSIONS
@@ -93,6 +94,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
 
     + policy: the ACL policy (see ``tailnet_policy``); a policy-only change reloads headscale, no restart
     """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("headscale", VERSIONS["headscale"]).lstrip("v")
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(host.get_fact(Arch), "amd64")

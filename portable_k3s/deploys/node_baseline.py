@@ -9,6 +9,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
+from ..connection import tcp_nodelay
 from ..operations import hardware
 
 # The inventory groups whose hosts are nodes and get this baseline.
@@ -53,6 +54,7 @@ def node_baseline() -> None:
     + kernel_panic_reboot_sec: seconds from a kernel panic to the reboot (0: stay halted)
     + kernel_panic_on_oops: an oops panics (and so reboots)
     """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     policy = firmware_policy_levels(host.data.firmware_policy)
     checked = hardware.firmware_policy(
         name="Check the firmware policy",

@@ -11,6 +11,7 @@ from pyinfra.operations import apt, systemd
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
 
+from ..connection import tcp_nodelay
 from ..operations import files, release, tailscale
 from ..render import render
 from ..versions import VERSIONS
@@ -45,6 +46,7 @@ def tailscale_node(headscale_host: Host) -> None:
 
     + headscale_host: the inventory host running headscale (pre-auth keys are minted there)
     """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
     managed = (STATIC_UNIT, DEFAULTS_FILE) if data.tailscale_install == "static" else (DEFAULTS_FILE,)

@@ -1,0 +1,130 @@
+"""TCP_NODELAY on the SSH socket: set where there is a TCP socket, a no-op for every other connector."""
+
+from __future__ import annotations
+
+import ast
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.connect import connect_all
+from pyinfra.api.deploy import add_deploy
+
+from portable_k3s.connection import NoDelayCallback, connection_socket, set_host_nodelay, tcp_nodelay
+from portable_k3s.deploys.base import base_host
+from tests.fake_connector import FakeConnector
+from tests.unit.test_deploys import _converged_responses
+
+DEPLOYS = Path(__file__).resolve().parents[2] / "portable_k3s" / "deploys"
+
+
+def _nodelay(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[socket.socket]:
+    """A connected TCP socket over loopback (Nagle on, as a fresh socket has it)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        try:
+            yield client
+        finally:
+            client.close()
+            peer.close()
+
+
+def _ssh_like_host(sock: Any) -> Any:
+    """A host whose connector looks like pyinfra's SSH connector: ``client.get_transport().sock``."""
+    transport = SimpleNamespace(sock=sock)
+    return SimpleNamespace(name="h", connected=True,
+                           connector=SimpleNamespace(client=SimpleNamespace(get_transport=lambda: transport)))
+
+
+def _fake_state(hosts: list[str]) -> State:
+    state = State(Inventory(([(f"@fake/{name}", {"hostname": name}) for name in hosts], {})), Config())
+    connect_all(state)
+    return state
+
+
+def test_sets_nodelay_on_a_tcp_socket(tcp_pair: socket.socket) -> None:
+    assert _nodelay(tcp_pair) == 0
+    host = _ssh_like_host(tcp_pair)
+    assert connection_socket(host) is tcp_pair
+    assert set_host_nodelay(host) is True
+    assert _nodelay(tcp_pair) != 0
+    assert set_host_nodelay(host) is True  # idempotent
+    assert _nodelay(tcp_pair) != 0
+
+
+def test_no_socket_to_set_it_on() -> None:
+    unix_a, unix_b = socket.socketpair()
+    try:
+        assert connection_socket(_ssh_like_host(unix_a)) is None  # e.g. a ProxyCommand's pipe
+    finally:
+        unix_a.close()
+        unix_b.close()
+    assert connection_socket(_ssh_like_host(object())) is None  # e.g. a jump host's channel
+    disconnected = SimpleNamespace(name="h", connector=SimpleNamespace(client=None))
+    assert set_host_nodelay(disconnected) is False  # type: ignore[arg-type]
+    assert set_host_nodelay(SimpleNamespace(name="h", connector=object())) is False  # type: ignore[arg-type]
+
+
+def test_fake_connector_is_left_alone(fake_connector: type[FakeConnector]) -> None:
+    state = _fake_state(["node1", "node2"])
+    assert all(host.connected for host in state.inventory)
+    assert tcp_nodelay(state) == []
+    assert tcp_nodelay(state) == []
+    assert sum(isinstance(h, NoDelayCallback) for h in state.callback_handlers) == 1
+    assert fake_connector.log == {}, "setting the option runs no remote command"
+
+
+def test_a_deploy_registers_the_callback_once(fake_connector: type[FakeConnector]) -> None:
+    fake_connector.responses.update(_converged_responses("node1"))
+    state = _fake_state(["node1", "node2"])
+    add_deploy(state, base_host)
+    assert sum(isinstance(h, NoDelayCallback) for h in state.callback_handlers) == 1
+
+
+# The library's deploys; each starts by turning Nagle off, so their users get fast SSH without asking.
+DEPLOY_ENTRY_POINTS = {
+    "base.py": "base_host",
+    "node_baseline.py": "node_baseline",
+    "headscale.py": "headscale_server",
+    "tailscale.py": "tailscale_node",
+}
+
+
+def _deploy_function(filename: str, name: str) -> ast.FunctionDef:
+    for node in ast.parse((DEPLOYS / filename).read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            assert any(
+                isinstance(d, ast.Call) and getattr(d.func, "id", None) == "deploy" for d in node.decorator_list
+            ), f"{filename}:{name} is not a @deploy"
+            return node
+    raise AssertionError(f"{filename} has no {name}")
+
+
+@pytest.mark.parametrize(("filename", "name"), sorted(DEPLOY_ENTRY_POINTS.items()))
+def test_the_library_deploys_start_with_it(filename: str, name: str) -> None:
+    func = _deploy_function(filename, name)
+    body = [n for n in func.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    first = body[0]
+    assert (
+        isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
+        and getattr(first.value.func, "id", None) == "tcp_nodelay"
+    ), f"{filename}:{name}: call tcp_nodelay() first (see portable_k3s.connection)"
+
+
+def test_hosts_connecting_later_get_it(tcp_pair: socket.socket) -> None:
+    NoDelayCallback.host_connect(None, _ssh_like_host(tcp_pair))  # type: ignore[arg-type]
+    assert _nodelay(tcp_pair) != 0
+
+
+def test_without_a_state_it_does_nothing() -> None:
+    assert tcp_nodelay() == []
