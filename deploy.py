@@ -7,6 +7,7 @@ from pyinfra import host, inventory, state
 
 from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.base import base_host
+from portable_k3s.deploys.entrance import entrance
 from portable_k3s.deploys.headscale import headscale_server
 from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
@@ -28,6 +29,9 @@ if "headscale" in groups:
 
 if groups & TAILNET_GROUPS:
     tailscale_node(headscale_host=headscale_host)
+
+if "entrance" in groups:
+    entrance(apps=cluster.apps, backends=[*inventory.get_group("k3s_servers"), *inventory.get_group("k3s_agents", [])])
 
 if "headscale" in groups:
     private = [app.hostname for app in cluster.private_apps() if app.hostname]

@@ -22,6 +22,7 @@ def content(
     group: str = "root",
     validate: str | None = None,
     batch: tuple[str, ...] | None = None,
+    test_in_place: str | None = None,
 ):
     """
     Make ``path`` hold exactly ``text`` with this mode and owner. A new version is staged next to the file,
@@ -34,6 +35,8 @@ def content(
     + mode, user, group: its permissions and owner
     + validate: a command run before the move, ``{}`` standing for the staged file; failing keeps the old file
     + batch: all paths of the component: their states are read in one remote command, shared by these ops
+    + test_in_place: a command run once the new file is in place (for tools that test their whole config, like
+      ``nginx -t``); failing puts the previous file back (or removes the new one) and fails the operation
 
     **Example:**
 
@@ -76,4 +79,19 @@ def content(
             "if ! {", StringCommand(before.strip(), q_staged, after.strip()) if _ else validate, "; }; then rm -f",
             q_staged, f"; echo 'validation of {path} failed; the previous file is still in place' >&2; exit 1; fi;",
         ]
-    yield StringCommand(*check, "mv -f", q_staged, quoted)
+    yield StringCommand(*check, *swap_in(path, staged, test_in_place))
+
+
+def swap_in(path: str, staged: str, test_in_place: str | None = None) -> list[object]:
+    """Shell words that move ``staged`` over ``path``; with ``test_in_place``, test it there and put the previous
+    file back (or remove the new one) when the test fails."""
+    quoted, q_staged = QuoteString(path), QuoteString(staged)
+    if not test_in_place:
+        return ["mv -f", q_staged, quoted]
+    backup = QuoteString(f"{staged}.previous")
+    return [
+        "rm -f", backup, "; if [ -e", quoted, "]; then cp -p", quoted, backup, "; fi; mv -f", q_staged, quoted, ";",
+        "if ! {", test_in_place, "; }; then if [ -e", backup, "]; then mv -f", backup, quoted, "; else rm -f",
+        quoted, f"; fi; echo '{path} was refused by: {test_in_place}; the previous one is still in place' >&2;",
+        "exit 1; fi; rm -f", backup,
+    ]

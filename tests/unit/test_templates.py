@@ -18,6 +18,8 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
 from portable_k3s import render as render_mod
+from portable_k3s.config import App
+from portable_k3s.deploys import entrance as entrance_deploy
 from portable_k3s.deploys import headscale as headscale_deploy
 from portable_k3s.deploys import tailscale as tailscale_deploy
 from portable_k3s.operations import headscale as headscale_ops
@@ -137,7 +139,19 @@ def _deploy_contexts(monkeypatch: pytest.MonkeyPatch, connector: type[FakeConnec
         ],
         headscale_host="@fake/ts-apt",
     )
-    return contexts
+    # The entrance renders its config from the backends' addresses inside its operation; its renderer:
+    entrance_calls: list[tuple[str, dict]] = []
+
+    def spy(name: str, **context: Any) -> str:
+        entrance_calls.append((name, context))
+        return render(name, **context)
+
+    monkeypatch.setattr(entrance_deploy, "render", spy)
+    entrance_deploy.render_entrance(
+        [App("blog", "blog.example.org", public=True), App("mc", "mc.example.org", public=True, tcp_port=25565)],
+        dict(entrance_deploy.ENTRANCE_DEFAULTS), ["100.64.0.2"],
+    )
+    return contexts + entrance_calls
 
 
 def _directives(text: str) -> dict[str, list[str]]:

@@ -1,0 +1,58 @@
+"""The entrance node: nginx forwarding only the catalog's public apps to the cluster over the tailnet."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import Host, deploy
+from pyinfra.operations import systemd
+
+from ..operations import nginx, packages
+from ..render import render
+
+ENTRANCE_DEFAULTS: dict[str, Any] = {
+    "entrance_https_port": 443,
+    "entrance_http_port": 80,
+    "entrance_connect_timeout": "3s",
+    "entrance_fail_timeout": "10s",  # a backend that failed is skipped this long (passive health check)
+}
+
+
+def render_entrance(apps: list[Any], settings: dict[str, Any], backends: list[str]) -> str:
+    """The entrance's nginx.conf for these public apps (``App`` objects) and backend addresses."""
+    public = [app for app in apps if app.public]
+    return render(
+        "entrance-nginx.conf.j2",
+        backends=backends,
+        https_hostnames=sorted(app.hostname for app in public if app.hostname),
+        tcp_apps=sorted((app for app in public if app.tcp_port), key=lambda app: app.tcp_port),
+        https_port=settings["entrance_https_port"],
+        http_port=settings["entrance_http_port"],
+        connect_timeout=settings["entrance_connect_timeout"],
+        fail_timeout=settings["entrance_fail_timeout"],
+    )
+
+
+@deploy("Entrance", data_defaults=ENTRANCE_DEFAULTS)
+def entrance(apps: list[Any], backends: list[Host]) -> None:
+    """
+    nginx (with the stream module) on the entrance: a stream server on 443 passing TLS through by SNI, with the
+    PROXY protocol, for every public app's hostname, to every k3s node's tailnet address; one stream server per
+    public raw-TCP app; on port 80 only ACME challenges of public hostnames reach the cluster, the rest is
+    redirected to https, and unknown hosts get no answer. Data keys (defaults in ``ENTRANCE_DEFAULTS``):
+    ``entrance_https_port``, ``entrance_http_port``, ``entrance_connect_timeout``, ``entrance_fail_timeout``.
+
+    + apps: the app catalog (``portable_k3s.config.App``)
+    + backends: the k3s nodes serving the ingress
+    """
+    settings = {key: host.data.get(key) for key in ENTRANCE_DEFAULTS}
+    packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])
+    config = nginx.entrance_config(
+        name="Entrance nginx config", render_config=partial(render_entrance, apps, settings), backends=backends
+    )
+    systemd.service(name="Run nginx", service="nginx.service", running=True, enabled=True)
+    systemd.service(
+        name="Reload nginx after a config change", service="nginx.service", reloaded=True, _if=config.did_change
+    )

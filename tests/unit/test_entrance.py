@@ -1,0 +1,124 @@
+"""The entrance: the nginx config it renders from the app catalog, and how ``nginx.entrance_config`` plans."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra_testing.util import FakeState, create_host
+
+from portable_k3s.config import App
+from portable_k3s.deploys.entrance import ENTRANCE_DEFAULTS, render_entrance
+from portable_k3s.operations import nginx
+from portable_k3s.render import sha256
+
+APPS = [
+    App("website", "example.org", public=True),
+    App("blog", "blog.example.org", public=True),
+    App("vaultwarden", "pass.example.org", public=False),
+    App("minecraft", "mc.example.org", public=True, tcp_port=25565, proxy_protocol=False),
+    App("game-two", "g2.example.org", public=True, tcp_port=7777, proxy_protocol=True),
+    App("private-tcp", "ptcp.example.org", public=False, tcp_port=6000),
+]
+BACKENDS = ["100.64.0.2", "100.64.0.3"]
+
+
+def _config() -> str:
+    return render_entrance(APPS, dict(ENTRANCE_DEFAULTS), BACKENDS)
+
+
+def _block(text: str, opening: str) -> str:
+    """The body of the block that starts with ``opening`` (braces matched)."""
+    start = text.index(opening)
+    depth, i = 0, text.index("{", start)
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1 : j]
+    raise AssertionError(f"unclosed {opening}")
+
+
+def test_sni_map_lists_exactly_the_public_hostnames() -> None:
+    sni_map = _block(_config(), "map $ssl_preread_server_name")
+    entries = {k: v.rstrip(";") for k, v in (line.strip().rstrip(";").split() for line in sni_map.strip().splitlines())}
+    assert entries.pop("default") == "unix:/run/nginx-entrance-closed.sock"
+    assert entries == {name: "cluster_https" for name in ("blog.example.org", "example.org", "g2.example.org",
+                                                            "mc.example.org")}
+
+
+def test_tls_passes_through_with_the_proxy_protocol_to_every_backend() -> None:
+    config = _config()
+    https = _block(config, "upstream cluster_https")
+    assert re.findall(r"server (\S+):443", https) == BACKENDS
+    server = [b for b in re.split(r"\n    server \{", _block(config, "stream {")) if "listen 443;" in b][0]
+    assert "ssl_preread on;" in server and "proxy_protocol on;" in server
+    assert "ssl_certificate" not in config  # the entrance never terminates TLS
+
+
+def test_one_stream_server_per_public_tcp_app_with_its_proxy_protocol_setting() -> None:
+    stream = _block(_config(), "stream {")
+    assert re.findall(r"listen (\d+);", stream) == ["443", "7777", "25565"]
+    assert "upstream app_game_two" in stream and "upstream app_minecraft" in stream
+    assert "6000" not in stream  # private TCP apps are not forwarded
+    minecraft = stream[stream.index("listen 25565;"):]
+    assert minecraft.split("}")[0].count("proxy_protocol off;") == 1
+    game = stream[stream.index("listen 7777;"):]
+    assert game.split("}")[0].count("proxy_protocol on;") == 1
+
+
+def test_port_80_serves_acme_for_public_names_and_drops_the_rest() -> None:
+    http = _block(_config(), "http {")
+    assert "listen 80 default_server;\n        return 444;" in http
+    names = re.search(r"server_name ([^;]+);", http)
+    assert names and names.group(1).split() == ["blog.example.org", "example.org", "g2.example.org",
+                                                "mc.example.org"]
+    assert "location /.well-known/acme-challenge/ {\n            proxy_pass http://cluster_http;" in http
+    assert "return 301 https://$host$request_uri;" in http
+    assert re.findall(r"server (\S+):80 ", _block(http, "upstream cluster_http")) == BACKENDS
+
+
+def test_no_public_app_means_no_forwarding_at_all() -> None:
+    config = render_entrance([App("vaultwarden", "pass.example.org")], dict(ENTRANCE_DEFAULTS), BACKENDS)
+    assert "cluster_https;" not in _block(config, "map $ssl_preread_server_name")
+    assert "server_name" not in _block(config, "http {")
+
+
+def _plan(addresses: list[str | None], current_sha: str | None = None) -> list[Any]:
+    state = FakeState()
+    backends = []
+    for index, address in enumerate(addresses):
+        backend = create_host(state, facts={"tailscale.Tailscale": {"ipv4": address}})
+        backend.name = f"node{index}"
+        backends.append(backend)
+    current = {"sha256": current_sha, "mode": "644", "user": "root", "group": "root"} if current_sha else None
+    entrance = create_host(state, facts={"files.FileStates": {"paths=('/etc/nginx/nginx.conf',)": {
+        "/etc/nginx/nginx.conf": current}}})
+    entrance.name = "cloud"
+
+    def render_config(found: list[str]) -> str:
+        return render_entrance(APPS, dict(ENTRANCE_DEFAULTS), found)
+
+    with ctx_state.use(state), ctx_host.use(entrance):
+        return list(nginx.entrance_config._inner(render_config=render_config, backends=backends))
+
+
+def test_known_backends_write_the_config_tested_in_place() -> None:
+    commands = _plan(BACKENDS)
+    uploads = [c for c in commands if isinstance(c, FileUploadCommand)]
+    assert len(uploads) == 1 and uploads[0].src.getvalue() == _config()
+    swap = commands[-1].get_raw_value()
+    assert isinstance(commands[-1], StringCommand)
+    assert "mv -f /etc/nginx/.nginx.portable-k3s-new.conf /etc/nginx/nginx.conf" in swap
+    assert "if ! { nginx -t -q ; }; then" in swap and "mv -f /etc/nginx/.nginx.portable-k3s-new.conf.previous" in swap
+
+
+def test_converged_config_is_a_noop() -> None:
+    assert _plan(BACKENDS, current_sha=sha256(_config())) == []
+
+
+def test_backend_without_a_tailnet_address_defers_the_config_to_execution() -> None:
+    commands = _plan(["100.64.0.2", None])
+    assert len(commands) == 1 and isinstance(commands[0], FunctionCommand)
+    assert commands[0].function.__name__ == "write_when_joined"
