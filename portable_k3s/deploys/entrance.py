@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import Host, deploy
 from pyinfra.operations import systemd
 
+from ..connection import tcp_nodelay
 from ..operations import nginx, packages
 from ..render import render
 
@@ -47,6 +48,7 @@ def entrance(apps: list[Any], backends: list[Host]) -> None:
     + apps: the app catalog (``portable_k3s.config.App``)
     + backends: the k3s nodes serving the ingress
     """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     settings = {key: host.data.get(key) for key in ENTRANCE_DEFAULTS}
     packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])
     config = nginx.entrance_config(

@@ -91,34 +91,33 @@ def test_a_deploy_registers_the_callback_once(fake_connector: type[FakeConnector
     assert sum(isinstance(h, NoDelayCallback) for h in state.callback_handlers) == 1
 
 
-# The library's deploys; each starts by turning Nagle off, so their users get fast SSH without asking.
-DEPLOY_ENTRY_POINTS = {
-    "base.py": "base_host",
-    "node_baseline.py": "node_baseline",
-    "headscale.py": "headscale_server",
-    "tailscale.py": "tailscale_node",
-}
-
-
-def _deploy_function(filename: str, name: str) -> ast.FunctionDef:
-    for node in ast.parse((DEPLOYS / filename).read_text()).body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            assert any(
+def _deploy_functions() -> dict[str, ast.FunctionDef]:
+    """Every @deploy function of the library, by ``file:name``."""
+    found = {}
+    for path in sorted(DEPLOYS.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and any(
                 isinstance(d, ast.Call) and getattr(d.func, "id", None) == "deploy" for d in node.decorator_list
-            ), f"{filename}:{name} is not a @deploy"
-            return node
-    raise AssertionError(f"{filename} has no {name}")
+            ):
+                found[f"{path.name}:{node.name}"] = node
+    return found
 
 
-@pytest.mark.parametrize(("filename", "name"), sorted(DEPLOY_ENTRY_POINTS.items()))
-def test_the_library_deploys_start_with_it(filename: str, name: str) -> None:
-    func = _deploy_function(filename, name)
+def test_the_deploys_are_all_found() -> None:
+    assert {"base.py:base_host", "entrance.py:entrance", "headscale.py:headscale_server",
+            "node_baseline.py:node_baseline", "tailscale.py:tailscale_node"} <= set(_deploy_functions())
+
+
+# Each deploy starts by turning Nagle off, so its users get fast SSH without asking.
+@pytest.mark.parametrize("name", sorted(_deploy_functions()))
+def test_every_deploy_of_the_library_starts_with_it(name: str) -> None:
+    func = _deploy_functions()[name]
     body = [n for n in func.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     first = body[0]
     assert (
         isinstance(first, ast.Expr) and isinstance(first.value, ast.Call)
         and getattr(first.value.func, "id", None) == "tcp_nodelay"
-    ), f"{filename}:{name}: call tcp_nodelay() first (see portable_k3s.connection)"
+    ), f"{name}: call tcp_nodelay() first (see portable_k3s.connection)"
 
 
 def test_hosts_connecting_later_get_it(tcp_pair: socket.socket) -> None:
