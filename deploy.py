@@ -31,7 +31,8 @@ if groups & TAILNET_GROUPS:
     tailscale_node(headscale_host=headscale_host)
 
 if "entrance" in groups:
-    entrance(apps=cluster.apps, backends=[*inventory.get_group("k3s_servers"), *inventory.get_group("k3s_agents", [])])
+    k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]
+    entrance(apps=cluster.apps, backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host)
 
 if "headscale" in groups:
     private = [app.hostname for app in cluster.private_apps() if app.hostname]

@@ -750,12 +750,33 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
                 routes.setdefault(cidr, set()).update(
                     host_tags(set(host.groups), extra if isinstance(extra, list) else [])
                 )
+    _check_entrance_upstream(inventory, routes, problems)
     if len(problems.lines) > before:
         return None
     return TailnetConfig(
         headscale_url=url, domain=base, admins=list(admins), tags=list(tags), extra_grants=list(grants),
         ingress_address=ingress, routes={cidr: sorted(t) for cidr, t in routes.items()},
     )
+
+
+def _check_entrance_upstream(inventory: Inventory, routes: dict[str, set[str]], problems: _Problems) -> None:
+    """``entrance_upstream``: "nodes", or an IPv4 inside a subnet some host advertises, on an entrance that
+    accepts routes (MetalLB answers ARP on the LAN only; the tailnet reaches it through that route)."""
+    for source, (value, hosts) in _sources(inventory, "entrance_upstream").items():
+        if value == "nodes":
+            continue
+        if not (isinstance(value, str) and _is_ipv4(value)):
+            problems.add(f"{source}.entrance_upstream", f"{_show(value)} is not 'nodes' or an IPv4 address",
+                         "'nodes' (every k3s node's tailnet address) or the ingress IP, e.g. a MetalLB address")
+            continue
+        address = ipaddress.IPv4Address(value)
+        if not any(address in ipaddress.ip_network(cidr) for cidr in routes):
+            problems.add(f"{source}.entrance_upstream", f"{value} is in no subnet a host advertises",
+                         "a tailscale_advertise_routes entry on a LAN node that covers it, e.g. the MetalLB pool")
+        for host in hosts:
+            if ENTRANCE in host.groups and _lookup(inventory, host, "tailscale_accept_routes")[1] is not True:
+                problems.add(f"{host.name}.tailscale_accept_routes", "is not True, so the entrance cannot reach "
+                             f"entrance_upstream {value} through its subnet route", "True on entrance hosts")
 
 
 def _is_ip(value: str) -> bool:

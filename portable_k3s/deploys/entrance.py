@@ -18,6 +18,9 @@ ENTRANCE_DEFAULTS: dict[str, Any] = {
     "entrance_http_port": 80,
     "entrance_connect_timeout": "3s",
     "entrance_fail_timeout": "10s",  # a backend that failed is skipped this long (passive health check)
+    # "nodes": every k3s node's tailnet address; or one address (e.g. a MetalLB IP) reached through a subnet
+    # route that a node advertises (tailscale_advertise_routes) and this entrance accepts (tailscale_accept_routes)
+    "entrance_upstream": "nodes",
 }
 
 
@@ -37,22 +40,26 @@ def render_entrance(apps: list[Any], settings: dict[str, Any], backends: list[st
 
 
 @deploy("Entrance", data_defaults=ENTRANCE_DEFAULTS)
-def entrance(apps: list[Any], backends: list[Host]) -> None:
+def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None:
     """
     nginx (with the stream module) on the entrance: a stream server on 443 passing TLS through by SNI, with the
     PROXY protocol, for every public app's hostname, to every k3s node's tailnet address; one stream server per
     public raw-TCP app; on port 80 only ACME challenges of public hostnames reach the cluster, the rest is
     redirected to https, and unknown hosts get no answer. Data keys (defaults in ``ENTRANCE_DEFAULTS``):
-    ``entrance_https_port``, ``entrance_http_port``, ``entrance_connect_timeout``, ``entrance_fail_timeout``.
+    ``entrance_https_port``, ``entrance_http_port``, ``entrance_connect_timeout``, ``entrance_fail_timeout``,
+    ``entrance_upstream``.
 
     + apps: the app catalog (``portable_k3s.config.App``)
-    + backends: the k3s nodes serving the ingress
+    + backends: the tailnet names of the k3s nodes serving the ingress
+    + headscale_host: the inventory host running headscale (it knows the nodes' tailnet addresses)
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     settings = {key: host.data.get(key) for key in ENTRANCE_DEFAULTS}
     packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])
+    upstream = settings["entrance_upstream"]
     config = nginx.entrance_config(
-        name="Entrance nginx config", render_config=partial(render_entrance, apps, settings), backends=backends
+        name="Entrance nginx config", render_config=partial(render_entrance, apps, settings), backends=backends,
+        headscale_host=headscale_host, address=None if upstream == "nodes" else upstream,
     )
     systemd.service(name="Run nginx", service="nginx.service", running=True, enabled=True)
     systemd.service(

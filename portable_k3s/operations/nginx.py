@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from io import StringIO
 
@@ -9,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import Host, OperationError, OperationValueError, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 
-from ..facts.tailscale import Tailscale
+from ..facts.headscale import Headscale
 from . import files
 from .util import escalation
 
@@ -17,44 +18,66 @@ NGINX_CONF = "/etc/nginx/nginx.conf"
 TEST = "nginx -t -q"
 
 
+def _addresses(nodes: list[dict], backends: list[str]) -> list[str] | None:
+    """The tailnet IPv4 of each backend (by its tailnet name), or None while one of them has none."""
+    by_name = {node["name"]: node.get("ipv4") for node in nodes}
+    found = [by_name.get(name) for name in backends]
+    return [a for a in found if a] if all(found) else None
+
+
 @operation()
-def entrance_config(render_config: Callable[[list[str]], str], backends: list[Host], path: str = NGINX_CONF):
+def entrance_config(
+    render_config: Callable[[list[str]], str],
+    backends: list[str],
+    headscale_host: Host | None = None,
+    address: str | None = None,
+    path: str = NGINX_CONF,
+):
     """
-    Write nginx's configuration for the entrance, built from the cluster nodes' tailnet IPv4 addresses. The new
-    file is tested in place with ``nginx -t``; a failing one is put back and the previous config keeps serving.
-    Reload nginx (never restart) when this operation changed something.
+    Write nginx's configuration for the entrance. The new file is tested in place with ``nginx -t``; a failing
+    one is put back and the previous config keeps serving. Reload nginx (never restart) when this changed.
 
-    The addresses come from each backend's tailscale fact. When a backend has not joined the tailnet yet at
-    planning time (a first run), the config is built at execution time, once it has.
+    The backends' tailnet addresses come from headscale's own node list (it allocates them), so a node that
+    re-joins in the same run is followed at once. When a backend has no address yet at planning time (a first
+    run), the config is built at execution time, once it has.
 
-    + render_config: builds the config text from the backends' addresses (in ``backends`` order)
-    + backends: the inventory hosts that serve the cluster ingress (the k3s nodes)
+    + render_config: builds the config text from the ingress addresses
+    + backends: the tailnet names of the nodes that serve the cluster ingress (the k3s nodes)
+    + headscale_host: the inventory host running headscale
+    + address: instead of the nodes, the one address of the ingress (e.g. a MetalLB IP behind a subnet route)
     + path: nginx's main config file
 
     **Example:**
 
     .. code:: python
 
-        nginx.entrance_config(name="Entrance config", render_config=render, backends=k3s_hosts)
-    """
-    if not backends:
-        raise OperationValueError("backends: empty (expected the k3s nodes that serve the ingress)")
-    addresses = [backend.get_fact(Tailscale)["ipv4"] for backend in backends]
-    if all(addresses):
-        yield from files.content._inner(
-            path=path, text=render_config([a for a in addresses if a]), test_in_place=TEST
+        nginx.entrance_config(
+            name="Entrance config", render_config=render, backends=["master", "t420"], headscale_host=cloud,
         )
+    """
+    if address is not None:
+        yield from files.content._inner(path=path, text=render_config([address]), test_in_place=TEST)
+        return
+    if not backends or headscale_host is None:
+        raise OperationValueError("backends, headscale_host: expected the k3s nodes' tailnet names and headscale")
+    addresses = _addresses(headscale_host.get_fact(Headscale)["nodes"], backends)
+    if addresses is not None:
+        yield from files.content._inner(path=path, text=render_config(addresses), test_in_place=TEST)
         return
 
-    sudo = escalation(host, use_current_op=True)
+    sudo, server = escalation(host, use_current_op=True), headscale_host
 
     def write_when_joined(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        found = []
-        for backend in backends:
-            ok, output = backend.run_shell_command("tailscale ip -4", print_output=False, **escalation(backend))
-            if not ok or not output.stdout.strip():
-                raise OperationError(f"{backend.name} has no tailnet address: the entrance cannot point at it")
-            found.append(output.stdout.strip().splitlines()[0])
+        ok, output = server.run_shell_command("headscale nodes list -o json", print_output=False, **escalation(server))
+        listed = json.loads(output.stdout or "null") if ok else None
+        nodes = [
+            {"name": n.get("given_name") or n.get("name"),
+             "ipv4": next((a for a in n.get("ip_addresses") or [] if ":" not in a), None)}
+            for n in listed or []
+        ]
+        found = _addresses(nodes, backends)
+        if found is None:
+            raise OperationError(f"not every backend of {backends} is in the tailnet: the entrance cannot point at it")
         staged = f"{path}.portable-k3s-new"
         if not host.put_file(StringIO(render_config(found)), staged, print_output=False, **sudo):
             raise OSError(f"writing {staged} failed")

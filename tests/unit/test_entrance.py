@@ -85,13 +85,11 @@ def test_no_public_app_means_no_forwarding_at_all() -> None:
     assert "server_name" not in _block(config, "http {")
 
 
-def _plan(addresses: list[str | None], current_sha: str | None = None) -> list[Any]:
+def _plan(addresses: list[str | None], current_sha: str | None = None, **kwargs: Any) -> list[Any]:
     state = FakeState()
-    backends = []
-    for index, address in enumerate(addresses):
-        backend = create_host(state, facts={"tailscale.Tailscale": {"ipv4": address}})
-        backend.name = f"node{index}"
-        backends.append(backend)
+    nodes = [{"name": f"node{i}", "ipv4": a} for i, a in enumerate(addresses) if a is not None]
+    headscale_host = create_host(state, facts={"headscale.Headscale": {"running": True, "users": {}, "nodes": nodes}})
+    headscale_host.name = "cloud"
     current = {"sha256": current_sha, "mode": "644", "user": "root", "group": "root"} if current_sha else None
     entrance = create_host(state, facts={"files.FileStates": {"paths=('/etc/nginx/nginx.conf',)": {
         "/etc/nginx/nginx.conf": current}}})
@@ -100,8 +98,12 @@ def _plan(addresses: list[str | None], current_sha: str | None = None) -> list[A
     def render_config(found: list[str]) -> str:
         return render_entrance(APPS, dict(ENTRANCE_DEFAULTS), found)
 
+    arguments: dict[str, Any] = {
+        "render_config": render_config, "backends": [f"node{i}" for i in range(len(addresses))],
+        "headscale_host": headscale_host, **kwargs,
+    }
     with ctx_state.use(state), ctx_host.use(entrance):
-        return list(nginx.entrance_config._inner(render_config=render_config, backends=backends))
+        return list(nginx.entrance_config._inner(**arguments))
 
 
 def test_known_backends_write_the_config_tested_in_place() -> None:
@@ -122,3 +124,41 @@ def test_backend_without_a_tailnet_address_defers_the_config_to_execution() -> N
     commands = _plan(["100.64.0.2", None])
     assert len(commands) == 1 and isinstance(commands[0], FunctionCommand)
     assert commands[0].function.__name__ == "write_when_joined"
+
+
+def test_a_single_ingress_address_replaces_the_nodes() -> None:
+    commands = _plan([None], address="192.168.1.240")
+    upload = next(c for c in commands if isinstance(c, FileUploadCommand))
+    assert "server 192.168.1.240:443" in upload.src.getvalue() and "100.64." not in upload.src.getvalue()
+
+
+def _inventory(entrance_data: dict, node_data: dict) -> Any:
+    from pyinfra.api import Inventory
+
+    data = {"domain": "example.org", "headscale_url": "https://headscale.example.org",
+            "tailnet_domain": "tailnet.example.org"}
+    return Inventory(
+        (["cloud", "master"], data),
+        headscale=(["cloud"], {}), entrance=([("cloud", entrance_data)], {}),
+        k3s_servers=([("master", node_data)], {}),
+    )
+
+
+def test_entrance_upstream_address_needs_an_advertised_route_and_accepting_entrance() -> None:
+    from portable_k3s.config import ConfigError, validate_inventory
+
+    routed = {"tailscale_advertise_routes": ["192.168.1.240/28"]}
+    ok = {"entrance_upstream": "192.168.1.241", "tailscale_accept_routes": True}
+    validate_inventory(_inventory(ok, routed))
+    for entrance_data, node_data, key in (
+        (ok, {}, "cloud.entrance_upstream: 192.168.1.241 is in no subnet a host advertises"),
+        ({"entrance_upstream": "192.168.1.241"}, routed, "cloud.tailscale_accept_routes: is not True"),
+        ({"entrance_upstream": "metallb", "tailscale_accept_routes": True}, routed,
+         "cloud.entrance_upstream: 'metallb' is not 'nodes' or an IPv4 address"),
+    ):
+        try:
+            validate_inventory(_inventory(entrance_data, node_data))
+        except ConfigError as error:
+            assert any(p.startswith(key) for p in error.problems), error.problems
+        else:
+            raise AssertionError(f"no problem for {entrance_data}")
