@@ -110,7 +110,10 @@ def _summarise_counts(counts: dict[str, Any]) -> dict[str, Any]:
     hosts = counts["hosts"]
     return {
         name: {"round_trips": h["calls"], "by_kind": h["by_kind"], "by_deploy": h["by_deploy"],
-               "by_stage": h["by_stage"], "seconds_waiting": round(h["seconds"], 2)}
+               "by_stage": h["by_stage"], "seconds_waiting": round(h["seconds"], 2),
+               "seconds_by_deploy": {k: round(v, 3) for k, v in h.get("seconds_by_deploy", {}).items()},
+               "by_op": h["by_op"],
+               "seconds_by_op": {k: round(v, 3) for k, v in h.get("seconds_by_op", {}).items()}}
         for name, h in sorted(hosts.items(), key=lambda kv: int(kv[0].lstrip("h")))
     }
 
@@ -126,14 +129,43 @@ def relay_files(lab: Lab, workdir: Path, ports: dict[str, int]) -> Path:
     return known
 
 
+INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def inotify_instances() -> int:
+    """inotify instances open on this machine (all of them belong to root here, the labs' containers included)."""
+    count = 0
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            count += sum(1 for fd in fd_dir.iterdir() if os.readlink(fd) == "anon_inode:inotify")
+        except OSError:  # a process that went away, or an fd closed while listing
+            continue
+    return count
+
+
+def ensure_inotify(n: int) -> dict[str, int] | None:
+    """Each lab host's systemd and services hold about 10 inotify instances, all of them root's, and the kernel's
+    default of 128 per user runs out around a dozen hosts (with other labs running, sooner): a host whose systemd
+    gets none never starts sshd. Raise the limit when the hosts to boot would not fit; never lower it (other labs
+    may be using the headroom)."""
+    limit = int(INOTIFY_LIMIT.read_text())
+    need = inotify_instances() + 12 * n + 32
+    if limit >= need:
+        return None
+    INOTIFY_LIMIT.write_text(f"{need}\n")
+    log(f"fs.inotify.max_user_instances raised from {limit} to {need} for {n} lab hosts (left raised)")
+    return {"from": limit, "to": need}
+
+
 def bench_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     lab = Lab(LabConfig.from_env(**BENCH_LAB))
     lab.down()  # leftovers of a crashed benchmark run (this benchmark's own lab only)
     limit = ["--limit", "h1"] if n == 1 else []  # no-op runs only: the cold run converges the whole lab
     result: dict[str, Any] = {"hosts": n, "lab_hosts": max(n, 2), "limit": limit}
     try:
+        result["inotify_raised"] = ensure_inotify(max(n, 2))
         started = time.monotonic()
-        lab.up(max(n, 2))
+        lab.up(max(n, 2), timeout=max(90.0, 10.0 * n))  # many hosts booting at once on few cores take a while
         result["lab_up_s"] = round(time.monotonic() - started, 1)
         inventory = "inventories/lab.py"
         cold = run_pyinfra(lab, inventory, f"n{n}-cold", workdir, [])

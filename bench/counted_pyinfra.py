@@ -69,6 +69,7 @@ def summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
         h = hosts.setdefault(call["host"], {
             "calls": 0, "seconds": 0.0, "by_kind": defaultdict(int), "by_stage": defaultdict(int),
             "by_deploy": defaultdict(int), "by_op": defaultdict(int),
+            "seconds_by_deploy": defaultdict(float), "seconds_by_op": defaultdict(float),
         })
         h["calls"] += 1
         h["seconds"] += call["seconds"]
@@ -76,6 +77,8 @@ def summary(calls: list[dict[str, Any]]) -> dict[str, Any]:
         h["by_stage"][call["stage"]] += 1
         h["by_deploy"][call["deploy"]] += 1
         h["by_op"][f"{call['deploy']} | {call['op']}"] += 1
+        h["seconds_by_deploy"][call["deploy"]] += call["seconds"]
+        h["seconds_by_op"][f"{call['deploy']} | {call['op']}"] += call["seconds"]
     return hosts
 
 
