@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from io import StringIO
 from typing import Any
 
@@ -125,3 +127,19 @@ def joined(
         "tailscale up --reset", f"--login-server={login_server}", f"--auth-key=file:{AUTHKEY_FILE}",
         "--timeout=60s", *flags, "; rc=$?; rm -f", QuoteString(AUTHKEY_FILE), "; exit $rc",
     )
+
+    def wait_until_listed(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        """headscale lists a new node a moment after it joined; later operations (the entrance) need it there."""
+        ok, output = host.run_shell_command("tailscale status --json", print_output=False, **sudo)
+        node_key = (json.loads(output.stdout or "{}").get("Self") or {}).get("PublicKey") if ok else None
+        deadline = time.monotonic() + 30
+        while node_key and time.monotonic() < deadline:
+            ok, output = headscale_host.run_shell_command(
+                "headscale nodes list -o json", print_output=False, **escalation(headscale_host)
+            )
+            if ok and node_key in output.stdout:
+                return
+            time.sleep(0.5)
+        raise OSError(f"{hostname} joined, but headscale on {headscale_host.name} does not list it")
+
+    yield FunctionCommand(wait_until_listed, (), {})

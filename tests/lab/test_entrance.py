@@ -232,7 +232,7 @@ def test_broken_config_is_refused_and_the_old_one_keeps_serving(lab, standins, l
         "from pyinfra import host, inventory\n"
         "from portable_k3s.operations import nginx\n"
         "if 'entrance' in host.groups:\n"
-        "    nginx.entrance_config(name='Broken entrance config', backends=inventory.get_group('k3s_servers'),\n"
+        "    nginx.entrance_config(name='Broken entrance config', backends=[], address='100.64.0.9',\n"
         "                          render_config=lambda addresses: 'events {}\\nthis is not nginx;\\n')\n"
     )
     run = subprocess.run(

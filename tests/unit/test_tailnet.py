@@ -115,12 +115,13 @@ def _plan_joined(node_info: dict, server_info: dict, **kwargs: Any) -> Planned:
 
 
 def _join(flags: str = DEFAULT_FLAGS) -> list[Any]:
-    """The three commands of a (re-)join with a fresh pre-auth key."""
+    """The commands of a (re-)join with a fresh pre-auth key, then the wait until headscale lists the node."""
     return [
         f"install -d -m 0700 /run/portable-k3s && install -m 0600 /dev/null {AUTHKEY_FILE}",
         ["upload_fresh_key", [], {}],
         f"tailscale up --reset --login-server={LOGIN} --auth-key=file:{AUTHKEY_FILE} --timeout=60s {flags}"
         f" ; rc=$?; rm -f {AUTHKEY_FILE} ; exit $rc",
+        ["wait_until_listed", [], {}],
     ]
 
 
@@ -443,8 +444,8 @@ def _plan_with_sudo(op: Any, facts: dict, name: str = "t420", **kwargs: Any) -> 
     with ctx_state.use(state), ctx_host.use(host):
         commands = list(op._inner(**kwargs))
     functions = [command for command in commands if isinstance(command, FunctionCommand)]
-    assert len(functions) == 1
-    return host, functions[0], state
+    assert functions, "no execution-time function"
+    return host, functions[0], state  # the first: a join's key upload, or the operation's only one
 
 
 def test_upload_fresh_key_uses_sudo_when_the_operation_does() -> None:
