@@ -587,3 +587,31 @@ def test_policy_every_tag_used_is_owned_by_the_admins() -> None:
 def test_policy_is_json() -> None:
     policy = _policy(extra_grants=[{"src": ["tag:k3s"], "dst": ["tag:nas"], "ip": ["tcp:2049"]}])
     assert json.loads(json.dumps(policy)) == policy
+
+
+def _wait_function(server_stdouts: list[str]) -> tuple[Any, Any, Any]:
+    planned = _plan_joined(_tailscale_info("NeedsLogin"), _headscale_info(OTHER_KEY))
+    (wait,) = [c for c in planned.commands if isinstance(c, FunctionCommand) and c.function.__name__ ==
+               "wait_until_listed"]
+    status = json.dumps({"Self": {"PublicKey": NODE_KEY}})
+    planned.node.run_shell_command = mock.Mock(return_value=(True, _output(status)))
+    planned.headscale_host.run_shell_command = mock.Mock(
+        side_effect=[(True, _output(stdout)) for stdout in server_stdouts]
+    )
+    return planned, wait, planned.headscale_host.run_shell_command
+
+
+def test_wait_until_listed_returns_once_headscale_lists_the_new_node_key() -> None:
+    planned, wait, server_calls = _wait_function(["[]", json.dumps([{"node_key": NODE_KEY}])])
+    with mock.patch("portable_k3s.operations.tailscale.time.sleep"):
+        wait.execute(planned.state, planned.node, {})
+    assert server_calls.call_count == 2
+
+
+def test_wait_until_listed_gives_up_with_a_clear_error() -> None:
+    planned, wait, _ = _wait_function(["[]"] * 100)
+    clock = iter(range(0, 1000, 5))
+    with mock.patch("portable_k3s.operations.tailscale.time.sleep"), \
+            mock.patch("portable_k3s.operations.tailscale.time.monotonic", lambda: next(clock)):
+        with pytest.raises(OSError, match="joined, but headscale on cloud does not list it"):
+            wait.execute(planned.state, planned.node, {})
