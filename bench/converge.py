@@ -253,7 +253,9 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         if not r.get("noop"):
-            pc, why = r["per_command"], " / ".join(r["cold"].get("second_run_failed", [])[-1:])
+            errors = r["cold"].get("second_run_failed", [])
+            why = next((e.split(": ", 1)[-1] for e in errors if "Exception" in e), errors[-1] if errors else "")
+            pc = r["per_command"]
             lines.append(
                 f"| {r['hosts']} | failed twice: {why} | - | - | - | - | "
                 f"{pc['nagle']['median_ms']:.1f} ms / {pc['nodelay']['median_ms']:.1f} ms |"
