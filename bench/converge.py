@@ -309,6 +309,7 @@ def main() -> int:
         parser.error("run as root: the benchmark boots labs (systemd-nspawn, bridges, iptables)")
     sizes = [int(n) for n in args.hosts.split(",")]
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
     results = []
     with tempfile.TemporaryDirectory(prefix="pk3s-bench-") as tmp:
         workdir = args.logs or Path(tmp)
