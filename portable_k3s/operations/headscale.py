@@ -20,7 +20,7 @@ from pyinfra.api import (
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale
-from .util import escalation
+from .util import escalation, gate
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
@@ -63,9 +63,10 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
         "headscale preauthkeys create --expiration", QuoteString(expiration),
         "--tags", QuoteString(",".join(tags)), "-o json",
     )
-    ok, output = headscale_host.run_shell_command(
-        command, print_output=False, print_input=False, **escalation(headscale_host)
-    )
+    with gate(headscale_host):
+        ok, output = headscale_host.run_shell_command(
+            command, print_output=False, print_input=False, **escalation(headscale_host)
+        )
     if not ok:
         raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
     try:

@@ -7,6 +7,7 @@ import time
 from io import StringIO
 from typing import Any
 
+import gevent
 from pyinfra import host
 from pyinfra.api import Host, OperationValueError, QuoteString, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
@@ -14,7 +15,7 @@ from pyinfra.api.command import FunctionCommand
 from ..facts.headscale import Headscale
 from ..facts.tailscale import Tailscale
 from .headscale import mint_preauth_key
-from .util import escalation
+from .util import escalation, fact_once_per_operation, gate
 
 AUTHKEY_DIR = "/run/portable-k3s"
 AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
@@ -84,7 +85,7 @@ def joined(
     if not tags or not all(t.startswith("tag:") for t in tags):
         raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
     info = host.get_fact(Tailscale)
-    server = headscale_host.get_fact(Headscale)
+    server = fact_once_per_operation(host, headscale_host, Headscale)
     known_keys = {node["node_key"] for node in server["nodes"]}
     flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes)
     wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes)
@@ -104,10 +105,13 @@ def joined(
             node_id, wanted_tags = node["id"], ",".join(sorted(set(tags)))
 
             def set_tags(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-                ok, output = headscale_host.run_shell_command(
-                    StringCommand("headscale nodes tag --identifier", str(node_id), "--tags", QuoteString(wanted_tags)),
-                    print_output=False, **escalation(headscale_host),
+                command = StringCommand(
+                    "headscale nodes tag --identifier", str(node_id), "--tags", QuoteString(wanted_tags)
                 )
+                with gate(headscale_host):
+                    ok, output = headscale_host.run_shell_command(
+                        command, print_output=False, **escalation(headscale_host)
+                    )
                 if not ok:
                     raise OSError(f"re-tagging {hostname} on {headscale_host.name} failed: {output.stderr[-300:]}")
 
@@ -134,12 +138,13 @@ def joined(
         node_key = (json.loads(output.stdout or "{}").get("Self") or {}).get("PublicKey") if ok else None
         deadline = time.monotonic() + 30
         while node_key and time.monotonic() < deadline:
-            ok, output = headscale_host.run_shell_command(
-                "headscale nodes list -o json", print_output=False, **escalation(headscale_host)
-            )
+            with gate(headscale_host):
+                ok, output = headscale_host.run_shell_command(
+                    "headscale nodes list -o json", print_output=False, **escalation(headscale_host)
+                )
             if ok and node_key in output.stdout:
                 return
-            time.sleep(0.5)
+            gevent.sleep(0.5)
         raise OSError(f"{hostname} joined, but headscale on {headscale_host.name} does not list it")
 
     yield FunctionCommand(wait_until_listed, (), {})

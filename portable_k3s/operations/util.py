@@ -18,3 +18,37 @@ def escalation(host: Host, use_current_op: bool = False) -> dict[str, Any]:
     else:
         source = {key: host.data.get(key) for key in ESCALATION_ARGUMENTS}
     return {key: source[key] for key in ESCALATION_ARGUMENTS if source.get(key)}
+
+
+# At most this many commands at once on one host's SSH connection from cross-host callbacks and facts: OpenSSH
+# refuses more than MaxSessions (10 by default) channels per connection.
+CROSS_HOST_CONCURRENCY = 4
+_gates: dict[tuple[int, str], Any] = {}
+_once: dict[tuple[int, str, str, bool], Any] = {}
+
+
+def gate(host: Host) -> Any:
+    """A semaphore bounding the commands that several hosts' operations run on ``host`` at the same time."""
+    from gevent.lock import BoundedSemaphore
+
+    key = (id(host.state), host.name)
+    if key not in _gates:
+        _gates[key] = BoundedSemaphore(CROSS_HOST_CONCURRENCY)
+    return _gates[key]
+
+
+def fact_once_per_operation(reader: Host, target: Host, fact: Any) -> Any:
+    """``target.get_fact(fact)``, read once for all the hosts that run the same operation (``reader`` is the host
+    running it) instead of once per host: one round trip on ``target`` where there would be one per node."""
+    from gevent.lock import Semaphore
+
+    # Planning (change detection) and execution each read it once: the execution sees what earlier ops did.
+    executing = bool(getattr(target.state, "is_executing", False))
+    key = (id(target.state), target.name, f"{reader.current_op_hash}:{fact.__name__}", executing)
+    entry = _once.setdefault(key, {"lock": Semaphore(), "done": False, "value": None})
+    with entry["lock"]:
+        if not entry["done"]:
+            with gate(target):
+                entry["value"] = target.get_fact(fact)
+            entry["done"] = True
+    return entry["value"]

@@ -603,7 +603,7 @@ def _wait_function(server_stdouts: list[str]) -> tuple[Any, Any, Any]:
 
 def test_wait_until_listed_returns_once_headscale_lists_the_new_node_key() -> None:
     planned, wait, server_calls = _wait_function(["[]", json.dumps([{"node_key": NODE_KEY}])])
-    with mock.patch("portable_k3s.operations.tailscale.time.sleep"):
+    with mock.patch("portable_k3s.operations.tailscale.gevent.sleep"):
         wait.execute(planned.state, planned.node, {})
     assert server_calls.call_count == 2
 
@@ -611,7 +611,7 @@ def test_wait_until_listed_returns_once_headscale_lists_the_new_node_key() -> No
 def test_wait_until_listed_gives_up_with_a_clear_error() -> None:
     planned, wait, _ = _wait_function(["[]"] * 100)
     clock = iter(range(0, 1000, 5))
-    with mock.patch("portable_k3s.operations.tailscale.time.sleep"), \
+    with mock.patch("portable_k3s.operations.tailscale.gevent.sleep"), \
             mock.patch("portable_k3s.operations.tailscale.time.monotonic", lambda: next(clock)):
         with pytest.raises(OSError, match="joined, but headscale on cloud does not list it"):
             wait.execute(planned.state, planned.node, {})
