@@ -54,21 +54,31 @@ class Headscale(FactBase[HeadscaleInfo]):
         info["users"] = {
             u["name"]: int(u["id"]) for u in (users if isinstance(users, list) else []) if "name" in u and "id" in u
         }
-        nodes = _json(nodes_lines)
-        for node in nodes if isinstance(nodes, list) else []:
-            if not isinstance(node, dict):
-                continue
-            addresses = node.get("ip_addresses") or []
-            info["nodes"].append({
-                "id": int(node.get("id", 0)),
-                "name": node.get("given_name") or node.get("name"),
-                "node_key": node.get("node_key"),
-                "ipv4": next((a for a in addresses if ":" not in a), None),
-                "tags": sorted(set(node.get("tags") or [])),
-                "online": bool(node.get("online")),
-                "approved_routes": node.get("approved_routes") or [],
-            })
+        info["nodes"] = parse_nodes("\n".join(nodes_lines))
         return info
+
+
+def parse_nodes(text: str) -> list[dict[str, Any]]:
+    """``headscale nodes list -o json`` output as the fact's node entries (headscale prints ``null`` for none)."""
+    try:
+        listed = json.loads(text) if text.strip() else None
+    except ValueError:
+        return []
+    nodes = []
+    for node in listed if isinstance(listed, list) else []:
+        if not isinstance(node, dict):
+            continue
+        addresses = node.get("ip_addresses") or []
+        nodes.append({
+            "id": int(node.get("id", 0)),
+            "name": node.get("given_name") or node.get("name"),
+            "node_key": node.get("node_key"),
+            "ipv4": next((a for a in addresses if ":" not in a), None),
+            "tags": sorted(set(node.get("tags") or [])),
+            "online": bool(node.get("online")),
+            "approved_routes": node.get("approved_routes") or [],
+        })
+    return nodes
 
 
 _INVALID: Any = object()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from io import StringIO
-from typing import Any
 
 from pyinfra import host
 from pyinfra.api import (
@@ -19,7 +18,7 @@ from pyinfra.api import (
 )
 from pyinfra.api.command import FunctionCommand
 
-from ..facts.headscale import Headscale
+from ..facts.headscale import Headscale, parse_nodes
 from .util import escalation, gate
 
 PREAUTH_KEY_EXPIRY = "15m"
@@ -116,14 +115,10 @@ def dns_records(names: list[str], address: str | None = None, node: str | None =
 
     def write_records(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         ok, output = host.run_shell_command("headscale nodes list -o json", print_output=False, **sudo)
-        nodes: Any = json.loads(output.stdout or "null") if ok else None
-        found = next(
-            (n for n in nodes or [] if (n.get("given_name") or n.get("name")) == node and n.get("ip_addresses")),
-            None,
-        )
-        if found is None:
+        nodes = parse_nodes(output.stdout) if ok else []
+        ipv4 = next((n["ipv4"] for n in nodes if n["name"] == node and n["ipv4"]), None)
+        if ipv4 is None:
             raise OperationError(f"node {node!r} is not in the tailnet: cannot point MagicDNS records at it")
-        ipv4 = next(a for a in found["ip_addresses"] if ":" not in a)
         staged = f"{path}.portable-k3s-new"
         if not host.put_file(StringIO(records_text(names, ipv4)), staged, print_output=False, **sudo):
             raise OSError(f"writing {staged} failed")

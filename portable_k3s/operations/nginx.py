@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from io import StringIO
 
@@ -10,7 +9,7 @@ from pyinfra import host
 from pyinfra.api import Host, OperationError, OperationValueError, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 
-from ..facts.headscale import Headscale
+from ..facts.headscale import Headscale, parse_nodes
 from . import files
 from .util import escalation
 
@@ -69,13 +68,7 @@ def entrance_config(
 
     def write_when_joined(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         ok, output = server.run_shell_command("headscale nodes list -o json", print_output=False, **escalation(server))
-        listed = json.loads(output.stdout or "null") if ok else None
-        nodes = [
-            {"name": n.get("given_name") or n.get("name"),
-             "ipv4": next((a for a in n.get("ip_addresses") or [] if ":" not in a), None)}
-            for n in listed or []
-        ]
-        found = _addresses(nodes, backends)
+        found = _addresses(parse_nodes(output.stdout) if ok else [], backends)
         if found is None:
             raise OperationError(f"not every backend of {backends} is in the tailnet: the entrance cannot point at it")
         staged = f"{path}.portable-k3s-new"
