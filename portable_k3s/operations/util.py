@@ -23,18 +23,25 @@ def escalation(host: Host, use_current_op: bool = False) -> dict[str, Any]:
 # At most this many commands at once on one host's SSH connection from cross-host callbacks and facts: OpenSSH
 # refuses more than MaxSessions (10 by default) channels per connection.
 CROSS_HOST_CONCURRENCY = 4
-_gates: dict[tuple[int, str], Any] = {}
-_once: dict[tuple[int, str, str, bool], Any] = {}
+
+
+def _per_state(state: Any) -> dict[str, dict]:
+    """This run's cross-host bookkeeping, kept on the pyinfra state itself (it ends with the run)."""
+    store = getattr(state, "_portable_k3s_cross_host", None)
+    if store is None:
+        store = {"gates": {}, "once": {}}
+        state._portable_k3s_cross_host = store
+    return store
 
 
 def gate(host: Host) -> Any:
     """A semaphore bounding the commands that several hosts' operations run on ``host`` at the same time."""
     from gevent.lock import BoundedSemaphore
 
-    key = (id(host.state), host.name)
-    if key not in _gates:
-        _gates[key] = BoundedSemaphore(CROSS_HOST_CONCURRENCY)
-    return _gates[key]
+    gates = _per_state(host.state)["gates"]
+    if host.name not in gates:
+        gates[host.name] = BoundedSemaphore(CROSS_HOST_CONCURRENCY)
+    return gates[host.name]
 
 
 def fact_once_per_operation(reader: Host, target: Host, fact: Any) -> Any:
@@ -42,10 +49,13 @@ def fact_once_per_operation(reader: Host, target: Host, fact: Any) -> Any:
     running it) instead of once per host: one round trip on ``target`` where there would be one per node."""
     from gevent.lock import Semaphore
 
+    if reader.current_op_hash is None:  # not inside a planned operation: nothing to share
+        with gate(target):
+            return target.get_fact(fact)
     # Planning (change detection) and execution each read it once: the execution sees what earlier ops did.
     executing = bool(getattr(target.state, "is_executing", False))
-    key = (id(target.state), target.name, f"{reader.current_op_hash}:{fact.__name__}", executing)
-    entry = _once.setdefault(key, {"lock": Semaphore(), "done": False, "value": None})
+    key = (target.name, f"{reader.current_op_hash}:{fact.__name__}", executing)
+    entry = _per_state(target.state)["once"].setdefault(key, {"lock": Semaphore(), "done": False, "value": None})
     with entry["lock"]:
         if not entry["done"]:
             with gate(target):
