@@ -735,7 +735,7 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
         inventory, "tailscale_install",
         lambda v: [] if v in ("apt", "static") else [(f"{_show(v)} is not an install method", methods)], problems,
     )
-    for key in ("tailscale_accept_dns", "tailscale_accept_routes", "headscale_allow_http"):
+    for key in ("tailscale_accept_dns", "tailscale_accept_routes", "tailscale_upload_logs", "headscale_allow_http"):
         _check_per_source(inventory, key, _check_bool, problems)
     _check_per_source(inventory, "tailscaled_port", _check_port, problems)
     _check_per_source(inventory, "tailscale_tags", lambda v: _check_tags(v, known_tags), problems)

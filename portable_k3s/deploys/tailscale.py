@@ -27,6 +27,7 @@ TAILSCALE_DEFAULTS: dict[str, Any] = {
     "tailscale_tags": [],  # extra tags (each must be in tailnet_tags)
     "tailscaled_port": 41641,
     "tailscaled_env": {},  # extra environment for tailscaled
+    "tailscale_upload_logs": False,  # True: let tailscaled send its logs to Tailscale Inc.'s log service
 }
 
 STATIC_UNIT = "/etc/systemd/system/tailscaled.service"
@@ -41,8 +42,8 @@ def tailscale_node(headscale_host: Host) -> None:
     Install tailscale at the pinned version, run tailscaled and join the tailnet. Data keys (defaults in
     ``TAILSCALE_DEFAULTS``): ``headscale_url``, ``tailscale_install``, ``tailscale_download_url``,
     ``tailscale_accept_dns``, ``tailscale_accept_routes``, ``tailscale_advertise_routes``, ``tailscale_tags``,
-    ``tailscaled_port``, ``tailscaled_env``, ``hostname``, ``versions["tailscale"]``. Hosts in ``exit_nodes``
-    advertise themselves as exit nodes; tags come from the host's groups.
+    ``tailscaled_port``, ``tailscaled_env``, ``tailscale_upload_logs``, ``hostname``, ``versions["tailscale"]``.
+    Hosts in ``exit_nodes`` advertise themselves as exit nodes; tags come from the host's groups.
 
     + headscale_host: the inventory host running headscale (pre-auth keys are minted there)
     """
@@ -78,7 +79,10 @@ def tailscale_node(headscale_host: Host) -> None:
         unit = binary
     env = files.content(
         name="tailscaled settings", path=DEFAULTS_FILE, batch=managed,
-        text=render("tailscaled.defaults.j2", port=data.tailscaled_port, env=dict(data.tailscaled_env)),
+        text=render(
+            "tailscaled.defaults.j2", port=data.tailscaled_port, env=dict(data.tailscaled_env),
+            flags="" if data.tailscale_upload_logs else "--no-logs-no-support",
+        ),
     )
     systemd.service(name="Run tailscaled", service="tailscaled.service", running=True, enabled=True)
     systemd.service(

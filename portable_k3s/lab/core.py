@@ -51,6 +51,7 @@ LAB_PASSWORD_USER = "labuser"  # noqa: S105 - a user name
 LAB_PASSWORD = "hunter"  # noqa: S105 - a deliberately weak lab-only password
 
 CLOUD_ROLES = ("headscale", "entrance")
+GATEWAY_MODULE = "portable_k3s.lab.gateway"
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_SAVED = Path("/run/portable-k3s-lab/ip_forward.before")
@@ -283,7 +284,7 @@ class Lab:
         self._ensure_ssh_key()
         self._network_up(state)
         self.save_state(state)
-        self._artifact_server_up(state)
+        self._gateway_up(state, base)
         self.save_state(state)
         if publish:
             from .artifacts import publish_all  # noqa: PLC0415 - imports core itself
@@ -334,37 +335,40 @@ class Lab:
         fwd, nat = f"{c.chain}-FWD", f"{c.chain}-NAT"
         run(["iptables", "-w", "-N", fwd])
         run(["iptables", "-w", "-t", "nat", "-N", nat])
+        home, cloud = c.home_bridge, c.cloud_bridge
         rules = [
             # Nothing opens a connection into home: not the cloud site, not the outside world.
-            ["-A", fwd, "-o", c.home_bridge, "!", "-i", c.home_bridge, "-m", "conntrack", "--ctstate", "NEW",
-             "-j", "DROP"],
-            ["-A", fwd, "-i", c.home_bridge, "-j", "ACCEPT"],
-            ["-A", fwd, "-o", c.home_bridge, "-j", "ACCEPT"],
-            ["-A", fwd, "-i", c.cloud_bridge, "-j", "ACCEPT"],
-            ["-A", fwd, "-o", c.cloud_bridge, "-j", "ACCEPT"],
+            ["-A", fwd, "-o", home, "!", "-i", home, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
+            ["-A", fwd, "-i", home, "-o", cloud, "-j", "ACCEPT"],
+            ["-A", fwd, "-i", cloud, "-o", home, "-j", "ACCEPT"],
+            # Lab traffic stays on this machine: the lab's hosts reach each other and this machine (the gateway
+            # serves artifacts and proxies apt to this machine's mirrors), nothing beyond it.
+            *(["-A", fwd, direction, bridge, "-j", "REJECT"] for bridge in (home, cloud) for direction in ("-i", "-o")),
         ]
         for rule in rules:
             run(["iptables", "-w", *rule])
-        for cidr, bridge in ((c.home_subnet, c.home_bridge), (c.cloud_subnet, c.cloud_bridge)):
-            run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", cidr, "!", "-o", bridge, "-j", "MASQUERADE"])
+        # Home sits behind NAT, as at home: the cloud site sees the home gateway's address.
+        run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", c.home_subnet, "-o", cloud, "-j", "MASQUERADE"])
         run(["iptables", "-w", "-I", "FORWARD", "1", "-j", fwd])
         run(["iptables", "-w", "-t", "nat", "-I", "POSTROUTING", "1", "-j", nat])
         state["chains"] = {"filter": fwd, "nat": nat}
 
-    def _artifact_server_up(self, state: dict) -> None:
-        pid = state.get("artifact_server_pid", 0)
-        if pid and _pid_matches(pid, "http.server"):
+    def _gateway_up(self, state: dict, base: Path) -> None:
+        """Start the lab's gateway (portable_k3s.lab.gateway): artifacts, and apt to this machine's mirrors."""
+        pid = state.get("gateway_pid", 0)
+        if pid and _pid_matches(pid, GATEWAY_MODULE):
             return
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.state_dir / "artifact-server.log", "ab")  # noqa: SIM115 - handed to the child
+        logfile = open(self.state_dir / "gateway.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            [sys.executable, "-m", "http.server", "--bind", self.gateway("cloud"), "--directory",
-             str(self.artifact_dir), str(self.config.artifact_port)],
+            [sys.executable, "-m", GATEWAY_MODULE, "--bind", self.gateway("cloud"), "--port",
+             str(self.config.artifact_port), "--directory", str(self.artifact_dir),
+             "--apt-dir", "/etc/apt", "--apt-dir", str(base / "etc" / "apt")],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         logfile.close()
-        state["artifact_server_pid"] = proc.pid
-        _wait_port(self.gateway("cloud"), self.config.artifact_port, 10, "the artifact server")
+        state["gateway_pid"] = proc.pid
+        _wait_port(self.gateway("cloud"), self.config.artifact_port, 10, "the lab gateway")
 
     def _prepare_host(self, host: LabHost, base: Path) -> None:
         """Mount the host's overlay and write its identity: hostname, machine-id, host keys, network."""
@@ -399,7 +403,11 @@ class Lab:
         resolv = etc / "resolv.conf"
         if resolv.is_symlink():
             resolv.unlink()
-        resolv.write_text("".join(f"nameserver {ns}\n" for ns in _host_nameservers()))
+        resolv.write_text("# No resolver: lab hosts reach each other by address and nothing beyond this machine.\n")
+        proxy = f"http://{self.gateway('cloud')}:{self.config.artifact_port}/"
+        (etc / "apt" / "apt.conf.d" / "01portable-k3s-lab-proxy").write_text(
+            f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
+        )
 
     def _cgroup_dirs(self, name: str) -> list[Path]:
         """The container's own cgroup in each hierarchy systemd uses (name=systemd v1 and/or unified v2)."""
@@ -522,8 +530,8 @@ class Lab:
             if os.path.ismount(root):
                 run(["umount", "--lazy", str(root)], check=False)
             host.pid = 0
-        pid = state.pop("artifact_server_pid", 0)
-        if pid and _pid_matches(pid, "http.server"):
+        pid = state.pop("gateway_pid", 0)
+        if pid and _pid_matches(pid, GATEWAY_MODULE):
             os.kill(pid, signal.SIGTERM)
         self._firewall_down(state)
         config = state.get("config", {})
@@ -619,17 +627,3 @@ def _wait_port(address: str, port: int, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise LabError(f"{what} did not answer on {address}:{port} within {timeout:.0f}s")
         time.sleep(0.2)
-
-
-def _host_nameservers() -> list[str]:
-    """This machine's resolvers, as the containers reach them through NAT (loopback stub resolvers skipped)."""
-    for path in ("/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"):
-        try:
-            lines = Path(path).read_text().splitlines()
-        except FileNotFoundError:
-            continue
-        servers = [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
-        servers = [s for s in servers if not ipaddress.ip_address(s).is_loopback]
-        if servers:
-            return servers
-    raise LabError("no non-loopback nameserver found in /etc/resolv.conf or /run/systemd/resolve/resolv.conf")

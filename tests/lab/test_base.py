@@ -14,6 +14,7 @@ import paramiko
 import pytest
 
 from portable_k3s.lab.core import LAB_PASSWORD, LAB_PASSWORD_USER
+from portable_k3s.lab.gateway import apt_mirror_hosts
 
 from .conftest import MOVED_HOME_SUBNET, REPO
 
@@ -48,7 +49,7 @@ def _password_login(address: str) -> bool:
 def test_home_reaches_cloud_through_nat(lab):
     h1 = next(h for h in lab.hosts() if h.name == "h1")
     listener = subprocess.Popen(
-        ["ssh", "-F", str(lab.ssh_config), "h1", "timeout 10 nc -v -l -p 9000"],
+        ["ssh", "-F", str(lab.ssh_config), "h1", "timeout 10 nc -n -v -l -p 9000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
@@ -74,10 +75,33 @@ def test_cloud_cannot_open_connections_into_home(lab):
         assert lab.ssh(host.name, "true").returncode == 0
 
 
-def test_both_sites_reach_debian_mirror(lab):
+def test_both_sites_reach_debian_mirror_only_through_the_gateway(lab):
     for name in ("h1", "h2"):
         out = lab.ssh(name, "apt-get update -q 2>&1 | tail -n 1", timeout=180).stdout
         assert "Reading package lists" in out, (name, out)
+
+
+def test_lab_traffic_stays_on_this_machine(lab):
+    """Nothing leaves the lab's bridges but home -> cloud: not a mirror's address directly, not this machine's
+    resolver; the gateway proxies only to the mirrors in this machine's apt sources."""
+    mirror = sorted(apt_mirror_hosts())[0]
+    mirror_ip = socket.getaddrinfo(mirror, 80, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    outside = [mirror_ip, *(ns for ns in _resolvers() if not ipaddress.ip_address(ns).is_loopback)]
+    gateway = f"{lab.gateway('cloud')} {lab.config.artifact_port}"
+    for name in ("h1", "h2"):
+        for address in outside:
+            for port in (80, 53):
+                reached = lab.ssh(name, f"nc -z -w 2 {address} {port}", check=False)
+                assert reached.returncode != 0, f"{name} reached {address}:{port} beyond this machine"
+        refused = lab.ssh(name, f"printf 'GET http://example.org/ HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {gateway}").stdout
+        assert refused.split()[:2] == ["HTTP/1.1", "403"], refused
+        proxied = lab.ssh(name, f"printf 'HEAD http://{mirror}/ HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {gateway}").stdout
+        assert proxied.startswith("HTTP/1.") and proxied.split()[1] not in ("403", "502"), proxied  # the mirror's own
+
+
+def _resolvers() -> list[str]:
+    lines = open("/etc/resolv.conf").read().splitlines()
+    return [ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1]
 
 
 def test_password_login_possible_before_deploy(lab):
@@ -147,9 +171,16 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
     for host in lab.hosts():
         waited = lab.ssh(host.name, "for i in $(seq 300); do tailscale status --json 2>/dev/null | grep -q "
                          '\'"BackendState": "Running"\' && exit 0; sleep 0.3; done; exit 1', check=False)
-        assert waited.returncode == 0, lab.ssh(
-            host.name, "tailscale status; systemctl status tailscaled --no-pager | tail -n 20", check=False
-        ).stdout
+        assert waited.returncode == 0, _tailnet_diagnostics(lab, host.name)
     again = pyinfra()
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.changed() == {}, f"changed after the move: {again.changed()}"
+
+
+def _tailnet_diagnostics(lab, name: str) -> str:
+    """What a node that is not back in the tailnet sees, and the state of headscale (and its DERP) on h1."""
+    node = lab.ssh(name, "tailscale status; tailscale netcheck 2>&1 | tail -n 8; "
+                         "journalctl -u tailscaled --no-pager -n 40 -o short-monotonic", check=False)
+    server = lab.ssh("h1", "systemctl is-active headscale; ss -lntup | grep -E ':(8080|3478|80|443) '; "
+                           "journalctl -u headscale --no-pager -n 30 -o short-monotonic", check=False)
+    return f"--- {name}\n{node.stdout}{node.stderr}\n--- h1 (headscale)\n{server.stdout}{server.stderr}"

@@ -134,7 +134,11 @@ def _deploy_contexts(monkeypatch: pytest.MonkeyPatch, connector: type[FakeConnec
             ("@fake/ts-apt", {}),
             (
                 "@fake/ts-static",
-                {"tailscale_install": "static", "tailscaled_env": {"TS_DEBUG_FIREWALL_MODE": "nftables"}},
+                {
+                    "tailscale_install": "static",
+                    "tailscaled_env": {"TS_DEBUG_FIREWALL_MODE": "nftables"},
+                    "tailscale_upload_logs": True,
+                },
             ),
         ],
         headscale_host="@fake/ts-apt",
@@ -199,8 +203,8 @@ def test_deploys_render_their_templates_with_the_host_data(
     ]
     defaults = [context for name, context in contexts if name == "tailscaled.defaults.j2"]
     assert sorted(defaults, key=lambda context: len(context["env"])) == [
-        {"port": 41641, "env": {}},
-        {"port": 41641, "env": {"TS_DEBUG_FIREWALL_MODE": "nftables"}},
+        {"port": 41641, "env": {}, "flags": "--no-logs-no-support"},
+        {"port": 41641, "env": {"TS_DEBUG_FIREWALL_MODE": "nftables"}, "flags": ""},
     ]
     # The unit file is only rendered for the static install (the Debian package ships its own).
     assert [name for name, _ in contexts].count("tailscaled.service.j2") == 1
@@ -374,13 +378,13 @@ def _env_file(text: str) -> dict[str, str]:
 
 
 def test_tailscaled_defaults_without_extra_environment() -> None:
-    text = render("tailscaled.defaults.j2", port=41641, env={})
-    assert _env_file(text) == {"PORT": "41641", "FLAGS": ""}
+    text = render("tailscaled.defaults.j2", port=41641, env={}, flags="--no-logs-no-support")
+    assert _env_file(text) == {"PORT": "41641", "FLAGS": "--no-logs-no-support"}
     assert text.startswith("# Managed by portable-k3s")
 
 
 def test_tailscaled_defaults_with_extra_environment() -> None:
     env = {"TS_DEBUG_FIREWALL_MODE": "nftables", "HTTPS_PROXY": "http://proxy.lan:3128"}
-    text = render("tailscaled.defaults.j2", port=0, env=env)
+    text = render("tailscaled.defaults.j2", port=0, env=env, flags="")
     assert _env_file(text) == {"PORT": "0", "FLAGS": "", **env}
     assert text.endswith('HTTPS_PROXY="http://proxy.lan:3128"\n')
