@@ -10,7 +10,7 @@ from pyinfra.api import Host, deploy
 from pyinfra.operations import systemd
 
 from ..connection import tcp_nodelay
-from ..operations import nginx, packages
+from ..operations import nginx, packages, services
 from ..render import render
 
 ENTRANCE_DEFAULTS: dict[str, Any] = {
@@ -61,7 +61,7 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
         name="Entrance nginx config", render_config=partial(render_entrance, apps, settings), backends=backends,
         headscale_host=headscale_host, address=None if upstream == "nodes" else upstream,
     )
-    systemd.service(name="Run nginx", service="nginx.service", running=True, enabled=True)
+    services.running(name="Run nginx", service="nginx.service")
     systemd.service(
         name="Reload nginx after a config change", service="nginx.service", reloaded=True, _if=config.did_change
     )

@@ -12,7 +12,8 @@ from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
-from ..operations import files, release, tailscale
+from ..operations import files, release, services, tailscale
+from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 from .base import default_hostname
@@ -52,7 +53,8 @@ def tailscale_node(headscale_host: Host) -> None:
     version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
     managed = (STATIC_UNIT, DEFAULTS_FILE) if data.tailscale_install == "static" else (DEFAULTS_FILE,)
     if data.tailscale_install == "static":
-        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(host.get_fact(Arch), "amd64")
+        machine = shared_fact(host, Arch, static=True)
+        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
         stem = f"tailscale_{version}_{arch}"
         url = f"{data.tailscale_download_url.rstrip('/')}/{stem}.tgz"
         binary = release.installed(
@@ -84,7 +86,7 @@ def tailscale_node(headscale_host: Host) -> None:
             flags="" if data.tailscale_upload_logs else "--no-logs-no-support",
         ),
     )
-    systemd.service(name="Run tailscaled", service="tailscaled.service", running=True, enabled=True)
+    services.running(name="Run tailscaled", service="tailscaled.service")
     systemd.service(
         name="Restart tailscaled after a change", service="tailscaled.service", restarted=True,
         _if=any_changed(binary, unit, env),

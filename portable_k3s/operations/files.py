@@ -11,6 +11,7 @@ from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
 from ..render import sha256
+from .util import forget, shared_fact
 
 
 @operation()
@@ -52,11 +53,12 @@ def content(
     paths = batch or (path,)
     if path not in paths:
         raise OperationValueError(f"batch: does not include {path}")
-    current = host.get_fact(FileStates, paths=paths).get(path)
+    current = shared_fact(host, FileStates, paths=paths).get(path)
     wanted = {"sha256": sha256(text), "mode": mode.lstrip("0") or "0", "user": user, "group": group}
     if current == wanted:
         host.noop(f"{path} is up to date")
         return
+    forget(host, FileStates)
     # Hidden, with the same extension: tools that check the extension accept it, globs like *.conf skip it.
     directory_name, base = posixpath.split(path)
     stem, dot, ext = base.rpartition(".") if "." in base.lstrip(".") else (base, "", "")

@@ -30,6 +30,7 @@ from ..facts.hardware import (
     Watchdog,
 )
 from ..render import render, sha256
+from .util import shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
 WATCHDOG_DROPIN = "/etc/systemd/system.conf.d/90-portable-k3s-watchdog.conf"
@@ -198,7 +199,7 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
         hardware.firmware_policy(name="Check the firmware policy", require_coreboot="fail")
     """
     _check_levels(require_coreboot, require_me_disabled)
-    info = host.get_fact(Firmware)
+    info = shared_fact(host, Firmware, static=True)  # read at planning, reused to execute
     findings = firmware_findings(info, require_coreboot, require_me_disabled)
     failures = [f for f in findings if f.level == "fail" and not f.complies]
     planning = not host.state.is_executing  # report once, when planning (operations are re-run to execute)

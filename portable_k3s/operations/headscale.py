@@ -19,7 +19,7 @@ from pyinfra.api import (
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale, parse_nodes
-from .util import escalation, gate
+from .util import escalation, forget, gate, shared_fact
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
@@ -41,11 +41,12 @@ def users(names: list[str]):
     for name in names:
         if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise OperationValueError(f"names: {name!r} is not a valid user name")
-    existing = host.get_fact(Headscale)["users"]
+    existing = shared_fact(host, Headscale)["users"]
     missing = [name for name in names if name not in existing]
     if not missing:
         host.noop(f"headscale users exist: {', '.join(names) or 'none wanted'}")
         return
+    forget(host, Headscale)
     for name in missing:
         yield StringCommand("headscale users create", QuoteString(name), ">/dev/null")
 
@@ -104,7 +105,7 @@ def dns_records(names: list[str], address: str | None = None, node: str | None =
     from .files import content  # noqa: PLC0415 - avoids a cycle at import time
 
     if address is None:
-        address = next((n["ipv4"] for n in host.get_fact(Headscale)["nodes"] if n["name"] == node), None)
+        address = next((n["ipv4"] for n in shared_fact(host, Headscale)["nodes"] if n["name"] == node), None)
     if address is not None:
         yield from content._inner(
             path=path, text=records_text(names, address), mode="0640", user="headscale", group="headscale",

@@ -11,7 +11,7 @@ from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale, parse_nodes
 from . import files
-from .util import escalation
+from .util import escalation, shared_fact
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 TEST = "nginx -t -q"
@@ -59,7 +59,7 @@ def entrance_config(
         return
     if not backends or headscale_host is None:
         raise OperationValueError("backends, headscale_host: expected the k3s nodes' tailnet names and headscale")
-    addresses = _addresses(headscale_host.get_fact(Headscale)["nodes"], backends)
+    addresses = _addresses(shared_fact(headscale_host, Headscale)["nodes"], backends)
     if addresses is not None:
         yield from files.content._inner(path=path, text=render_config(addresses), test_in_place=TEST)
         return

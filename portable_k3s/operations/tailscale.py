@@ -15,7 +15,7 @@ from pyinfra.api.command import FunctionCommand
 from ..facts.headscale import Headscale
 from ..facts.tailscale import Tailscale
 from .headscale import mint_preauth_key
-from .util import escalation, fact_once_per_operation, gate
+from .util import escalation, forget, gate, shared_fact
 
 AUTHKEY_DIR = "/run/portable-k3s"
 AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
@@ -85,11 +85,13 @@ def joined(
     if not tags or not all(t.startswith("tag:") for t in tags):
         raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
     info = host.get_fact(Tailscale)
-    server = fact_once_per_operation(host, headscale_host, Headscale)
+    server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
     known_keys = {node["node_key"] for node in server["nodes"]}
     flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes)
     wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes)
-    joined_here = info["backend_state"] == "Running" and info["prefs"].get("ControlURL") == login_server
+    # "Starting": logged in, waiting for a relay or a peer (e.g. right after a reboot that also restarted
+    # headscale): still this tailnet's node. A re-join would not help it and would cost it its node key.
+    joined_here = info["backend_state"] in ("Running", "Starting") and info["prefs"].get("ControlURL") == login_server
     known = info["node_key"] in known_keys if server["running"] else True
     if joined_here and known:
         current = {key: info["prefs"].get(key) for key in wanted}
@@ -97,7 +99,10 @@ def joined(
         node = next((n for n in server["nodes"] if n["node_key"] == info["node_key"]), None)
         retag = node is not None and node["tags"] != sorted(set(tags))
         if current == wanted and not retag:
-            host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
+            if info["backend_state"] == "Running":
+                host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
+            else:
+                host.noop(f"{hostname} is in the tailnet ({info['backend_state']}: waiting for a relay or a peer)")
             return
         if current != wanted:
             yield StringCommand("tailscale set", *flags)
@@ -112,6 +117,7 @@ def joined(
                     ok, output = headscale_host.run_shell_command(
                         command, print_output=False, **escalation(headscale_host)
                     )
+                forget(headscale_host, Headscale)
                 if not ok:
                     raise OSError(f"re-tagging {hostname} on {headscale_host.name} failed: {output.stderr[-300:]}")
 
@@ -143,6 +149,7 @@ def joined(
                     "headscale nodes list -o json", print_output=False, **escalation(headscale_host)
                 )
             if ok and node_key in output.stdout:
+                forget(headscale_host, Headscale)  # later operations read the node list with this node in it
                 return
             gevent.sleep(0.5)
         raise OSError(f"{hostname} joined, but headscale on {headscale_host.name} does not list it")

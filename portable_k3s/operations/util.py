@@ -44,21 +44,52 @@ def gate(host: Host) -> Any:
     return gates[host.name]
 
 
-def fact_once_per_operation(reader: Host, target: Host, fact: Any) -> Any:
-    """``target.get_fact(fact)``, read once for all the hosts that run the same operation (``reader`` is the host
-    running it) instead of once per host: one round trip on ``target`` where there would be one per node."""
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(_frozen(item) for item in value)
+    return value
+
+
+def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> Any:
+    """
+    ``host.get_fact(fact, **kwargs)``, read once per run phase (planning, execution) for all the operations that
+    ask for it with the same arguments, on ``host`` or on other hosts (headscale's node list for every joining
+    node): pyinfra itself reads a fact again on every call.
+
+    An operation that changes what the fact reports calls ``forget(host, fact)`` when it yields commands, so the
+    next operation reads it afresh (operations are generated just before they execute). Batched facts such as
+    ``FileStates`` are shared safely as long as each path belongs to one operation. ``static=True``: the fact
+    cannot change during a run (the machine's architecture, its firmware), read once for both phases.
+    """
     from gevent.lock import Semaphore
 
-    if reader.current_op_hash is None:  # not inside a planned operation: nothing to share
-        with gate(target):
-            return target.get_fact(fact)
-    # Planning (change detection) and execution each read it once: the execution sees what earlier ops did.
-    executing = bool(getattr(target.state, "is_executing", False))
-    key = (target.name, f"{reader.current_op_hash}:{fact.__name__}", executing)
-    entry = _per_state(target.state)["once"].setdefault(key, {"lock": Semaphore(), "done": False, "value": None})
-    with entry["lock"]:
-        if not entry["done"]:
-            with gate(target):
-                entry["value"] = target.get_fact(fact)
-            entry["done"] = True
+    executing = None if static else bool(getattr(host.state, "is_executing", False))
+    key = (fact.__name__, _frozen(kwargs), executing)
+    shared = _shared_reads(host)
+    entry = shared.get(key)
+    if entry is None:
+        entry = shared[key] = {"lock": Semaphore(), "read": False, "value": None}
+    with entry["lock"]:  # other hosts' operations may ask for it at the same moment (cross-host reads)
+        if not entry["read"]:
+            with gate(host):
+                entry["value"] = host.get_fact(fact, **kwargs)
+            entry["read"] = True
     return entry["value"]
+
+
+def forget(host: Host, fact: Any) -> None:
+    """Drop ``host``'s shared reads of ``fact`` (see ``shared_fact``): an operation is about to change it."""
+    shared = _shared_reads(host)
+    for key in [key for key in shared if key[0] == fact.__name__]:
+        del shared[key]
+
+
+def _shared_reads(host: Host) -> dict[tuple, dict[str, Any]]:
+    """The facts read for ``host`` in this run, kept on the host object (it lives for one run)."""
+    shared = getattr(host, "_portable_k3s_shared_facts", None)
+    if shared is None:
+        shared = {}
+        host._portable_k3s_shared_facts = shared  # type: ignore[attr-defined]
+    return shared

@@ -144,6 +144,14 @@ def test_joined_converged_node_is_left_alone() -> None:
     assert planned.node.noop_description == "t420 is in the tailnet as 100.64.0.2"
 
 
+def test_joined_node_waiting_for_a_relay_is_not_rejoined() -> None:
+    """BackendState "Starting" (logged in, no relay or peer yet, e.g. after a reboot that restarted headscale
+    too): the node is in the tailnet; a re-join would only cost it its node key."""
+    planned = _plan_joined(_tailscale_info("Starting"), _headscale_info(NODE_KEY))
+    assert planned.serialised == []
+    assert planned.node.noop_description == "t420 is in the tailnet (Starting: waiting for a relay or a peer)"
+
+
 def test_joined_converged_exit_node_compares_routes_in_any_order() -> None:
     info = _tailscale_info(AdvertiseRoutes=["::/0", "192.168.50.0/24", "0.0.0.0/0"], RouteAll=True)
     planned = _plan_joined(

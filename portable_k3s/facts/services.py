@@ -1,0 +1,49 @@
+"""systemd services: whether units are active and enabled, several units in one remote command."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
+
+
+class ServiceState(TypedDict):
+    active: bool  # ActiveState is "active" (running, or exited for a oneshot)
+    enabled: str  # UnitFileState: enabled, disabled, static, masked, …; "" when there is no unit file
+
+
+class ServiceStates(FactBase[dict[str, ServiceState]]):
+    """
+    The state of the given units (one ``systemctl show`` for all of them; ``list-unit-files`` would cost
+    systemd a scan of every unit file).
+
+    .. code:: python
+
+        {"nginx.service": {"active": True, "enabled": "enabled"}, "headscale.service": {...}}
+    """
+
+    @staticmethod
+    def default() -> dict[str, ServiceState]:
+        return {}
+
+    def command(self, units: tuple[str, ...]) -> StringCommand:
+        return StringCommand(
+            "systemctl show -p Id -p ActiveState -p UnitFileState --", *(QuoteString(u) for u in units),
+            "2>/dev/null || true",
+        )
+
+    def process(self, output: list[str]) -> dict[str, ServiceState]:
+        states: dict[str, ServiceState] = {}
+        block: dict[str, str] = {}
+        for line in [*output, ""]:
+            key, _, value = line.strip().partition("=")
+            if key:
+                block[key] = value
+                continue
+            if block.get("Id"):
+                states[block["Id"]] = {
+                    "active": block.get("ActiveState") == "active",
+                    "enabled": block.get("UnitFileState", ""),
+                }
+            block = {}
+        return states
