@@ -9,6 +9,7 @@ from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.base import base_host
 from portable_k3s.deploys.entrance import entrance
 from portable_k3s.deploys.headscale import headscale_server
+from portable_k3s.deploys.k3s import k3s_node
 from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
 from portable_k3s.operations import headscale
@@ -29,6 +30,10 @@ if "headscale" in groups:
 
 if groups & TAILNET_GROUPS:
     tailscale_node(headscale_host=headscale_host)
+
+# k3s over the tailnet: the servers' operations run before the agents' (an upgrade goes servers first).
+if groups & {"k3s_servers", "k3s_agents"}:
+    k3s_node(first_server=inventory.get_group("k3s_servers")[0])
 
 if "entrance" in groups:
     k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]

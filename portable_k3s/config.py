@@ -34,6 +34,7 @@ from pyinfra.api.host import Host
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
 from portable_k3s.deploys.headscale import BUILTIN_TAGS, HEADSCALE_DEFAULTS, host_tags, tailnet_policy
+from portable_k3s.deploys.k3s import K3S_DEFAULTS
 from portable_k3s.deploys.node_baseline import DEFAULTS as NODE_BASELINE_DEFAULTS
 from portable_k3s.operations import hardware as hardware_ops
 from portable_k3s.versions import VERSIONS
@@ -370,6 +371,7 @@ def _check_ssh_permit_root_login(value: Any) -> Check:
 _VERSION_RULES: dict[str, tuple[re.Pattern[str], str]] = {
     "headscale": (_SEMVER_RE, "MAJOR.MINOR.PATCH like 0.29.2"),
     "tailscale": (_SEMVER_RE, "MAJOR.MINOR.PATCH like 1.98.10"),
+    "k3s": (re.compile(r"^(v\d+\.\d+\.\d+\+k3s\d+)$"), "a k3s release like v1.35.3+k3s1"),
 }
 
 
@@ -913,6 +915,130 @@ def _check_node_baseline(inventory: Inventory, problems: _Problems) -> None:
                 problems.add(f"{source}.{key}{path}", problem, expected)
 
 
+# k3s
+#
+
+K3S_DISABLE = ("coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_K8S_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL_KEY = rf"(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/)?{_K8S_NAME}"
+_NODE_LABEL_RE = re.compile(rf"^{_LABEL_KEY}={_K8S_NAME}?$")
+_NODE_TAINT_RE = re.compile(rf"^{_LABEL_KEY}(={_K8S_NAME})?:({'|'.join(TAINT_EFFECTS)})$")
+_CRON_RE = re.compile(r"^\S+( \S+){4}$")
+_FLAG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
+
+
+def _check_k3s_s3(value: Any) -> Check:
+    if value is None:
+        return []
+    shape = '{"endpoint": "s3.example.org", "bucket": "etcd", "region": …, "folder": …} or None'
+    if not isinstance(value, dict):
+        return [(_wrong_type(value), shape)]
+    problems: Check = []
+    unknown = sorted(set(value) - {"endpoint", "bucket", "region", "folder"})
+    if unknown:
+        problems.append((f"unknown keys {unknown}", shape))
+    for key in ("endpoint", "bucket"):
+        if not isinstance(value.get(key), str) or not value.get(key):
+            problems.append((f"{key} is missing", shape))
+    return problems
+
+
+def _check_k3s_extra(value: Any) -> Check:
+    from portable_k3s.operations.k3s import MANAGED_KEYS  # noqa: PLC0415 - the operations import this module's users
+
+    if not isinstance(value, dict):
+        return [(_wrong_type(value), 'a dict of k3s flags, like {"kube-proxy-arg": ["proxy-mode=ipvs"]}')]
+    problems: Check = []
+    for key in value:
+        if not isinstance(key, str) or not _FLAG_RE.match(key):
+            problems.append((f"{_show(key)} is not a k3s flag name", "flag names without --, like kubelet-arg"))
+        elif key in MANAGED_KEYS:
+            problems.append((f"{key!r} is set by the deploy from the tailnet",
+                             "other k3s flags; node-ip, server, token and the like come from the tailnet"))
+    return problems
+
+
+def _k3s_checks() -> dict[str, Any]:
+    """Each k3s key and the check for one of its values."""
+
+    def str_list(pattern: re.Pattern[str], expected: str) -> Any:
+        def check(value: Any) -> Check:
+            if not isinstance(value, list | tuple):
+                return [(_wrong_type(value), f"a list of {expected}")]
+            return [(f"{_show(v)} is not valid", expected) for v in value if not isinstance(v, str) or
+                    not pattern.match(v)]
+        return check
+
+    def seconds(value: Any) -> Check:
+        return _check_int_range(value, 10, 3600, "whole seconds 10-3600")
+
+    return {
+        "k3s_download_url": lambda v: [] if isinstance(v, str) and v.startswith(("https://", "http://"))
+        else [(_show(v) + " is not a URL", "the base of k3s's release downloads, like https://…/releases/download")],
+        "k3s_sha256": lambda v: [] if v is None or (isinstance(v, str) and _HEX64_RE.match(v))
+        else [(f"{_show(v)} is not a sha256", "64 lower-case hex digits, or None to use the release checksums")],
+        "k3s_token": lambda v: [],  # a secret: checked with the other secrets
+        "k3s_tailnet_iface": lambda v: [] if isinstance(v, str) and _IFACE_RE.match(v)
+        else [(f"{_show(v)} is not an interface name", "the tailnet interface, tailscale0")],
+        "k3s_cluster_init": _check_bool,
+        "k3s_disable": lambda v: [] if isinstance(v, list | tuple) and all(x in K3S_DISABLE for x in v)
+        else [(f"{_show(v)} is not a list of k3s components", f"a list of {', '.join(K3S_DISABLE)}")],
+        "k3s_node_labels": str_list(_NODE_LABEL_RE, "key=value node labels, like disk=ssd"),
+        "k3s_node_taints": str_list(_NODE_TAINT_RE, f"key=value:Effect taints, Effect one of {TAINT_EFFECTS}"),
+        "k3s_etcd_snapshot_schedule": lambda v: [] if v is None or (isinstance(v, str) and _CRON_RE.match(v))
+        else [(f"{_show(v)} is not a cron schedule", "five cron fields like '0 */6 * * *', or None for no snapshots")],
+        "k3s_etcd_snapshot_retention": lambda v: _check_int_range(v, 1, 1000, "a number of snapshots, 1-1000"),
+        "k3s_etcd_s3": _check_k3s_s3,
+        "k3s_extra_config": _check_k3s_extra,
+        "k3s_drain_timeout": seconds,
+        "k3s_ready_timeout": seconds,
+        "k3s_state": lambda v: [] if v in ("present", "absent")
+        else [(f"{_show(v)} is not a state", "'present' or 'absent' (uninstall k3s from the node)")],
+        "k3s_remove_data": _check_bool,
+        "k3s_kubeconfig": lambda v: [] if v is None or (isinstance(v, str) and v.strip())
+        else [(_show(v) + " is not a path", "a path on the machine running pyinfra, or None to not fetch it")],
+    }
+
+
+def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool, cwd: str | None) -> None:
+    """Validate the k3s keys (defaults in deploys.k3s.K3S_DEFAULTS) and what HA with embedded etcd needs."""
+    checks = _k3s_checks()
+    assert set(checks) == set(K3S_DEFAULTS), "every k3s key has a check"
+    for key, check in checks.items():
+        _check_per_source(inventory, key, check, problems)
+    _check_per_source(inventory, "k3s_lan", lambda v: _check_slug(v), problems)
+    _check_per_source(inventory, "k3s_etcd_across_vpn", _check_bool, problems)
+    servers = _group_hosts(inventory, K3S_SERVERS)
+    for host in servers:
+        s3 = _lookup(inventory, host, "k3s_etcd_s3")[1]
+        if s3 not in (None, _MISSING):
+            for key in ("s3_access_key", "s3_secret_key"):
+                if _lookup(inventory, host, key)[1] in (None, _MISSING):
+                    problems.add(f"{host.name}.{key}", "is missing while k3s_etcd_s3 is set",
+                                 f'{_REFERENCE_SHAPES}, for the S3 bucket\'s key')
+    nodes = servers + [h for h in _group_hosts(inventory, K3S_AGENTS) if h not in servers]
+    if servers and _lookup(inventory, servers[0], "k3s_state")[1] == "absent":
+        staying = [h.name for h in nodes[1:] if _lookup(inventory, h, "k3s_state")[1] != "absent"]
+        if staying:
+            problems.add(f"{servers[0].name}.k3s_state", "'absent' on the first server while "
+                         f"{', '.join(staying)} keep k3s", "the first of k3s_servers removed last (every other "
+                         "node joins it), or another server listed first")
+    if len(servers) > 1:
+        # Embedded etcd needs low latency between its members: upstream does not support it across a VPN/WAN.
+        lans = {host.name: _lookup(inventory, host, "k3s_lan")[1] for host in servers}
+        override = all(_lookup(inventory, host, "k3s_etcd_across_vpn")[1] is True for host in servers)
+        if not override and (_MISSING in lans.values() or len(set(lans.values())) != 1):
+            shown = ", ".join(f"{name}={'unset' if lan is _MISSING else lan}" for name, lan in lans.items())
+            problems.add(
+                K3S_SERVERS + ".k3s_lan",
+                f"{len(servers)} servers with embedded etcd, not all on one LAN ({shown})",
+                "the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
+                "or k3s_etcd_across_vpn = True on every server to accept that risk",
+            )
+
+
 def validate_inventory(
     inventory: Inventory, require_secrets: bool = True, cwd: str | None = None
 ) -> ClusterConfig:
@@ -995,6 +1121,7 @@ def validate_inventory(
         hosts[host.name] = _host_config(inventory, host, value if isinstance(value, str) else host.name)
 
     tailnet = _check_tailnet(inventory, problems)
+    _check_k3s(inventory, problems, require_secrets, cwd)
 
     if problems.lines:
         raise ConfigError(problems.lines)

@@ -6,5 +6,6 @@ Override a pin for a whole inventory with ``versions = {"tailscale": "1.98.10"}`
 VERSIONS: dict[str, str] = {
     "debian": "bookworm",
     "headscale": "0.29.2",
+    "k3s": "v1.35.3+k3s1",
     "tailscale": "1.98.10",
 }

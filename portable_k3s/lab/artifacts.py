@@ -9,6 +9,10 @@ real hosts take from upstream:
   (upstream base: https://github.com/juanfont/headscale/releases/download)
 * tailscale: ``<base>/tailscale_{V}_{arch}.tgz`` and ``<base>/tailscale_{V}_{arch}.tgz.sha256``
   (upstream base: https://pkgs.tailscale.com/stable)
+* k3s: ``<base>/{V}/k3s`` and ``<base>/{V}/sha256sum-{arch}.txt`` (upstream base:
+  https://github.com/k3s-io/k3s/releases/download). k3s itself cannot be obtained here: the file served as
+  ``k3s`` is the lab's K3S STAND-IN (``portable_k3s/lab/k3s_standin``), built from this repository, which says
+  so in its ``--version`` output.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ GO_TOOLS: dict[str, GoTool] = {
 # Where each component's release files sit under the artifact server's root (mirrors the upstream paths).
 HEADSCALE_PATH = "juanfont/headscale/releases/download"
 TAILSCALE_PATH = "tailscale/stable"
+K3S_PATH = "k3s-io/k3s/releases/download"
+STANDIN_SOURCE = Path(__file__).parent / "k3s_standin" / "main.go"
 
 
 def go_arch() -> str:
@@ -62,9 +68,7 @@ def build_go_tool(name: str, version: str, cache_dir: str) -> Path:
     binaries = [out / pkg.rsplit("/", 1)[1] for pkg in tool.packages]
     if all(b.exists() for b in binaries):
         return out
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    if go is None:
-        raise LabError(f"building {name} {version} needs the Go toolchain (go) on PATH")
+    go = _go()
     started = time.monotonic()
     log(f"building {name} v{version} from its Go module (once; cached in {out})")
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -mod=mod", "GOTOOLCHAIN": "local"}
@@ -125,9 +129,52 @@ def publish_tailscale(version: str, cache_dir: str, artifact_dir: Path) -> Path:
     return tarball
 
 
+def _go() -> str:
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+    if go is None:
+        raise LabError("building the lab's artifacts needs the Go toolchain (go) on PATH")
+    return go
+
+
+def build_k3s_standin(version: str, cache_dir: str) -> Path:
+    """Build the K3S STAND-IN (not k3s) answering as ``version``, once per version and source; cached."""
+    source = STANDIN_SOURCE.read_bytes()
+    out = Path(cache_dir) / "go-bin" / f"k3s-standin-{version}-{go_arch()}-{_sha256(source)[:12]}" / "k3s"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath", "GOTOOLCHAIN": "local"}
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-build-k3s-standin-") as work:
+        (Path(work) / "main.go").write_bytes(source)
+        steps = [
+            [_go(), "mod", "init", "portable-k3s.invalid/k3s-standin"],
+            [_go(), "build", f"-ldflags=-s -w -X main.version={version}", "-o", str(out) + ".partial", "."],
+        ]
+        for step in steps:
+            proc = subprocess.run(step, cwd=work, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise LabError(f"building the k3s stand-in {version}: {' '.join(step)} failed:\n{proc.stderr[-3000:]}")
+    os.replace(str(out) + ".partial", out)
+    return out
+
+
+def publish_k3s_standin(version: str, cache_dir: str, artifact_dir: Path, sha256: str | None = None) -> Path:
+    """Lay out the K3S STAND-IN as k3s's release files: ``{V}/k3s`` and ``{V}/sha256sum-{arch}.txt``
+    (``sha256`` replaces the real checksum, to publish a release whose checksum does not match)."""
+    data = build_k3s_standin(version, cache_dir).read_bytes()
+    arch = go_arch()
+    name = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}.get(arch, "k3s")
+    dest = artifact_dir / K3S_PATH / version
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / name).write_bytes(data)
+    (dest / f"sha256sum-{arch}.txt").write_text(f"{sha256 or _sha256(data)}  {name}\n")
+    return dest / name
+
+
 def publish_all(versions: dict[str, str], cache_dir: str, artifact_dir: Path) -> dict[str, Path]:
-    """Build (cached) and publish every Go-built component the deploys download."""
+    """Build (cached) and publish every component the deploys download (k3s: its lab stand-in)."""
     return {
         "headscale": publish_headscale(versions["headscale"], cache_dir, artifact_dir),
         "tailscale": publish_tailscale(versions["tailscale"], cache_dir, artifact_dir),
+        "k3s": publish_k3s_standin(versions["k3s"], cache_dir, artifact_dir),
     }

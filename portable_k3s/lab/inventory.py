@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .artifacts import HEADSCALE_PATH, TAILSCALE_PATH
+from .artifacts import HEADSCALE_PATH, K3S_PATH, TAILSCALE_PATH
 from .core import Lab, LabConfig, LabError
 
 
@@ -34,6 +34,10 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         "tailscale_install": "static",
         "tailscale_download_url": f"{artifacts}/{TAILSCALE_PATH}",
         "tailscaled_env": {"TS_DEBUG_USE_DERP_HTTP": "true"},  # DERP over plain http: the lab has no TLS
+        # k3s: the lab's K3S STAND-IN (see portable_k3s/lab/artifacts.py), served where k3s's releases would be.
+        "k3s_download_url": f"{artifacts}/{K3S_PATH}",
+        "k3s_lan": "home",
+        "k3s_kubeconfig": str(lab.state_dir / "kubeconfig.yaml"),
     }
     for host in lab.hosts():
         data = {

@@ -50,21 +50,38 @@ def installed(
             files={"": "/usr/local/bin/headscale"},
         )
     """
+    check_arguments(url, files, checksum_url, sha256)
+    current = host.get_fact(InstalledRelease, component=component, paths=list(files.values()))
+    if current.get("version") == version:
+        host.noop(f"{component} {version} is installed")
+        return
+    yield install_command(component, version, url, files, checksum_url, sha256)
+
+
+def check_arguments(url: str, files: dict[str, str], checksum_url: str | None, sha256: str | None) -> None:
+    """Raise ``OperationValueError`` for arguments ``installed`` cannot act on."""
     if not files:
         raise OperationValueError("files: empty (expected {source: destination})")
     if sha256 is not None and not _SHA256.match(sha256):
         raise OperationValueError(f"sha256: {sha256!r} (expected 64 lower-case hex digits)")
     if sha256 is None and not checksum_url:
         raise OperationValueError("give checksum_url or sha256: a release is never installed unverified")
-    archive = url.endswith((".tgz", ".tar.gz"))
-    if not archive and list(files) != [""]:
+    if not url.endswith((".tgz", ".tar.gz")) and list(files) != [""]:
         raise OperationValueError('files: a single-binary download installs one file: {"": destination}')
 
-    current = host.get_fact(InstalledRelease, component=component, paths=list(files.values()))
-    if current.get("version") == version:
-        host.noop(f"{component} {version} is installed")
-        return
 
+def install_command(
+    component: str,
+    version: str,
+    url: str,
+    files: dict[str, str],
+    checksum_url: str | None = None,
+    sha256: str | None = None,
+    record: bool = True,
+) -> StringCommand:
+    """The one remote command of ``installed``: download, verify, install atomically, record the version
+    (``record=False``: leave that to ``record_command``, once the caller has checked the new version works)."""
+    archive = url.endswith((".tgz", ".tar.gz"))
     filename = posixpath.basename(url)
     expected: list[object]
     if sha256:
@@ -81,7 +98,7 @@ def installed(
             "install -D -m 0755", src, QuoteString(dest + ".portable-k3s-new"), "&&",
             "mv -f", QuoteString(dest + ".portable-k3s-new"), QuoteString(dest), "&&",
         ]
-    yield StringCommand(
+    return StringCommand(
         "set -e;",
         "tmp=$(mktemp -d /tmp/portable-k3s-release.XXXXXX); trap 'rm -rf \"$tmp\"' EXIT;",
         "curl -fsSL --retry 3 -o \"$tmp/dl\"", QuoteString(url), ";",
@@ -90,7 +107,15 @@ def installed(
         f'if [ -z "$expected" ] || [ "$expected" != "$actual" ]; then echo "{component}: sha256 of {filename} is',
         '$actual, expected ${expected:-nothing (no checksum found)}; nothing was installed" >&2; exit 1; fi;',
         *(["mkdir \"$tmp/x\" && tar -xzf \"$tmp/dl\" -C \"$tmp/x\" &&"] if archive else []),
-        *install,
-        "mkdir -p", RELEASE_STATE_DIR, "&&",
-        f'echo "{version} $actual" >', QuoteString(f"{RELEASE_STATE_DIR}/{component}"),
+        *(install if record else install[:-1]),
+        *(["mkdir -p", RELEASE_STATE_DIR, "&&", f'echo "{version} $actual" >',
+           QuoteString(f"{RELEASE_STATE_DIR}/{component}")] if record else []),
+    )
+
+
+def record_command(component: str, version: str, path: str) -> StringCommand:
+    """Record ``version`` of ``component`` as installed (with ``path``'s sha256), as ``installed`` does."""
+    return StringCommand(
+        "mkdir -p", RELEASE_STATE_DIR, "&& echo", QuoteString(version), "$(sha256sum", QuoteString(path),
+        "| cut -d' ' -f1) >", QuoteString(f"{RELEASE_STATE_DIR}/{component}"),
     )

@@ -84,7 +84,7 @@ def joined(
     routes = list(routes or [])
     if not tags or not all(t.startswith("tag:") for t in tags):
         raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
-    info = host.get_fact(Tailscale)
+    info = shared_fact(host, Tailscale)  # later operations (k3s's config) read the same answer
     server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
     known_keys = {node["node_key"] for node in server["nodes"]}
     flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes)
@@ -104,6 +104,7 @@ def joined(
             else:
                 host.noop(f"{hostname} is in the tailnet ({info['backend_state']}: waiting for a relay or a peer)")
             return
+        forget(host, Tailscale)
         if current != wanted:
             yield StringCommand("tailscale set", *flags)
         if retag and node is not None:
@@ -124,6 +125,7 @@ def joined(
             yield FunctionCommand(set_tags, (), {})
         return
 
+    forget(host, Tailscale)
     sudo = escalation(host, use_current_op=True)
 
     def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names

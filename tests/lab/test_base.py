@@ -6,6 +6,7 @@ Tests in this module run in order and share one lab.
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import subprocess
 import sys
@@ -167,14 +168,24 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
     moved = ipaddress.ip_network(MOVED_HOME_SUBNET)
     assert all(ipaddress.ip_address(new[n]) in moved for n in ("h2", "h3", "h4")), new
     assert lab.ssh("h3", "cat /root/marker").stdout.strip() == "before-the-move"
-    # Every node is back in the tailnet by itself, before any deploy.
+    # Every node is back in the tailnet by itself, before any deploy: logged in, and traffic flows between the
+    # cloud and every home node both ways (tailscale ping: directly, or through the DERP relay).
     for host in lab.hosts():
-        waited = lab.ssh(host.name, "for i in $(seq 300); do tailscale status --json 2>/dev/null | grep -q "
-                         '\'"BackendState": "Running"\' && exit 0; sleep 0.3; done; exit 1', check=False)
+        waited = lab.ssh(host.name, "for i in $(seq 200); do tailscale status --json 2>/dev/null | grep -Eq "
+                         '\'"BackendState": "(Running|Starting)"\' && exit 0; sleep 0.3; done; exit 1', check=False)
         assert waited.returncode == 0, _tailnet_diagnostics(lab, host.name)
+    ips = {n["given_name"]: next(a for a in n["ip_addresses"] if ":" not in a)
+           for n in json.loads(lab.ssh("h1", "headscale nodes list -o json").stdout)}
+    for a, b in [pair for name in ("h2", "h3", "h4") for pair in (("h1", name), (name, "h1"))]:
+        pinged = lab.ssh(a, f"for i in $(seq 20); do tailscale ping -c 1 --timeout 3s {ips[b]} && exit 0; "
+                            "sleep 1; done; exit 1", check=False)
+        assert pinged.returncode == 0, f"{a} -> {b}: {pinged.stdout[-500:]}\n" + _tailnet_diagnostics(lab, a)
     again = pyinfra()
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.changed() == {}, f"changed after the move: {again.changed()}"
+    # k3s came back by itself too: the agents rejoined the server over the tailnet.
+    lab.ssh("h2", "for i in $(seq 60); do [ $(k3s kubectl get nodes | grep -c ' Ready ') = 3 ] && exit 0; "
+                  "sleep 0.5; done; k3s kubectl get nodes; exit 1")
 
 
 def _tailnet_diagnostics(lab, name: str) -> str:

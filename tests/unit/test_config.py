@@ -258,9 +258,22 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
         "k3s_servers: no hosts (expected at least one k3s server)",
     ]),
     ("even k3s servers",
-     lambda: with_groups(k3s_servers=(["master", "t420"], {}), k3s_agents=(["t410"], {})), [
+     lambda: with_groups(k3s_servers=(["master", "t420"], {"k3s_lan": "home"}), k3s_agents=(["t410"], {})), [
         "k3s_servers: 2 hosts (master, t420) (expected an odd number of k3s servers, e.g. 1 or 3, "
         "so embedded etcd keeps quorum)",
+    ]),
+    ("three servers, LAN unknown",
+     lambda: with_groups(k3s_servers=(["master", "t420", "t410"], {}), k3s_agents=None), [
+        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN (master=unset, t420=unset, "
+        "t410=unset) (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
+        "or k3s_etcd_across_vpn = True on every server to accept that risk)",
+    ]),
+    ("three servers, two LANs",
+     lambda: with_groups(k3s_servers=(["master", "t420", ("t410", {"k3s_lan": "office"})], {"k3s_lan": "home"}),
+                         k3s_agents=None), [
+        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN (master=home, t420=home, "
+        "t410=office) (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a "
+        "VPN; or k3s_etcd_across_vpn = True on every server to accept that risk)",
     ]),
     ("server and agent", lambda: with_groups(k3s_agents=(["t420", "master"], {})), [
         "k3s_agents: master is also in k3s_servers (expected each k3s node in k3s_servers or k3s_agents, "
@@ -318,7 +331,7 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
         "all.versions: ['0.29.2'] is a list (expected a dict like {\"tailscale\": \"1.98.10\"})",
     ]),
     ("versions unknown component", lambda: with_data(versions={"k8s": "1.31.0"}), [
-        "all.versions.k8s: is not a versioned component (expected one of debian, headscale, tailscale)",
+        "all.versions.k8s: is not a versioned component (expected one of debian, headscale, k3s, tailscale)",
     ]),
     ("headscale version", lambda: with_data(versions={"headscale": "latest"}), [
         "all.versions.headscale: 'latest' is not a valid headscale version "

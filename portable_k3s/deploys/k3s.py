@@ -1,0 +1,163 @@
+"""k3s over the tailnet: servers (the first one starts the cluster) and agents."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from pyinfra import host
+from pyinfra.api import Host, deploy
+from pyinfra.facts.server import Arch
+from pyinfra.operations import systemd
+from pyinfra.operations.util import any_changed
+
+from ..connection import tcp_nodelay
+from ..operations import files, k3s, services
+from ..operations.util import shared_fact
+from ..render import render
+from ..versions import VERSIONS
+from .base import default_hostname
+
+K3S_DEFAULTS: dict[str, Any] = {
+    "k3s_download_url": "https://github.com/k3s-io/k3s/releases/download",
+    "k3s_sha256": None,  # pin the binary's sha256 instead of trusting the release's sha256sum-<arch>.txt
+    "k3s_token": None,  # {"env": "NAME"} or {"file": "PATH"}; None: the first server makes one, the rest copy it
+    "k3s_tailnet_iface": "tailscale0",
+    "k3s_cluster_init": True,  # embedded etcd on the first server (snapshots; more servers can join later)
+    "k3s_disable": ["servicelb"],  # MetalLB gives LoadBalancer addresses instead of k3s's ServiceLB
+    "k3s_node_labels": [],  # "key=value"
+    "k3s_node_taints": [],  # "key=value:NoSchedule"
+    "k3s_etcd_snapshot_schedule": "0 */6 * * *",  # cron, on servers with embedded etcd
+    "k3s_etcd_snapshot_retention": 20,
+    "k3s_etcd_s3": None,  # {"endpoint": …, "bucket": …, "region": …, "folder": …}; keys: s3_access_key/secret_key
+    "k3s_extra_config": {},  # more config.yaml keys (k3s flag names); the tailnet ones are set by the deploy
+    "k3s_drain_timeout": 300,
+    "k3s_ready_timeout": 300,
+    "k3s_kubeconfig": "~/.kube/portable-k3s.yaml",  # on the machine running pyinfra; None: not fetched
+    "k3s_state": "present",  # "absent": uninstall k3s from the node
+    "k3s_remove_data": False,  # with k3s_state "absent": also its data, CNI interfaces and iptables rules
+}
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+def release_urls(base: str, version: str, machine: str) -> tuple[str, str]:
+    """The k3s binary's URL and its checksum list's URL for ``version`` on ``machine`` (``uname -m``)."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
+    name = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}[arch]
+    folder = f"{base.rstrip('/')}/{quote(version, safe='')}"
+    return f"{folder}/{name}", f"{folder}/sha256sum-{arch}.txt"
+
+
+def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
+    """config.yaml settings from a node's data (the tailnet ones are added by ``k3s.config``)."""
+    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
+
+    settings: dict[str, Any] = {}
+    if data.k3s_node_labels:
+        settings["node-label"] = list(data.k3s_node_labels)
+    if data.k3s_node_taints:
+        settings["node-taint"] = list(data.k3s_node_taints)
+    if role == "server":
+        if data.k3s_disable:
+            settings["disable"] = list(data.k3s_disable)
+        if first and data.k3s_cluster_init:
+            settings["cluster-init"] = True
+        if data.k3s_cluster_init and data.k3s_etcd_snapshot_schedule:
+            settings["etcd-snapshot-schedule-cron"] = data.k3s_etcd_snapshot_schedule
+            settings["etcd-snapshot-retention"] = data.k3s_etcd_snapshot_retention
+        s3 = data.k3s_etcd_s3
+        if data.k3s_cluster_init and s3:
+            settings["etcd-s3"] = True
+            settings["etcd-s3-endpoint"] = s3["endpoint"]
+            settings["etcd-s3-bucket"] = s3["bucket"]
+            for key in ("region", "folder"):
+                if s3.get(key):
+                    settings[f"etcd-s3-{key}"] = s3[key]
+            settings["etcd-s3-access-key"] = resolve_secret(data.s3_access_key, "s3_access_key").unmask()
+            settings["etcd-s3-secret-key"] = resolve_secret(data.s3_secret_key, "s3_secret_key").unmask()
+    settings.update(data.k3s_extra_config or {})
+    return settings
+
+
+def _k3s_node(role: str, first_server: Host) -> None:
+    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
+
+    data = host.data
+    if data.k3s_state == "absent":
+        k3s.uninstalled(name=f"{role.capitalize()}: remove k3s", remove_data=bool(data.k3s_remove_data))
+        return
+    label = role.capitalize()
+    first = host.name == first_server.name
+    version = (data.get("versions") or {}).get("k3s", VERSIONS["k3s"])
+    version = version if version.startswith("v") else f"v{version}"
+    node_name = data.get("hostname") or default_hostname(host.name)
+    url, sums = release_urls(data.k3s_download_url, version, shared_fact(host, Arch, static=True))
+    unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
+    managed = (k3s.CONFIG, k3s.TOKEN, unit_path)  # their states are read in one command
+
+    k3s.binary(
+        name=f"{label} binary", version=version, url=url, checksum_url=None if data.k3s_sha256 else sums,
+        sha256=data.k3s_sha256, node_name=node_name, role=role, via=first_server,
+        drain_timeout=int(data.k3s_drain_timeout), ready_timeout=int(data.k3s_ready_timeout),
+    )
+    if data.k3s_token:
+        token = k3s.token(
+            name=f"{label} cluster token", value=resolve_secret(data.k3s_token, "k3s_token"), batch=managed
+        )
+    elif first:
+        token = k3s.token(name=f"{label} cluster token", batch=managed)  # made here once; the others copy it
+    elif role == "server":
+        token = k3s.token(name=f"{label} cluster token", source=first_server, batch=managed)
+    else:  # agents take the server's K10… form, which also pins the cluster CA
+        token = k3s.token(
+            name=f"{label} cluster token", source=first_server, source_path=k3s.SERVER_TOKEN, batch=managed
+        )
+    config = k3s.config(
+        name=f"{label} config", role=role, node_name=node_name, settings=node_settings(data, role, first),
+        join=None if first else first_server, tailnet_domain=data.get("tailnet_domain"),
+        iface=data.k3s_tailnet_iface, batch=managed,
+    )
+    unit = files.content(
+        name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed
+    )
+    systemd.daemon_reload(name=f"{label}: reload systemd", _if=unit.did_change)
+    # A fresh node starts here; a changed one restarts (an upgrade restarts in the binary operation, before this).
+    systemd.service(
+        name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role), restarted=True,
+        _if=any_changed(config, token, unit),
+    )
+    services.running(name=f"{label}: run", service=k3s.unit_name(role))
+    if first and data.k3s_kubeconfig:
+        k3s.kubeconfig(name="Fetch the admin kubeconfig", local_path=data.k3s_kubeconfig)
+
+
+@deploy("k3s", data_defaults=K3S_DEFAULTS)
+def k3s_node(first_server: Host) -> None:
+    """
+    k3s on a node of ``k3s_servers`` (a server) or ``k3s_agents`` (an agent), talking to the cluster over the
+    tailnet. ``first_server`` starts the cluster (embedded etcd with ``k3s_cluster_init``); the other servers
+    and the agents join it. Every server's operations run before any agent's (the agents need the running
+    server's token; an upgrade goes servers first), so call this once for all k3s nodes, from one place.
+
+    Data keys (defaults in ``K3S_DEFAULTS``): ``k3s_token``, ``k3s_download_url``, ``k3s_sha256``,
+    ``k3s_tailnet_iface``, ``k3s_cluster_init``, ``k3s_disable``, ``k3s_node_labels``, ``k3s_node_taints``,
+    ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``, ``k3s_etcd_s3`` (+ ``s3_access_key``,
+    ``s3_secret_key``), ``k3s_extra_config``, ``k3s_drain_timeout``, ``k3s_ready_timeout``, ``k3s_kubeconfig``,
+    ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``, ``hostname``, ``tailnet_domain``, ``versions["k3s"]``.
+
+    + first_server: the inventory host that starts the cluster (the first of ``k3s_servers``)
+
+    .. code:: python
+
+        k3s_node(first_server=inventory.get_group("k3s_servers")[0])
+    """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    server = "k3s_servers" in host.groups
+    if server:
+        _k3s_node("server", first_server)
+    # One operation for every k3s node: pyinfra orders each host's operations, and this one sits after the
+    # servers' and before the agents', so all servers are done before any agent starts.
+    k3s.servers_first(name="Servers before agents")
+    if not server:
+        _k3s_node("agent", first_server)

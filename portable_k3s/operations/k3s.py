@@ -1,0 +1,447 @@
+"""k3s over the tailnet: its config, the cluster token, the binary (installed, or upgraded one node at a time)."""
+
+from __future__ import annotations
+
+import re
+import time
+from io import StringIO
+from typing import Any
+
+import gevent
+import yaml
+from pyinfra import host
+from pyinfra.api import (
+    HiddenValue,
+    Host,
+    OperationError,
+    OperationValueError,
+    QuoteString,
+    State,
+    StringCommand,
+    operation,
+)
+from pyinfra.api.command import FunctionCommand
+
+from ..facts.files import FileStates
+from ..facts.k3s import CNI_INTERFACES, K3S_DATA, K3S_FILES, K3sFootprint, parse_nodes
+from ..facts.release import InstalledRelease
+from ..facts.tailscale import Tailscale
+from ..render import render
+from . import files, release
+from .util import escalation, forget, gate, shared_fact
+
+CONFIG = "/etc/rancher/k3s/config.yaml"
+KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
+TOKEN = "/etc/rancher/k3s/token"  # noqa: S105 - a path: the cluster token every node starts with
+SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"  # noqa: S105 - a path: K10<CA hash>::server:<token>
+BINARY = "/usr/local/bin/k3s"
+KUBECTL = "k3s kubectl"
+SUPERVISOR_PORT = 6443
+ROLES = ("server", "agent")
+# Keys the deploy sets itself; k3s_extra_config may not override them.
+MANAGED_KEYS = frozenset(
+    {"node-name", "node-ip", "advertise-address", "flannel-iface", "tls-san", "server", "token", "token-file",
+     "write-kubeconfig-mode", "vpn-auth", "vpn-auth-file"}
+)
+
+
+def unit_name(role: str) -> str:
+    """The systemd unit of a k3s ``server`` (``k3s.service``) or ``agent`` (``k3s-agent.service``)."""
+    return "k3s.service" if role == "server" else "k3s-agent.service"
+
+
+def config_text(settings: dict[str, Any], iface: str = "tailscale0") -> str:
+    """``/etc/rancher/k3s/config.yaml`` for ``settings`` (keys in k3s's flag names, without ``--``)."""
+    body = yaml.safe_dump(settings, default_flow_style=False, sort_keys=True).rstrip("\n")
+    return render("k3s/config.yaml.j2", mode="manual", iface=iface, settings=body)
+
+
+@operation()
+def config(
+    role: str,
+    node_name: str,
+    settings: dict[str, Any],
+    join: Host | None = None,
+    tailnet_domain: str | None = None,
+    iface: str = "tailscale0",
+    path: str = CONFIG,
+    batch: tuple[str, ...] | None = None,
+):
+    """
+    Write k3s's ``config.yaml`` (0600) for a node that talks to the cluster over the tailnet: ``node-ip`` (and
+    on a server ``advertise-address`` and ``tls-san``) is the node's tailnet IPv4, read from tailscale on the
+    node; ``flannel-iface`` is the tailnet interface, so flannel's VXLAN MTU is its MTU minus 50 (1230 on
+    tailscale's 1280); a joining node's ``server`` is the ``join`` host's tailnet IPv4.
+
+    + role: ``server`` or ``agent``
+    + node_name: the node's name in k3s (its tailnet host name)
+    + settings: everything else, in k3s's flag names (``disable``, ``node-label``, ``cluster-init``, …)
+    + join: the server this node joins (None for the first server)
+    + tailnet_domain: the MagicDNS domain (a server's ``tls-san`` gets ``<node_name>.<tailnet_domain>``)
+    + iface: the tailnet interface
+    + path: where k3s reads its config
+    + batch: all files of the component, read in one remote command (see ``files.content``)
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.config(name="k3s config", role="agent", node_name="t420", settings={}, join=master)
+    """
+    if role not in ROLES:
+        raise OperationValueError(f"role: {role!r} (expected 'server' or 'agent')")
+    if role == "agent" and join is None:
+        raise OperationValueError("join: an agent needs the server it joins")
+    clash = sorted(MANAGED_KEYS & set(settings))
+    if clash:
+        raise OperationValueError(f"settings: {', '.join(clash)} are set from the tailnet, not by settings")
+    ipv4 = host.get_fact(Tailscale)["ipv4"]  # read afresh: the node may have (re-)joined earlier in this run
+    server_ipv4 = shared_fact(join, Tailscale)["ipv4"] if join is not None else None
+    missing = [name for name, ip in ((node_name, ipv4), (join and join.name, server_ipv4)) if name and not ip]
+    if missing:
+        if not host.state.is_executing:  # planned before the tailnet is up (--dry): written when it is
+            host.noop(f"{path}: written once {' and '.join(missing)} has a tailnet address")
+            return
+        raise OperationError(f"{' and '.join(missing)} has no tailnet IPv4: join the tailnet before k3s")
+    full: dict[str, Any] = {
+        **settings,
+        "node-name": node_name,
+        "node-ip": ipv4,
+        "flannel-iface": iface,
+        "token-file": TOKEN,
+    }
+    if server_ipv4:
+        full["server"] = f"https://{server_ipv4}:{SUPERVISOR_PORT}"
+    if role == "server":
+        full["advertise-address"] = ipv4
+        full["tls-san"] = [ipv4, node_name, *([f"{node_name}.{tailnet_domain}"] if tailnet_domain else [])]
+        full["write-kubeconfig-mode"] = "0600"
+    yield from files.content._inner(path=path, text=config_text(full, iface), mode="0600", batch=batch)
+
+
+@operation()
+def token(
+    value: HiddenValue | None = None,
+    source: Host | None = None,
+    source_path: str = TOKEN,
+    path: str = TOKEN,
+    batch: tuple[str, ...] | None = None,
+):
+    """
+    Put the cluster token in ``path`` (0600), never in argv or output: the given ``value``; else a copy of
+    ``source_path`` on ``source`` (read there at execution, over its open connection); else, on the first
+    server, a fresh random token if there is none yet.
+
+    + value: the token (from the inventory's ``k3s_token``)
+    + source: the host to copy it from (the first server), when ``value`` is None
+    + source_path: the file holding it there: the plain token, or a server's ``K10…`` token (which also pins
+      the cluster CA for agents)
+    + path: the token file k3s reads (``token-file``)
+    + batch: all files of the component, read in one remote command (see ``files.content``)
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.token(name="Cluster token", source=master, source_path=k3s.SERVER_TOKEN)
+    """
+    if value is not None:
+        yield from files.content._inner(path=path, text=value.unmask().strip() + "\n", mode="0600", batch=batch)
+        return
+    mine = shared_fact(host, FileStates, paths=tuple(batch or (path,))).get(path)
+    if source is None:
+        if mine is not None and mine["mode"] == "600":
+            host.noop(f"{path} holds the cluster token")
+            return
+        forget(host, FileStates)
+        yield StringCommand(
+            "install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& ( umask 077; [ -s", QuoteString(path),
+            "] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >", QuoteString(path), "; echo >>",
+            QuoteString(path), ") && chmod 0600", QuoteString(path),
+        )
+        return
+    theirs = shared_fact(source, FileStates, paths=(source_path,)).get(source_path)
+    if theirs is None:
+        if not host.state.is_executing:
+            host.noop(f"{path}: copied from {source.name} once it has its token")
+            return
+        raise OperationError(f"{source.name} has no {source_path}: the first server must be up before others join")
+    if mine is not None and mine["sha256"] == theirs["sha256"] and mine["mode"] == "600":
+        host.noop(f"{path} holds {source.name}'s cluster token")
+        return
+    forget(host, FileStates)
+    sudo = escalation(host, use_current_op=True)
+
+    def copy_token(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        with gate(source):
+            ok, output = source.run_shell_command(
+                StringCommand("cat", QuoteString(source_path)), print_output=False, print_input=False,
+                **escalation(source),
+            )
+        if not ok or not output.stdout.strip():
+            raise OperationError(f"reading {source_path} on {source.name} failed")
+        staged = f"{path}.portable-k3s-new"
+        ok, _ = host.run_shell_command(
+            StringCommand("install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& install -m 0600 /dev/null",
+                          QuoteString(staged)), **sudo,
+        )
+        text = StringIO(output.stdout.strip() + "\n")
+        if not ok or not host.put_file(text, staged, print_output=False, print_input=False, **sudo):
+            raise OSError(f"writing {staged} on {host.name} failed")
+        ok, out = host.run_shell_command(StringCommand("mv -f", QuoteString(staged), QuoteString(path)), **sudo)
+        if not ok:
+            raise OSError(f"installing {path} on {host.name} failed: {out.stderr[-300:]}")
+
+    yield FunctionCommand(copy_token, (), {})
+
+
+def kubeconfig_marker(source: str, sha: str, server_url: str) -> str:
+    """The first line of a fetched kubeconfig: where it came from, so a converged copy is left alone."""
+    return f"# portable-k3s: {source} sha256 {sha}, server {server_url}\n"
+
+
+@operation()
+def kubeconfig(local_path: str, path: str = KUBECONFIG):
+    """
+    Fetch the admin kubeconfig from this server to the machine running pyinfra (``local_path``, mode 0600,
+    written atomically), with its server URL rewritten to this server's tailnet address. A copy that came from
+    the same file and points at the same address is left alone; the credentials are never printed.
+
+    + local_path: where to write it on the machine running pyinfra
+    + path: the kubeconfig on the server
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.kubeconfig(name="Fetch the admin kubeconfig", local_path="~/.kube/portable-k3s.yaml")
+    """
+    import os
+
+    local = os.path.expanduser(local_path)
+    remote = shared_fact(host, FileStates, paths=(path,)).get(path)
+    ipv4 = shared_fact(host, Tailscale)["ipv4"]
+    if remote is None or not ipv4:
+        if not host.state.is_executing:
+            host.noop(f"{path}: fetched once k3s has written it")
+            return
+        raise OperationError(f"{host.name} has no {path} (or no tailnet address): is k3s running there?")
+    server_url = f"https://{ipv4}:{SUPERVISOR_PORT}"
+    marker = kubeconfig_marker(f"{host.name}:{path}", remote["sha256"], server_url)
+    try:
+        with open(local, encoding="utf-8") as existing:
+            first = existing.readline()
+        current_mode = os.stat(local).st_mode & 0o777
+    except OSError:
+        first, current_mode = "", 0
+    if first == marker and current_mode == 0o600:
+        host.noop(f"{local_path} holds {host.name}'s admin kubeconfig for {server_url}")
+        return
+    sudo = escalation(host, use_current_op=True)
+
+    def fetch(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        ok, output = host.run_shell_command(
+            StringCommand("cat", QuoteString(path)), print_output=False, print_input=False, **sudo
+        )
+        if not ok or "server:" not in output.stdout:
+            raise OperationError(f"reading {path} on {host.name} failed")
+        text = re.sub(r"(?m)^(\s*server:\s*)https://[^\s]+", rf"\g<1>{server_url}", output.stdout)
+        directory = os.path.dirname(local) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        staged = f"{local}.portable-k3s-new"
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as new:
+            os.fchmod(new.fileno(), 0o600)
+            new.write(marker + text.rstrip("\n") + "\n")
+        os.replace(staged, local)
+
+    yield FunctionCommand(fetch, (), {})
+
+
+@operation()
+def uninstalled(remove_data: bool = False):
+    """
+    Remove k3s from a node: stop and disable its unit, stop the containers it ran, remove its unit, binary,
+    config, token and recorded version; with ``remove_data``, also its data and runtime directories, its CNI
+    interfaces and its iptables rules (what k3s's own uninstall script removes). A node without k3s is left alone.
+
+    + remove_data: also remove the cluster's data on this node (etcd, images, volumes of local-path): it cannot
+      rejoin as the same node afterwards
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.uninstalled(name="Remove k3s", remove_data=True)
+    """
+    found = host.get_fact(K3sFootprint)
+    leftovers = found["files"] + (found["data"] + found["interfaces"] if remove_data else [])
+    if remove_data and found["iptables_rules"]:
+        leftovers.append(f"{found['iptables_rules']} iptables rules")
+    if not leftovers:
+        host.noop("k3s is not installed" + (" and left no data" if remove_data else ""))
+        return
+    yield StringCommand(
+        "for unit in k3s.service k3s-agent.service; do systemctl disable --now \"$unit\" 2>/dev/null || true;",
+        "done; pkill -f 'k3s/data/[^/]+/bin/containerd-shim' 2>/dev/null || true",
+    )
+    yield StringCommand("rm -f", *(QuoteString(path) for path in K3S_FILES), "&& systemctl daemon-reload")
+    if remove_data:
+        yield StringCommand(
+            "for m in $(awk '$2 ~ \"^(/run/k3s|/var/lib/kubelet|/run/netns/cni-)\" {print $2}' /proc/self/mounts"
+            " | sort -r); do umount \"$m\" 2>/dev/null || umount -l \"$m\"; done;",
+            "rm -rf", *(QuoteString(path) for path in K3S_DATA), ";",
+            "for i in", *CNI_INTERFACES, "; do ip link delete \"$i\" 2>/dev/null || true; done;",
+            "if rules=$(iptables-save 2>/dev/null); then",
+            "printf '%s\\n' \"$rules\" | grep -vE 'KUBE-|CNI-|FLANNEL|flannel' | iptables-restore; fi",
+        )
+
+
+@operation()
+def servers_first():
+    """
+    Nothing on the host: an ordering point. Called from one place for every k3s node, after the servers'
+    operations and before the agents', it makes pyinfra run every server's operations before any agent's.
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.servers_first(name="Servers before agents")
+    """
+    host.noop("the servers' operations come before the agents'")
+    return
+    yield  # an operation is a generator
+
+
+def _kubectl(server: Host, *args: object) -> tuple[bool, str]:
+    with gate(server):
+        ok, output = server.run_shell_command(
+            StringCommand(KUBECTL, *args), print_output=False, **escalation(server)
+        )
+    return ok, output.stdout if ok else output.stderr
+
+
+@operation()
+def binary(
+    version: str,
+    url: str,
+    node_name: str,
+    role: str,
+    via: Host,
+    checksum_url: str | None = None,
+    sha256: str | None = None,
+    drain_timeout: int = 300,
+    ready_timeout: int = 300,
+):
+    """
+    Install the pinned k3s binary; on a node that runs another version, upgrade it one node at a time across
+    the whole run: cordon and drain the node (through ``kubectl`` on ``via``), install the verified binary,
+    restart k3s, wait until the node is Ready at the new version, uncordon it. Servers are upgraded first when
+    their operation comes first (deploy k3s_server before k3s_agent).
+
+    + version: the k3s version, e.g. ``v1.35.3+k3s1``
+    + url, checksum_url, sha256: the release binary and how to verify it (see ``release.installed``)
+    + node_name: this node's name in k3s
+    + role: ``server`` or ``agent`` (which unit to restart)
+    + via: a server whose ``k3s kubectl`` drains, waits and uncordons (the first server)
+    + drain_timeout, ready_timeout: seconds for the drain, and for the node to be Ready again
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.binary(name="k3s binary", version="v1.35.3+k3s1", url=url, checksum_url=sums,
+                   node_name="t420", role="agent", via=master)
+    """
+    if role not in ROLES:
+        raise OperationValueError(f"role: {role!r} (expected 'server' or 'agent')")
+    files_ = {"": BINARY}
+    release.check_arguments(url, files_, checksum_url, sha256)
+    current = host.get_fact(InstalledRelease, component="k3s", paths=[BINARY])
+    if current.get("version") == version:
+        host.noop(f"k3s {version} is installed")
+        return
+    if not current:  # a new node: nothing runs yet, nothing to drain
+        yield release.install_command("k3s", version, url, files_, checksum_url, sha256)
+        return
+    # Recorded as installed only once the node is Ready at the new version and uncordoned: a run that fails
+    # half-way leaves the old version recorded, and the next run resumes the upgrade.
+    install = release.install_command("k3s", version, url, files_, checksum_url, sha256, record=False)
+    record = release.record_command("k3s", version, BINARY)
+    sudo = escalation(host, use_current_op=True)
+    unit = unit_name(role)
+    old = current.get("version")
+
+    def upgrade(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        with _upgrade_turn(state, node_name):
+            _log(host, f"upgrading k3s {old} -> {version}: draining {node_name}")
+            ok, out = _kubectl(via, "drain", QuoteString(node_name), "--ignore-daemonsets", "--delete-emptydir-data",
+                               "--force", f"--timeout={drain_timeout}s")
+            if not ok:
+                raise OperationError(f"draining {node_name} through {via.name} failed: {out[-500:]}")
+            ok, output = host.run_shell_command(install, **sudo)
+            if not ok:
+                raise OperationError(f"installing k3s {version} failed; {node_name} stays cordoned: "
+                                     f"{output.stderr[-500:]}")
+            ok, output = host.run_shell_command(StringCommand("systemctl restart", unit), **sudo)
+            if not ok:
+                raise OperationError(f"restarting {unit} failed; {node_name} stays cordoned: {output.stderr[-500:]}")
+            _wait_ready(via, node_name, version, ready_timeout)
+            ok, out = _kubectl(via, "uncordon", QuoteString(node_name))
+            if not ok:
+                raise OperationError(f"uncordoning {node_name} through {via.name} failed: {out[-500:]}")
+            ok, output = host.run_shell_command(record, **sudo)
+            if not ok:
+                raise OperationError(f"recording k3s {version} failed: {output.stderr[-300:]}")
+            _log(host, f"{node_name} is Ready at {version} and schedulable again")
+
+    yield FunctionCommand(upgrade, (), {})
+
+
+class _upgrade_turn:
+    """One node upgrades at a time in a run (a lock kept on the run's state); once one node's upgrade has
+    failed, no other node starts one in that run."""
+
+    def __init__(self, state: Any, node_name: str) -> None:
+        from gevent.lock import Semaphore
+
+        self.node_name = node_name
+        turn = getattr(state, "_portable_k3s_upgrade_turn", None)
+        if turn is None:
+            turn = {"lock": Semaphore(1), "failed": None}
+            state._portable_k3s_upgrade_turn = turn
+        self.turn = turn
+
+    def __enter__(self) -> None:
+        self.turn["lock"].acquire()
+        if self.turn["failed"]:
+            self.turn["lock"].release()
+            raise OperationError(f"not upgrading: the upgrade of {self.turn['failed']} failed in this run")
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        if error is not None and not self.turn["failed"]:
+            self.turn["failed"] = self.node_name
+        self.turn["lock"].release()
+
+
+def _log(host: Host, message: str) -> None:
+    from pyinfra import logger
+
+    logger.info(f"{host.print_prefix}{message}")
+
+
+def _wait_ready(via: Host, node_name: str, version: str, timeout: int) -> None:
+    """Wait until ``node_name`` reports Ready at ``version`` (the server it is read through may restart too)."""
+    deadline = time.monotonic() + timeout
+    seen = "no answer"
+    while time.monotonic() < deadline:
+        ok, out = _kubectl(via, "get nodes -o json")
+        node = next((n for n in parse_nodes(out) if n["name"] == node_name), None) if ok else None
+        if node is not None:
+            seen = f"Ready={node['ready']} at {node['version']}"
+            if node["ready"] and node["version"] == version:
+                return
+        gevent.sleep(1)
+    raise OperationError(f"{node_name} was not Ready at {version} within {timeout}s ({seen}); it stays cordoned")
+

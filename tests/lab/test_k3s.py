@@ -1,0 +1,223 @@
+"""Lab tier: k3s over the lab's real tailnet, deployed by the reference deploy — WITH THE K3S STAND-IN.
+
+k3s itself cannot be downloaded on this machine, and its containers would not run in these lab hosts. The lab
+serves a small stand-in executable (portable_k3s/lab/k3s_standin, built from this repository) at k3s's release
+path, with a checksum list laid out like k3s's own. It answers --version (saying it is a stand-in), runs as
+`server` (writing a K10… token like a server does, keeping a node list) and as `agent` (joining the server named
+in config.yaml over the network with its token), and logs the kubectl calls made to it. What these tests prove
+is the deploy's logic on real hosts: download + checksum, files and units, each node's real tailnet IP in its
+config, one token everywhere and never in output, no change on a second run, a rolling upgrade in order with
+drain and uncordon. What only a real cluster proves (pods, flannel over tailscale0, etcd) is in the infra suite,
+marked as needing real k3s.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portable_k3s.lab.artifacts import publish_k3s_standin
+from portable_k3s.versions import VERSIONS
+
+REPO = Path(__file__).resolve().parents[2]
+NEXT = "v1.35.4+k3s1"  # the version the upgrade test bumps to (a stand-in built as that version)
+NODES = {"h2": "server", "h3": "agent", "h4": "agent"}
+
+
+@pytest.fixture(scope="module")
+def converged(pyinfra):
+    run = pyinfra()
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def _tailnet_ips(lab) -> dict[str, str]:
+    nodes = json.loads(lab.ssh("h1", "headscale nodes list -o json").stdout or "null") or []
+    return {n["given_name"]: next(a for a in n["ip_addresses"] if ":" not in a) for n in nodes}
+
+
+def _config(lab, name: str) -> dict[str, str]:
+    import yaml
+
+    return yaml.safe_load(lab.ssh(name, "cat /etc/rancher/k3s/config.yaml").stdout)
+
+
+def _kubectl_nodes(lab) -> dict[str, dict]:
+    out = lab.ssh("h2", "k3s kubectl get nodes -o json").stdout
+    return {item["metadata"]["name"]: item for item in json.loads(out)["items"]}
+
+
+def _wait_ready(lab, names, version: str) -> dict[str, dict]:
+    script = (
+        "for i in $(seq 60); do k3s kubectl get nodes -o json > /tmp/nodes.json && "
+        + " && ".join(f"grep -q '\"name\": \"{n}\"' /tmp/nodes.json" for n in names)
+        + " && break; sleep 0.5; done"
+    )
+    lab.ssh("h2", script)
+    return _kubectl_nodes(lab)
+
+
+def test_the_stand_in_says_what_it_is(lab, converged):
+    for name in NODES:
+        version = lab.ssh(name, "k3s --version").stdout
+        assert f"k3s version {VERSIONS['k3s']} (portable-k3s lab stand-in, not k3s)" in version, (name, version)
+
+
+def test_every_node_runs_k3s_with_its_real_tailnet_ip(lab, converged):
+    ips = _tailnet_ips(lab)
+    for name, role in NODES.items():
+        unit = "k3s.service" if role == "server" else "k3s-agent.service"
+        assert lab.ssh(name, f"systemctl is-active {unit}").stdout.strip() == "active", name
+        assert lab.ssh(name, "stat -c %a /etc/rancher/k3s/config.yaml").stdout.strip() == "600", name
+        config = _config(lab, name)
+        assert config["node-ip"] == ips[name], (name, config)
+        assert config["node-name"] == name
+        assert config["flannel-iface"] == "tailscale0"
+        assert config["token-file"] == "/etc/rancher/k3s/token"
+        if role == "server":
+            assert config["advertise-address"] == ips[name]
+            assert ips[name] in config["tls-san"] and "cluster-init" in config
+            assert "server" not in config
+        else:
+            assert config["server"] == f"https://{ips['h2']}:6443"
+    # The agents joined the server over the tailnet with the token: the server lists them, Ready, at their
+    # tailnet addresses (the stand-in's node list comes from the agents' own reports).
+    nodes = _wait_ready(lab, NODES, VERSIONS["k3s"])
+    assert set(nodes) == set(NODES)
+    for name, node in nodes.items():
+        assert {"type": "Ready", "status": "True"} in node["status"]["conditions"], name
+        assert node["status"]["addresses"] == [{"type": "InternalIP", "address": ips[name]}]
+
+
+def test_one_token_everywhere_0600_and_never_printed(lab, pyinfra, converged):
+    """Remove an agent's token: the next run copies the server's back (and restarts that agent only), with
+    the token in no output (-vvv, --diff)."""
+    passphrase = lab.ssh("h2", "cat /etc/rancher/k3s/token").stdout.strip()
+    server_token = lab.ssh("h2", "cat /var/lib/rancher/k3s/server/token").stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", passphrase), "the first server made a random token"
+    assert re.fullmatch(r"K10[0-9a-f]{64}::server:" + passphrase, server_token)
+    for name in ("h3", "h4"):  # agents hold the server's K10 form, which also pins the cluster CA
+        assert lab.ssh(name, "cat /etc/rancher/k3s/token").stdout.strip() == server_token
+    for name in NODES:
+        assert lab.ssh(name, "stat -c %a /etc/rancher/k3s/token").stdout.strip() == "600", name
+
+    lab.ssh("h4", "rm /etc/rancher/k3s/token")
+    run = pyinfra("-vvv", "--diff")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.changed() == {
+        "k3s | Agent cluster token": ["h4"],
+        "k3s | Agent: restart after a config, token or unit change": ["h4"],
+    }, run.changed()
+    assert lab.ssh("h4", "cat /etc/rancher/k3s/token").stdout.strip() == server_token
+    output = run.stdout + run.stderr
+    assert passphrase not in output, "the cluster token was printed"
+    assert "Agent cluster token" in output  # the -vvv output is really there
+
+
+def test_a_checksum_mismatch_installs_nothing_on_that_host(lab, pyinfra, converged):
+    """A node without k3s whose pinned sha256 does not match the download: that host fails with the two
+    checksums named, nothing is installed there, the others carry on; the next good run installs it."""
+    lab.ssh("h4", "systemctl stop k3s-agent.service; rm -f /usr/local/bin/k3s /var/lib/portable-k3s/releases/k3s")
+    bad = "deadbeef" * 8  # (all digits would reach the deploy as an int: pyinfra parses --data values)
+    run = pyinfra("--data", f"k3s_sha256={bad}", "--limit", "h4")
+    assert run.returncode != 0
+    output = run.stdout + run.stderr
+    assert f"expected {bad}; nothing was installed" in output, output[-3000:]
+    assert lab.ssh("h4", "test -e /usr/local/bin/k3s", check=False).returncode != 0
+    again = pyinfra()
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed().get("k3s | Agent binary") == ["h4"], again.changed()
+    assert lab.ssh("h4", "systemctl is-active k3s-agent.service").stdout.strip() == "active"
+
+
+def test_a_version_bump_upgrades_one_node_at_a_time_servers_first(lab, pyinfra, converged):
+    publish_k3s_standin(NEXT, lab.config.cache_dir, lab.artifact_dir)
+    lab.ssh("h2", "rm -f /var/lib/rancher/k3s/standin/kubectl.log")
+    run = pyinfra("--data", json_arg({"k3s": NEXT}))
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.changed() == {"k3s | Server binary": ["h2"], "k3s | Agent binary": ["h3", "h4"]}, (
+        run.changed())
+    calls = [line.split(" ", 1)[1] for line in lab.ssh("h2", "cat /var/lib/rancher/k3s/standin/kubectl.log")
+             .stdout.splitlines()]
+    steps = [c.split()[0] + " " + c.split()[1] for c in calls if c.split()[0] in ("drain", "uncordon")]
+    # One node at a time: each drain is followed by that node's uncordon before the next drain; servers first.
+    assert steps[:2] == ["drain h2", "uncordon h2"], steps
+    assert sorted(steps[2:4] + steps[4:6]) == sorted(["drain h3", "uncordon h3", "drain h4", "uncordon h4"])
+    for i in (2, 4):
+        assert steps[i].split()[0] == "drain" and steps[i + 1] == "uncordon " + steps[i].split()[1], steps
+    nodes = _kubectl_nodes(lab)
+    for name in NODES:
+        assert nodes[name]["status"]["nodeInfo"]["kubeletVersion"] == NEXT, name
+        assert not nodes[name]["spec"].get("unschedulable"), name
+        assert NEXT in lab.ssh(name, "k3s --version").stdout
+    again = pyinfra("--data", json_arg({"k3s": NEXT}))
+    assert again.returncode == 0 and again.changed() == {}, again.changed()
+    # Back to the pinned version, the same way (the other lab tests expect the pin).
+    back = pyinfra()
+    assert back.returncode == 0, back.stderr[-4000:]
+    assert back.changed() == {"k3s | Server binary": ["h2"], "k3s | Agent binary": ["h3", "h4"]}
+    assert all(n["status"]["nodeInfo"]["kubeletVersion"] == VERSIONS["k3s"] for n in _kubectl_nodes(lab).values())
+
+
+def test_uninstall_leaves_nothing_and_a_normal_run_reinstalls(lab, lab_env, converged):
+    """k3s_state = "absent" with k3s_remove_data on h4: its unit, binary, config, token and data go; a second
+    such run changes nothing; the next normal run installs it again and it rejoins."""
+    extra = {"h4": {"k3s_state": "absent", "k3s_remove_data": True}}
+    env = {**lab_env, "PORTABLE_K3S_TEST_HOST_DATA": json.dumps(extra)}
+
+    def run() -> dict:
+        proc = subprocess.run(
+            [str(Path(sys.executable).with_name("pyinfra")), "tests/lab/node_baseline_inventory.py", "deploy.py",
+             "-y", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return _changed(proc.stdout)
+
+    assert run() == {"k3s | Agent: remove k3s": ["h4"]}
+    left = lab.ssh("h4", "ls -d /etc/systemd/system/k3s* /usr/local/bin/k3s /etc/rancher /var/lib/rancher "
+                         "/var/lib/portable-k3s/releases/k3s 2>/dev/null; pgrep -fa 'k3s (server|agent)'",
+                   check=False).stdout
+    assert left == "", left
+    assert run() == {}
+    back = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "inventories/lab.py", "deploy.py", "-y", "--json"],
+        cwd=REPO, env=lab_env, capture_output=True, text=True, timeout=600,
+    )
+    assert back.returncode == 0, back.stderr[-4000:]
+    assert _changed(back.stdout).get("k3s | Agent binary") == ["h4"]
+    assert "h4" in _wait_ready(lab, NODES, VERSIONS["k3s"])
+
+
+def _changed(json_output: str) -> dict[str, list[str]]:
+    from .conftest import PyinfraRun
+
+    return PyinfraRun(0, json_output, "").changed()
+
+
+def test_the_admin_kubeconfig_is_fetched_0600_with_the_servers_tailnet_address(lab, converged):
+    import os
+    import stat
+
+    path = lab.state_dir / "kubeconfig.yaml"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    text = path.read_text()
+    assert f"server: https://{_tailnet_ips(lab)['h2']}:6443" in text and "127.0.0.1" not in text
+
+
+def json_arg(versions: dict[str, str]) -> str:
+    return "versions=" + json.dumps(versions)
+
+
+def test_no_k3s_process_argv_holds_the_token(lab, converged):
+    passphrase = lab.ssh("h2", "cat /etc/rancher/k3s/token").stdout.strip()
+    for name in NODES:
+        argv = subprocess.run(
+            ["ssh", "-F", str(lab.ssh_config), name, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"],
+            capture_output=True, text=True,
+        ).stdout
+        assert passphrase not in argv, name

@@ -1,0 +1,375 @@
+"""k3s operations that need another inventory host (the server a node joins, copies its token from, or is
+drained through), which a pyinfra-testing case file cannot express; their execution-time functions are run here
+against mocked connections. Also the config model's k3s keys and the deploy's pure helpers."""
+
+from __future__ import annotations
+
+from io import StringIO
+from typing import Any
+from unittest import mock
+
+import gevent
+import pytest
+import yaml
+from pyinfra.api import OperationError
+from pyinfra.api.command import FunctionCommand, StringCommand
+from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra_testing.operations import parse_commands
+from pyinfra_testing.util import FakeState, create_host
+
+from portable_k3s.deploys.k3s import node_settings, release_urls
+from portable_k3s.operations import k3s
+
+VERSION = "v1.35.3+k3s1"
+OLD = "v1.34.6+k3s1"
+URL = f"https://github.com/k3s-io/k3s/releases/download/{VERSION.replace('+', '%2B')}/k3s"
+SUMS = f"https://github.com/k3s-io/k3s/releases/download/{VERSION.replace('+', '%2B')}/sha256sum-amd64.txt"
+SERVER_TOKEN_TEXT = "K10" + "ab" * 32 + "::server:" + "cd" * 16
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+def _host(state: FakeState, name: str, facts: dict | None = None) -> Any:
+    host = create_host(state, facts=facts)
+    host.name = name  # create_host names a host after its last fact
+    return host
+
+
+def _output(stdout: str = "", stderr: str = "") -> CommandOutput:
+    lines = [OutputLine("stdout", line) for line in stdout.splitlines()]
+    lines += [OutputLine("stderr", line) for line in stderr.splitlines()]
+    return CommandOutput(lines)
+
+
+def _raw(command: Any) -> str:
+    return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
+
+
+def _file(sha: str, mode: str = "600") -> dict:
+    return {"sha256": sha, "mode": mode, "user": "root", "group": "root"}
+
+
+# k3s.config: an agent joins the first server at its tailnet address
+
+
+def _uploaded_config(commands: list[Any]) -> dict:
+    serialised = parse_commands(commands)
+    upload = next(c for c in serialised if isinstance(c, list) and c[0] == "upload")
+    return yaml.safe_load(upload[1])
+
+
+def test_agent_config_joins_the_server_at_its_tailnet_address() -> None:
+    state = FakeState()
+    server = _host(state, "master", {"tailscale.Tailscale": {"ipv4": "100.64.0.2"}})
+    node = _host(state, "t420", {
+        "tailscale.Tailscale": {"ipv4": "100.64.0.3"},
+        "files.FileStates": {"paths=('/etc/rancher/k3s/config.yaml',)": {"/etc/rancher/k3s/config.yaml": None}},
+    })
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.config._inner(role="agent", node_name="t420", settings={"node-label": ["disk=ssd"]},
+                                          join=server))
+    assert _uploaded_config(commands) == {
+        "node-name": "t420",
+        "node-ip": "100.64.0.3",
+        "flannel-iface": "tailscale0",
+        "server": "https://100.64.0.2:6443",
+        "token-file": "/etc/rancher/k3s/token",
+        "node-label": ["disk=ssd"],
+    }
+    # 0600 from the first byte: the staged file is created with its final mode before the upload.
+    assert "install -m 0600 -o root -g root /dev/null" in _raw(commands[0])
+
+
+def test_config_refuses_to_execute_without_the_servers_tailnet_address() -> None:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {"tailscale.Tailscale": {"ipv4": None}})
+    node = _host(state, "t420", {"tailscale.Tailscale": {"ipv4": "100.64.0.3"}})
+    with ctx_state.use(state), ctx_host.use(node), pytest.raises(OperationError) as raised:
+        list(k3s.config._inner(role="agent", node_name="t420", settings={}, join=server))
+    assert "master has no tailnet IPv4" in raised.value.args[0]
+
+
+# k3s.token: copied from the first server, never printed, never in argv
+
+
+def _plan_token(mine: dict | None, theirs: dict | None, source_path: str = k3s.TOKEN) -> tuple[Any, Any, Any, list]:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {"files.FileStates": {f"paths=('{source_path}',)": {source_path: theirs}}})
+    node = _host(state, "t420", {"files.FileStates": {"paths=('/etc/rancher/k3s/token',)": {k3s.TOKEN: mine}}})
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.token._inner(source=server, source_path=source_path))
+    return state, server, node, commands
+
+
+def test_token_already_copied_is_left_alone() -> None:
+    _, _, node, commands = _plan_token(_file(SHA_A), _file(SHA_A), k3s.SERVER_TOKEN)
+    assert commands == []
+    assert node.noop_description == "/etc/rancher/k3s/token holds master's cluster token"
+
+
+@pytest.mark.parametrize("mine", [None, _file(SHA_B), _file(SHA_A, mode="644")], ids=["missing", "other", "0644"])
+def test_token_is_copied_from_the_server_without_printing_it(mine: dict | None) -> None:
+    state, server, node, commands = _plan_token(mine, _file(SHA_A), k3s.SERVER_TOKEN)
+    assert parse_commands(commands) == [["copy_token", [], {}]]
+    server.run_shell_command = mock.Mock(return_value=(True, _output(SERVER_TOKEN_TEXT)))
+    node.run_shell_command = mock.Mock(return_value=(True, _output()))
+    node.put_file = mock.Mock(return_value=True)
+    function: FunctionCommand = commands[0]
+    function.function(state, node, *function.args, **function.kwargs)
+
+    (read,) = server.run_shell_command.call_args_list
+    assert _raw(read.args[0]) == f"cat {k3s.SERVER_TOKEN}"
+    assert read.kwargs["print_output"] is False and read.kwargs["print_input"] is False
+    (upload,) = node.put_file.call_args_list
+    source, staged = upload.args
+    assert isinstance(source, StringIO) and source.getvalue() == SERVER_TOKEN_TEXT + "\n"
+    assert upload.kwargs["print_output"] is False and upload.kwargs["print_input"] is False
+    prepare, move = (_raw(call.args[0]) for call in node.run_shell_command.call_args_list)
+    assert prepare.endswith(f"install -m 0600 /dev/null {staged}")  # 0600 before the token is written
+    assert move == f"mv -f {staged} {k3s.TOKEN}"
+    assert all(SERVER_TOKEN_TEXT not in _raw(call.args[0]) for call in node.run_shell_command.call_args_list)
+
+
+def test_token_copy_stops_when_the_server_has_none() -> None:
+    with pytest.raises(OperationError) as raised:
+        _plan_token(None, None, k3s.SERVER_TOKEN)
+    assert raised.value.args[0] == (
+        f"master has no {k3s.SERVER_TOKEN}: the first server must be up before others join"
+    )
+
+
+# k3s.binary: an upgrade, one node at a time, drained and uncordoned around it
+
+
+def _plan_upgrade(state: FakeState, name: str, role: str, via: Any) -> tuple[Any, FunctionCommand]:
+    node = _host(state, name, {
+        "release.InstalledRelease": {"component=k3s, paths=['/usr/local/bin/k3s']": {"version": OLD, "sha256": SHA_A}},
+    })
+    with ctx_state.use(state), ctx_host.use(node):
+        (command,) = list(k3s.binary._inner(version=VERSION, url=URL, checksum_url=SUMS, node_name=name, role=role,
+                                            via=via, drain_timeout=60, ready_timeout=5))
+    assert isinstance(command, FunctionCommand)
+    return node, command
+
+
+def _nodes_json(*nodes: tuple[str, bool, str]) -> str:
+    import json
+
+    return json.dumps({"kind": "List", "items": [
+        {"metadata": {"name": name}, "spec": {},
+         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+                    "nodeInfo": {"kubeletVersion": version}}}
+        for name, ready, version in nodes
+    ]})
+
+
+def test_upgrade_drains_installs_restarts_waits_and_uncordons() -> None:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {})
+    node, command = _plan_upgrade(state, "t420", "agent", server)
+    log: list[str] = []
+    answers = iter([_nodes_json(("t420", False, OLD)), _nodes_json(("t420", True, VERSION))])
+
+    def kubectl(cmd: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
+        log.append(f"master: {_raw(cmd)}")
+        return True, _output(next(answers) if "get nodes" in _raw(cmd) else "ok")
+
+    def on_node(cmd: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
+        log.append(f"t420: {_raw(cmd)[:40]}")
+        return True, _output()
+
+    server.run_shell_command = kubectl
+    node.run_shell_command = on_node
+    with mock.patch.object(gevent, "sleep"):
+        command.function(state, node)
+    assert log == [
+        "master: k3s kubectl drain t420 --ignore-daemonsets --delete-emptydir-data --force --timeout=60s",
+        "t420: set -e; tmp=$(mktemp -d /tmp/portable-k3",  # the verified download + install
+        "t420: systemctl restart k3s-agent.service",
+        "master: k3s kubectl get nodes -o json",  # not Ready yet
+        "master: k3s kubectl get nodes -o json",  # Ready at the new version
+        "master: k3s kubectl uncordon t420",
+        "t420: mkdir -p /var/lib/portable-k3s/releases ",  # recorded only now: a failed run resumes
+    ]
+
+
+def test_upgrade_of_a_node_that_never_gets_ready_leaves_it_cordoned() -> None:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {})
+    node, command = _plan_upgrade(state, "t420", "agent", server)
+    calls: list[str] = []
+
+    def kubectl(cmd: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
+        calls.append(_raw(cmd))
+        return True, _output(_nodes_json(("t420", True, OLD)) if "get nodes" in _raw(cmd) else "ok")
+
+    server.run_shell_command = kubectl
+    node.run_shell_command = mock.Mock(return_value=(True, _output()))
+    with mock.patch.object(gevent, "sleep"), mock.patch("portable_k3s.operations.k3s.time.monotonic",
+                                                        side_effect=[0, 1, 2, 10, 10, 10]):
+        with pytest.raises(OperationError) as raised:
+            command.function(state, node)
+    assert "t420 was not Ready at v1.35.3+k3s1 within 5s (Ready=True at v1.34.6+k3s1); it stays cordoned" in (
+        raised.value.args[0])
+    assert not any("uncordon" in call for call in calls)
+
+
+def test_after_a_failed_upgrade_no_other_node_starts_one() -> None:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {})
+    (first, first_command), (second, second_command) = (
+        _plan_upgrade(state, name, "agent", server) for name in ("t420", "t410")
+    )
+    server.run_shell_command = mock.Mock(return_value=(False, _output(stderr="error: cannot evict pod")))
+    first.run_shell_command = second.run_shell_command = mock.Mock(return_value=(True, _output()))
+    with pytest.raises(OperationError, match="draining t420 through master failed"):
+        first_command.function(state, first)
+    with pytest.raises(OperationError) as raised:
+        second_command.function(state, second)
+    assert raised.value.args[0] == "not upgrading: the upgrade of t420 failed in this run"
+    assert server.run_shell_command.call_count == 1  # t410 was never drained
+    first.run_shell_command.assert_not_called()
+
+
+def test_upgrades_of_several_nodes_never_overlap() -> None:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {})
+    planned = [_plan_upgrade(state, name, "agent", server) for name in ("t420", "t410", "t430")]
+    active: list[str] = []
+    overlap: list[tuple[str, ...]] = []
+
+    def kubectl(cmd: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
+        raw = _raw(cmd)
+        if "drain" in raw:
+            active.append(raw.split()[3])
+            if len(active) > 1:
+                overlap.append(tuple(active))
+        if "uncordon" in raw:
+            active.remove(raw.split()[3])
+        gevent.sleep(0.001)
+        names = [node.name for node, _ in planned]
+        return True, _output(_nodes_json(*((n, True, VERSION) for n in names)) if "get nodes" in raw else "ok")
+
+    server.run_shell_command = kubectl
+    for node, _ in planned:
+        node.run_shell_command = mock.Mock(return_value=(True, _output()))
+    jobs = [gevent.spawn(command.function, state, node) for node, command in planned]
+    gevent.joinall(jobs, raise_error=True)
+    assert overlap == []
+    assert active == []
+
+
+# The deploy's helpers
+
+
+@pytest.mark.parametrize(
+    ("machine", "binary", "arch"),
+    [("x86_64", "k3s", "amd64"), ("aarch64", "k3s-arm64", "arm64"), ("armv7l", "k3s-armhf", "arm")],
+)
+def test_release_urls_follow_the_upstream_layout(machine: str, binary: str, arch: str) -> None:
+    url, sums = release_urls("https://github.com/k3s-io/k3s/releases/download/", VERSION, machine)
+    folder = "https://github.com/k3s-io/k3s/releases/download/v1.35.3%2Bk3s1"
+    assert (url, sums) == (f"{folder}/{binary}", f"{folder}/sha256sum-{arch}.txt")
+
+
+class _Data(dict):
+    def __getattr__(self, key: str) -> Any:
+        return self[key]
+
+
+def _data(**overrides: Any) -> _Data:
+    from portable_k3s.deploys.k3s import K3S_DEFAULTS
+
+    return _Data({**K3S_DEFAULTS, **overrides})
+
+
+def test_first_server_settings_with_snapshots_to_s3(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_S3_ACCESS", "AKIAEXAMPLE")
+    monkeypatch.setenv("TEST_S3_SECRET", "s3cr3t")
+    data = _data(k3s_etcd_s3={"endpoint": "s3.example.org", "bucket": "etcd", "folder": "home"},
+                 s3_access_key={"env": "TEST_S3_ACCESS"}, s3_secret_key={"env": "TEST_S3_SECRET"},
+                 k3s_node_taints=["dedicated=infra:NoSchedule"])
+    assert node_settings(data, "server", first=True) == {
+        "node-taint": ["dedicated=infra:NoSchedule"],
+        "disable": ["servicelb"],
+        "cluster-init": True,
+        "etcd-snapshot-schedule-cron": "0 */6 * * *",
+        "etcd-snapshot-retention": 20,
+        "etcd-s3": True,
+        "etcd-s3-endpoint": "s3.example.org",
+        "etcd-s3-bucket": "etcd",
+        "etcd-s3-folder": "home",
+        "etcd-s3-access-key": "AKIAEXAMPLE",
+        "etcd-s3-secret-key": "s3cr3t",
+    }
+
+
+def test_joining_server_and_agent_settings() -> None:
+    data = _data(k3s_node_labels=["disk=ssd"], k3s_extra_config={"kubelet-arg": ["max-pods=50"]})
+    assert node_settings(data, "server", first=False) == {
+        "node-label": ["disk=ssd"], "disable": ["servicelb"], "etcd-snapshot-schedule-cron": "0 */6 * * *",
+        "etcd-snapshot-retention": 20, "kubelet-arg": ["max-pods=50"],
+    }
+    assert node_settings(data, "agent", first=False) == {"node-label": ["disk=ssd"], "kubelet-arg": ["max-pods=50"]}
+
+
+def test_single_node_datastore_without_etcd_has_no_snapshots() -> None:
+    assert node_settings(_data(k3s_cluster_init=False), "server", first=True) == {"disable": ["servicelb"]}
+
+
+# k3s.kubeconfig: to the machine running pyinfra, 0600, pointing at the server's tailnet address
+
+KUBECONFIG_TEXT = """apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: LS0tLS1CRUdJTi
+    server: https://127.0.0.1:6443
+  name: default
+users:
+- name: default
+  user:
+    client-key-data: c2VjcmV0LWtleQ==
+"""
+
+
+def _plan_kubeconfig(local: str, sha: str = SHA_A) -> tuple[FakeState, Any, list]:
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {
+        "files.FileStates": {"paths=('/etc/rancher/k3s/k3s.yaml',)": {k3s.KUBECONFIG: _file(sha)}},
+        "tailscale.Tailscale": {"ipv4": "100.64.0.2"},
+    })
+    with ctx_state.use(state), ctx_host.use(server):
+        commands = list(k3s.kubeconfig._inner(local_path=local))
+    return state, server, commands
+
+
+def test_kubeconfig_is_fetched_0600_with_the_tailnet_address_then_left_alone(tmp_path) -> None:
+    import os
+    import stat
+
+    local = str(tmp_path / "kube" / "portable-k3s.yaml")
+    state, server, commands = _plan_kubeconfig(local)
+    assert parse_commands(commands) == [["fetch", [], {}]]
+    server.run_shell_command = mock.Mock(return_value=(True, _output(KUBECONFIG_TEXT)))
+    commands[0].function(state, server)
+    (read,) = server.run_shell_command.call_args_list
+    assert read.kwargs["print_output"] is False and read.kwargs["print_input"] is False
+    text = open(local).read()
+    assert stat.S_IMODE(os.stat(local).st_mode) == 0o600
+    assert text.startswith(f"# portable-k3s: master:{k3s.KUBECONFIG} sha256 {SHA_A}, server https://100.64.0.2:6443\n")
+    assert "    server: https://100.64.0.2:6443\n" in text and "127.0.0.1" not in text
+    assert "client-key-data: c2VjcmV0LWtleQ==" in text
+
+    _, again, commands = _plan_kubeconfig(local)
+    assert commands == []
+    assert again.noop_description == f"{local} holds master's admin kubeconfig for https://100.64.0.2:6443"
+    _, changed, commands = _plan_kubeconfig(local, sha=SHA_B)  # the server's kubeconfig changed
+    assert parse_commands(commands) == [["fetch", [], {}]]
