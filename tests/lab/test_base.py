@@ -176,7 +176,9 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
         assert waited.returncode == 0, _tailnet_diagnostics(lab, host.name)
     ips = {n["given_name"]: next(a for a in n["ip_addresses"] if ":" not in a)
            for n in json.loads(lab.ssh("h1", "headscale nodes list -o json").stdout)}
-    for a, b in [pair for name in ("h2", "h3", "h4") for pair in (("h1", name), (name, "h1"))]:
+    # Home -> cloud first: after a reboot that also restarted headscale, an idle tailscaled on h1 may not have a
+    # home relay yet (KNOWN GAP, tailscale behaviour: it re-checks only once there is traffic).
+    for a, b in [pair for name in ("h2", "h3", "h4") for pair in ((name, "h1"), ("h1", name))]:
         pinged = lab.ssh(a, f"for i in $(seq 20); do tailscale ping -c 1 --timeout 3s {ips[b]} && exit 0; "
                             "sleep 1; done; exit 1", check=False)
         assert pinged.returncode == 0, f"{a} -> {b}: {pinged.stdout[-500:]}\n" + _tailnet_diagnostics(lab, a)
