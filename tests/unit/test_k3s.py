@@ -12,14 +12,17 @@ import gevent
 import pytest
 import yaml
 from pyinfra.api import OperationError
-from pyinfra.api.command import FunctionCommand, StringCommand
-from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.api.command import FunctionCommand
+from pyinfra.connectors.util import CommandOutput
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.operations import parse_commands
-from pyinfra_testing.util import FakeState, create_host
+from pyinfra_testing.util import FakeState
 
 from portable_k3s.deploys.k3s import node_settings, release_urls
 from portable_k3s.operations import k3s
+from tests.callbacks import named_host as _host
+from tests.callbacks import output as _output
+from tests.callbacks import raw as _raw
 
 VERSION = "v1.35.3+k3s1"
 OLD = "v1.34.6+k3s1"
@@ -30,20 +33,10 @@ SHA_A = "a" * 64
 SHA_B = "b" * 64
 
 
-def _host(state: FakeState, name: str, facts: dict | None = None) -> Any:
-    host = create_host(state, facts=facts)
-    host.name = name  # create_host names a host after its last fact
-    return host
 
 
-def _output(stdout: str = "", stderr: str = "") -> CommandOutput:
-    lines = [OutputLine("stdout", line) for line in stdout.splitlines()]
-    lines += [OutputLine("stderr", line) for line in stderr.splitlines()]
-    return CommandOutput(lines)
 
 
-def _raw(command: Any) -> str:
-    return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
 
 
 def _file(sha: str, mode: str = "600") -> dict:

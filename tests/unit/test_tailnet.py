@@ -16,14 +16,17 @@ from unittest import mock
 
 import pytest
 from pyinfra.api import OperationError, OperationValueError
-from pyinfra.api.command import FunctionCommand, StringCommand
-from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.api.command import FunctionCommand
+from pyinfra.connectors.util import CommandOutput
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.operations import parse_commands
-from pyinfra_testing.util import FakeState, create_host
+from pyinfra_testing.util import FakeState
 
 from portable_k3s.deploys.headscale import BUILTIN_TAGS, host_tags, tailnet_policy
 from portable_k3s.operations import headscale, tailscale
+from tests.callbacks import named_host as _host
+from tests.callbacks import output as _output
+from tests.callbacks import raw as _raw
 
 LOGIN = "https://hs.example.org"
 NODE_KEY = "nodekey:dfaac6c30b0a04af0e78e41ba15ce45e374f42fcc2b9313e44403166b274956f"
@@ -46,10 +49,6 @@ PREAUTH_JSON = json.dumps(
 )
 
 
-def _host(state: FakeState, name: str, facts: dict | None = None, data: dict | None = None) -> Any:
-    host = create_host(state, facts=facts, data=data)
-    host.name = name  # create_host names a host after its last fact
-    return host
 
 
 def _tailscale_info(backend_state: str = "Running", node_key: str | None = NODE_KEY, **prefs: Any) -> dict:
@@ -125,14 +124,8 @@ def _join(flags: str = DEFAULT_FLAGS) -> list[Any]:
     ]
 
 
-def _output(stdout: str = "", stderr: str = "") -> CommandOutput:
-    lines = [OutputLine("stdout", line) for line in stdout.splitlines()]
-    lines += [OutputLine("stderr", line) for line in stderr.splitlines()]
-    return CommandOutput(lines)
 
 
-def _raw(command: Any) -> str:
-    return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
 
 
 # tailscale.joined: planning
