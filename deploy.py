@@ -7,6 +7,7 @@ from pyinfra import host, inventory, state
 
 from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.base import base_host
+from portable_k3s.deploys.cluster import cluster_addons
 from portable_k3s.deploys.entrance import entrance
 from portable_k3s.deploys.headscale import headscale_server
 from portable_k3s.deploys.k3s import k3s_node
@@ -34,6 +35,10 @@ if groups & TAILNET_GROUPS:
 # k3s over the tailnet: the servers' operations run before the agents' (an upgrade goes servers first).
 if groups & {"k3s_servers", "k3s_agents"}:
     k3s_node(first_server=inventory.get_group("k3s_servers")[0])
+
+# Cluster add-ons and the app catalog: manifests in k3s's auto-deploy directory, on the first server only.
+if host.name == inventory.get_group("k3s_servers")[0].name and host.data.get("k3s_state") != "absent":
+    cluster_addons(config=cluster, entrances=inventory.get_group("entrance"))
 
 if "entrance" in groups:
     k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]

@@ -2,13 +2,19 @@
 
 ``check`` loads an inventory with its group_data and validates all of it, offline: it never connects to
 a host. Exit status 0 when the inventory is valid, 1 with one problem per line on stderr when it is not.
+
+``render INVENTORY OUTDIR`` writes every manifest the cluster add-ons deploy would write, for review, offline:
+Traefik's trusted entrance addresses are the ``--entrance-ip`` values, else a placeholder named after each entrance
+host; secrets are never read, a placeholder naming the secret's key stands in for each.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from portable_k3s.config import ConfigError, load_inventory, validate_inventory
 
@@ -46,6 +52,50 @@ def check(inventory_path: str, cwd: str | None) -> int:
     return 0
 
 
+def entrance_placeholder(host_name: str) -> str:
+    """What ``render`` writes for an entrance's tailnet address when none is given (never a whole network)."""
+    return f"ENTRANCE-TAILNET-IP-OF-{host_name}"
+
+
+def secret_placeholder(key_path: str, reference: Any) -> str:
+    """What ``render`` writes for a secret: its key, never its value."""
+    return f"SECRET-FROM-{key_path}"
+
+
+def render_inventory(inventory_path: str, outdir: str, entrance_ips: list[str] | None, cwd: str | None) -> int:
+    """Validate an inventory offline and write its cluster manifests into ``outdir``."""
+    import ipaddress
+
+    from portable_k3s.config import ENTRANCE
+    from portable_k3s.manifests import render_manifests
+
+    try:
+        config = validate_inventory(load_inventory(inventory_path, cwd=cwd), require_secrets=False, cwd=cwd)
+    except ConfigError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
+    for ip in entrance_ips or []:
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError:
+            print(f"--entrance-ip: {ip!r} is not an IPv4 address (expected an entrance's tailnet IPv4, like "
+                  "100.64.0.1)", file=sys.stderr)
+            return 2
+    if entrance_ips:
+        trusted = list(entrance_ips)
+    else:
+        trusted = [entrance_placeholder(host.name) for host in config.hosts_in(ENTRANCE)]
+        print("note: no --entrance-ip: Traefik's trusted addresses are placeholders "
+              f"({', '.join(trusted)}); the deploy reads the real ones from tailscale on each entrance")
+    manifests = render_manifests(config, trusted, secret_placeholder)
+    os.makedirs(outdir, exist_ok=True)
+    for name, text in manifests.items():
+        with open(os.path.join(outdir, name), "w", encoding="utf-8") as out:
+            out.write(text)
+    print(f"ok: {len(manifests)} manifests written to {outdir} (secrets are placeholders; nothing was contacted)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portable-k3s",
@@ -68,9 +118,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="project directory whose group_data/ applies (default: the current directory)",
     )
 
+    render_parser = commands.add_parser(
+        "render",
+        help="write every cluster manifest of an inventory into a directory, for review (never connects to a host)",
+        description="Write the manifests the cluster add-ons deploy would put in k3s's auto-deploy directory.",
+    )
+    render_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    render_parser.add_argument("outdir", metavar="OUTDIR", help="directory to write the manifests into")
+    render_parser.add_argument(
+        "--entrance-ip", action="append", metavar="IP", default=None,
+        help="an entrance's tailnet IPv4 for Traefik's trusted addresses (repeat for several entrances); "
+        "default: a placeholder per entrance host",
+    )
+    render_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.inventory, args.cwd)
+    if args.command == "render":
+        return render_inventory(args.inventory, args.outdir, args.entrance_ip, args.cwd)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -33,9 +33,11 @@ from pyinfra.api.host import Host
 
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
+from portable_k3s.deploys.cluster import CLUSTER_DEFAULTS, DNS01_PROVIDERS, INTERNAL_ISSUER, ISSUERS
 from portable_k3s.deploys.headscale import BUILTIN_TAGS, HEADSCALE_DEFAULTS, host_tags, tailnet_policy
 from portable_k3s.deploys.k3s import K3S_DEFAULTS
 from portable_k3s.deploys.node_baseline import DEFAULTS as NODE_BASELINE_DEFAULTS
+from portable_k3s.manifests.apps import KINDS, kind_of
 from portable_k3s.operations import hardware as hardware_ops
 from portable_k3s.versions import VERSIONS
 
@@ -53,7 +55,10 @@ TAILNET_GROUPS = KNOWN_GROUPS
 SECRET_KEYS: set[str] = {"k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token"}
 
 # Keys an app table in ``apps`` may have; each one is read in ``_check_app``.
-APP_KEYS: tuple[str, ...] = ("name", "hostname", "public", "tcp_port", "proxy_protocol")
+APP_KEYS: tuple[str, ...] = (
+    "name", "hostname", "public", "tcp_port", "proxy_protocol",
+    "kind", "image", "port", "storage", "storage_path", "env", "secrets", "resources",
+)
 
 # Ports the entrance itself listens on: SSH, HTTP (ACME + redirect) and the TLS passthrough.
 RESERVED_PORTS: dict[int, str] = {22: "SSH", 80: "HTTP", 443: "HTTPS"}
@@ -105,6 +110,16 @@ class App:
     + public: let it in through the entrance (else it resolves only inside the tailnet)
     + tcp_port: a raw TCP port the entrance forwards (e.g. 25565 for minecraft)
     + proxy_protocol: send the PROXY protocol header on ``tcp_port``
+    + kind: what the cluster runs for it (``portable_k3s.manifests.apps.KINDS``); default: its name when that is
+      a kind, else nothing (only its entrance or DNS entry: a service deployed some other way)
+    + image: the container image (required for the ``container`` kind; else overrides the kind's pin)
+    + port: the port the container listens on (default: the kind's)
+    + storage: the size of its volume, e.g. ``10Gi`` (default: the kind's)
+    + storage_path: where the volume is mounted (the ``container`` kind; default ``/data``)
+    + env: more environment variables
+    + secrets: secret references by name: the kind's (e.g. nextcloud's ``admin_password``), or for the
+      ``container`` kind environment variable names
+    + resources: ``{"cpu": "100m", "memory": "256Mi"}`` requests (memory is also the limit)
     """
 
     name: str
@@ -112,6 +127,19 @@ class App:
     public: bool = False
     tcp_port: int | None = None
     proxy_protocol: bool = True
+    kind: str | None = None
+    image: str | None = None
+    port: int | None = None
+    storage: str | None = None
+    storage_path: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def deployed(self) -> bool:
+        """The cluster runs it (it has a kind)."""
+        return kind_of(self) is not None
 
 
 @dataclass
@@ -157,6 +185,42 @@ class TailnetConfig:
 
 
 @dataclass
+class AddonsConfig:
+    """
+    The cluster add-ons (``deploys.cluster``), validated.
+
+    + metallb_pools: MetalLB's address pools (CIDRs or ``first-last`` ranges); empty: no MetalLB
+    + lb_address: the one address the entrance targets (a MetalLB address for Traefik), or None (every node)
+    + http_port, https_port: the ports the entrance reaches the cluster ingress on
+    + acme_email, acme_issuer, acme_solver, dns01_provider: cert-manager's Let's Encrypt issuers
+    + rook_ceph: rook-ceph runs on the nodes' ``external_ssd``; ceph_replicas copies of each block
+    + ceph_nodes: ``(node name, device)`` of every k3s node with an ``external_ssd``
+    """
+
+    metallb_pools: list[str] = field(default_factory=list)
+    lb_address: str | None = None
+    http_port: int = 80
+    https_port: int = 443
+    acme_email: str | None = None
+    acme_issuer: str = "letsencrypt-production"
+    acme_solver: str = "http01"
+    dns01_provider: str | None = None
+    rook_ceph: bool = False
+    ceph_replicas: int = 1
+    ceph_nodes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def storage_class(self) -> str | None:
+        """The apps' storage class: rook-ceph's, or None for the cluster's default (k3s's local-path)."""
+        return "ceph-block" if self.rook_ceph else None
+
+    def issuer_for(self, public: bool) -> str:
+        """The ClusterIssuer of an app's certificate: Let's Encrypt, except for private apps with HTTP-01 (Let's
+        Encrypt cannot reach them), which get the cluster's own CA."""
+        return self.acme_issuer if public or self.acme_solver == "dns01" else INTERNAL_ISSUER
+
+
+@dataclass
 class ClusterConfig:
     """
     The whole cluster, validated. ``base_packages``, ``ntp_servers`` and ``ssh_permit_root_login`` are the
@@ -171,6 +235,7 @@ class ClusterConfig:
     ntp_servers: list[str] = field(default_factory=lambda: list(DEFAULT_NTP_SERVERS))
     ssh_permit_root_login: str = DEFAULT_SSH_PERMIT_ROOT_LOGIN
     tailnet: TailnetConfig | None = None
+    addons: AddonsConfig = field(default_factory=AddonsConfig)
 
     def tailnet_policy(self) -> dict[str, Any]:
         """The headscale ACL policy generated from the inventory (see deploys.headscale.tailnet_policy)."""
@@ -420,7 +485,10 @@ def _check_versions(value: Any, where: str, problems: _Problems) -> dict[str, st
 #
 
 
-def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems) -> list[App]:
+def _check_apps(
+    value: Any, where: str, domain: str | None, problems: _Problems, require_secrets: bool = False,
+    cwd: str | None = None,
+) -> list[App]:
     if not isinstance(value, list | tuple):
         problems.add(f"{where}.apps", _wrong_type(value), 'a list of apps like {"name": "blog", ...}')
         return []
@@ -431,7 +499,7 @@ def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems)
         if not isinstance(raw, dict):
             problems.add(key, _wrong_type(raw), 'an app like {"name": "blog", "hostname": "blog.DOMAIN"}')
             continue
-        app = _check_app(raw, key, domain, problems)
+        app = _check_app(raw, key, domain, problems, require_secrets, cwd)
         if app is None:
             continue
         for field_name, first in seen.items():
@@ -450,7 +518,10 @@ def _check_apps(value: Any, where: str, domain: str | None, problems: _Problems)
     return apps
 
 
-def _check_app(raw: dict[Any, Any], key: str, domain: str | None, problems: _Problems) -> App | None:
+def _check_app(
+    raw: dict[Any, Any], key: str, domain: str | None, problems: _Problems, require_secrets: bool = False,
+    cwd: str | None = None,
+) -> App | None:
     before = len(problems.lines)
     for unknown in raw:
         if unknown not in APP_KEYS:
@@ -494,6 +565,8 @@ def _check_app(raw: dict[Any, Any], key: str, domain: str | None, problems: _Pro
         for problem, expected in _check_port(tcp_port):
             problems.add(f"{key}.tcp_port", problem, expected)
 
+    deployment = _check_app_deployment(raw, key, domain, problems, require_secrets, cwd)
+
     if len(problems.lines) > before and not (isinstance(name, str) and is_label(name)):
         return None
     return App(
@@ -502,7 +575,126 @@ def _check_app(raw: dict[Any, Any], key: str, domain: str | None, problems: _Pro
         public=public is True,
         tcp_port=tcp_port if isinstance(tcp_port, int) and not _check_port(tcp_port) else None,
         proxy_protocol=proxy_protocol is not False,
+        **deployment,
     )
+
+
+_IMAGE_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9._-]+)*"
+                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_QUANTITY_RE = {
+    "storage": (re.compile(r"^[1-9][0-9]*(Mi|Gi|Ti)$"), "a size like 10Gi (Mi, Gi or Ti)"),
+    "cpu": (re.compile(r"^([1-9][0-9]*m|[0-9]+(\.[0-9]+)?)$"), "CPU like 100m or 0.5"),
+    "memory": (re.compile(r"^[1-9][0-9]*(Mi|Gi)$"), "memory like 256Mi or 1Gi"),
+}
+_PATH_RE = re.compile(r"^(/[A-Za-z0-9._-]+)+$")
+APP_NAME_MAX = 59  # its namespace is app-NAME, a label of at most 63
+
+
+def _is_pinned_image(value: Any) -> bool:
+    if not isinstance(value, str) or not _IMAGE_RE.match(value):
+        return False
+    if "@sha256:" in value:
+        return True
+    tag = value.rsplit("/", 1)[-1].partition(":")[2]
+    return bool(tag) and tag != "latest"
+
+
+def _check_app_deployment(
+    raw: dict[Any, Any], key: str, domain: str | None, problems: _Problems, require_secrets: bool, cwd: str | None,
+) -> dict[str, Any]:
+    """The keys of an app that the cluster runs (``kind`` …); returns the valid ones as ``App`` fields."""
+    found: dict[str, Any] = {}
+    name = raw.get("name")
+    kind_name = raw.get("kind")
+    if kind_name is not None and (not isinstance(kind_name, str) or kind_name not in KINDS):
+        problems.add(f"{key}.kind", f"{_show(kind_name)} is not an app kind", f"one of {', '.join(KINDS)}")
+        return found
+    if kind_name is not None:
+        found["kind"] = kind_name
+    kind = KINDS.get(kind_name) if kind_name else KINDS.get(name) if isinstance(name, str) else None
+    deployed_keys = [k for k in ("image", "port", "storage", "storage_path", "env", "secrets", "resources") if k in raw]
+    if kind is None:
+        for unused in deployed_keys:
+            problems.add(f"{key}.{unused}", "is set on an app without a kind (the cluster does not run it)",
+                         f"a kind as well, one of {', '.join(KINDS)}, or no {unused}")
+        return found
+    if isinstance(name, str) and len(name) > APP_NAME_MAX:
+        problems.add(f"{key}.name", f"{name!r} is longer than {APP_NAME_MAX} characters",
+                     f"an app name of at most {APP_NAME_MAX} characters (its namespace is app-NAME)")
+    if kind.http and raw.get("hostname") is None:
+        problems.add(f"{key}.hostname", "is missing for an app served over https",
+                     f"the name it is served at, like NAME.{domain or 'example.org'}")
+    image = raw.get("image")
+    if image is None and kind.image is None and not kind.chart:
+        problems.add(f"{key}.image", f"is missing for a {kind_name or name} app",
+                     "a container image with a pinned tag, like example/site:1.2.0")
+    elif image is not None and not _is_pinned_image(image):
+        problems.add(f"{key}.image", f"{_show(image)} is not an image with a pinned tag",
+                     "an image with a version tag or digest, like example/site:1.2.0 (not :latest)")
+    elif image is not None:
+        found["image"] = image
+    if "port" in raw:
+        check = _check_int_range(raw["port"], 1, 65535, "the container's port, 1-65535")
+        for problem, expected in check:
+            problems.add(f"{key}.port", problem, expected)
+        if not check:
+            found["port"] = raw["port"]
+    for field_name in ("storage",):
+        if raw.get(field_name) is not None:
+            pattern, expected = _QUANTITY_RE[field_name]
+            if isinstance(raw[field_name], str) and pattern.match(raw[field_name]):
+                found[field_name] = raw[field_name]
+            else:
+                problems.add(f"{key}.{field_name}", f"{_show(raw[field_name])} is not a size", expected)
+    if raw.get("storage_path") is not None:
+        if isinstance(raw["storage_path"], str) and _PATH_RE.match(raw["storage_path"]):
+            found["storage_path"] = raw["storage_path"]
+        else:
+            problems.add(f"{key}.storage_path", f"{_show(raw['storage_path'])} is not an absolute path",
+                         "where the volume is mounted in the container, like /data")
+    if "env" in raw:
+        env = raw["env"]
+        if not isinstance(env, dict) or not all(isinstance(k, str) and _ENV_NAME_RE.match(k) and isinstance(v, str)
+                                                for k, v in env.items()):
+            problems.add(f"{key}.env", f"{_show(env)} is not an environment",
+                         'a dict of NAME: "value" strings (secrets go in secrets)')
+        else:
+            found["env"] = dict(env)
+    if "resources" in raw:
+        resources = raw["resources"]
+        if not isinstance(resources, dict):
+            problems.add(f"{key}.resources", _wrong_type(resources), '{"cpu": "100m", "memory": "256Mi"}')
+        else:
+            for res, quantity in resources.items():
+                if res not in ("cpu", "memory"):
+                    problems.add(f"{key}.resources.{res}", "is not a resource", "cpu or memory")
+                elif not (isinstance(quantity, str) and _QUANTITY_RE[res][0].match(quantity)):
+                    problems.add(f"{key}.resources.{res}", f"{_show(quantity)} is not a quantity", _QUANTITY_RE[res][1])
+            found["resources"] = {k: v for k, v in resources.items() if k in ("cpu", "memory") and isinstance(v, str)}
+    secrets = raw.get("secrets", {})
+    if not isinstance(secrets, dict):
+        problems.add(f"{key}.secrets", _wrong_type(secrets),
+                     'a dict of secret references like {"NAME": {"env": "VAR"}}')
+        return found
+    names = dict(kind.secrets)
+    for secret_name, ref in secrets.items():
+        if names and secret_name not in names:
+            problems.add(f"{key}.secrets.{secret_name}", f"is not a secret of a {kind_name or name} app",
+                         f"one of {', '.join(names)}")
+            continue
+        if not names and not (isinstance(secret_name, str) and _ENV_NAME_RE.match(secret_name)):
+            problems.add(f"{key}.secrets.{_show(secret_name)}", "is not an environment variable name",
+                         "names like API_KEY: each secret becomes that environment variable")
+            continue
+        for problem, expected in _check_secret(ref, require_secrets, cwd):
+            problems.add(f"{key}.secrets.{secret_name}", problem, expected)
+    for secret_name, (_env, required) in names.items():
+        if required and secret_name not in secrets:
+            problems.add(f"{key}.secrets.{secret_name}", f"is missing for a {kind_name or name} app",
+                         f"{_REFERENCE_SHAPES}, e.g. {{\"env\": \"{(str(name)).upper().replace('-', '_')}_"
+                         f"{secret_name.upper()}\"}}")
+    found["secrets"] = dict(secrets)
+    return found
 
 
 # Secrets
@@ -1039,6 +1231,148 @@ def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool,
             )
 
 
+# Cluster add-ons (defaults in deploys.cluster.CLUSTER_DEFAULTS)
+#
+
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _pool_network(pool: Any) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address] | None:
+    """A MetalLB pool (``192.168.1.240/28`` or ``192.168.1.240-192.168.1.250``) as its first and last address."""
+    if not isinstance(pool, str):
+        return None
+    try:
+        if "-" in pool:
+            first, last = (ipaddress.IPv4Address(part.strip()) for part in pool.split("-", 1))
+            return (first, last) if first <= last else None
+        network = ipaddress.IPv4Network(pool, strict=True)
+    except ValueError:
+        return None
+    return network[0], network[-1]
+
+
+def _check_addons(inventory: Inventory, problems: _Problems, hosts: dict[str, HostConfig]) -> AddonsConfig:
+    """Validate the cluster add-on keys: MetalLB pools and their route from the entrance, cert-manager's issuers,
+    rook-ceph's devices and replicas."""
+
+    def value(key: str) -> tuple[str, Any]:
+        found = _cluster_value(inventory, key, problems, key.replace("_", " "))
+        return found if found is not None else ("all", CLUSTER_DEFAULTS[key])
+
+    config = AddonsConfig()
+    # MetalLB
+    source, pools = value("metallb_pools")
+    ranges: list[tuple[int, str, tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]]] = []
+    if not isinstance(pools, list | tuple):
+        problems.add(f"{source}.metallb_pools", _wrong_type(pools), "a list of LAN address ranges like "
+                     "['192.168.1.240/28'] or ['192.168.1.240-192.168.1.250'], or [] for no MetalLB")
+    else:
+        for index, pool in enumerate(pools):
+            span = _pool_network(pool)
+            if span is None:
+                problems.add(f"{source}.metallb_pools[{index}]", f"{_show(pool)} is not an address range",
+                             "an IPv4 subnet like 192.168.1.240/28 or a range like 192.168.1.240-192.168.1.250")
+            else:
+                ranges.append((index, pool, span))
+        config.metallb_pools = [pool for _, pool, _ in ranges]
+    advertised = [_lookup(inventory, host, "tailscale_advertise_routes")[1] for host in inventory]
+    routes = [ipaddress.IPv4Network(cidr) for found in advertised if isinstance(found, list | tuple)
+              for cidr in found if isinstance(cidr, str) and _is_ipv4_network(cidr)]
+    entrances = _group_hosts(inventory, ENTRANCE)
+    upstreams = {_lookup(inventory, host, "entrance_upstream")[1] for host in entrances}
+    addresses = {u for u in upstreams if isinstance(u, str) and _is_ipv4(u)}
+    if len(addresses) == 1 and len(upstreams) == 1:
+        config.lb_address = next(iter(addresses))
+    for address in sorted(addresses):
+        ip = ipaddress.IPv4Address(address)
+        inside = [(index, pool, span) for index, pool, span in ranges if span[0] <= ip <= span[1]]
+        if ranges and not inside:
+            problems.add(f"{source}.metallb_pools", f"no pool holds entrance_upstream {address}",
+                         "a metallb_pools range that holds the address the entrance targets (MetalLB gives it to "
+                         "Traefik), or entrance_upstream = 'nodes'")
+        for index, pool, (first, last) in inside:
+            if not any(first in net and last in net for net in routes):
+                problems.add(
+                    f"{source}.metallb_pools[{index}]",
+                    f"{pool} has no route to it from the entrance (no tailscale_advertise_routes subnet covers it)",
+                    "a subnet that covers the whole pool in tailscale_advertise_routes of a node on that LAN, e.g. "
+                    f"{ipaddress.IPv4Network(f'{first}/24', strict=False)}",
+                )
+    if entrances:
+        first_entrance = entrances[0]
+        for key in ("entrance_http_port", "entrance_https_port"):
+            port = _lookup(inventory, first_entrance, key)[1]
+            if isinstance(port, int) and 1 <= port <= 65535:
+                setattr(config, key.replace("entrance_", ""), port)
+    # cert-manager
+    source, email = value("acme_email")
+    if email is not None and not (isinstance(email, str) and _EMAIL_RE.match(email)):
+        problems.add(f"{source}.acme_email", f"{_show(email)} is not an email address",
+                     "the address Let's Encrypt writes to about expiring certificates, or None")
+    else:
+        config.acme_email = email
+    source, issuer = value("acme_issuer")
+    if issuer not in ISSUERS:
+        problems.add(f"{source}.acme_issuer", f"{_show(issuer)} is not an issuer", " or ".join(map(repr, ISSUERS)))
+    else:
+        config.acme_issuer = issuer
+    source, solver = value("acme_solver")
+    if solver not in ("http01", "dns01"):
+        problems.add(f"{source}.acme_solver", f"{_show(solver)} is not a solver",
+                     "'http01' (through the entrance and Traefik) or 'dns01' (a DNS provider's API)")
+    else:
+        config.acme_solver = solver
+    provider_source, provider = value("dns01_provider")
+    if provider is not None and provider not in DNS01_PROVIDERS:
+        problems.add(f"{provider_source}.dns01_provider", f"{_show(provider)} is not a supported DNS provider",
+                     f"one of {', '.join(DNS01_PROVIDERS)}, or None")
+    elif solver == "dns01":
+        if provider is None:
+            problems.add(f"{provider_source}.dns01_provider", "is missing while acme_solver is 'dns01'",
+                         f"one of {', '.join(DNS01_PROVIDERS)}")
+        servers = _group_hosts(inventory, K3S_SERVERS)
+        if servers and _lookup(inventory, servers[0], "dns01_token")[1] in (None, _MISSING):
+            problems.add("all.dns01_token", "is missing while acme_solver is 'dns01'",
+                         f"{_REFERENCE_SHAPES}: the DNS provider's API token")
+        config.dns01_provider = provider
+    # rook-ceph
+    source, rook = value("rook_ceph")
+    replicas_source, replicas = value("rook_ceph_replicas")
+    nodes = [host for host in hosts.values() if host.groups & {K3S_SERVERS, K3S_AGENTS}]
+    devices = [(host.hostname, host.external_ssd) for host in nodes if host.external_ssd]
+    if rook not in (None, True, False):
+        problems.add(f"{source}.rook_ceph", f"{_show(rook)} is not allowed",
+                     "None (on when every k3s node has an external_ssd), True or False")
+        return config
+    if replicas is not None and _check_int_range(replicas, 1, 7, ""):
+        problems.add(f"{replicas_source}.rook_ceph_replicas", f"{_show(replicas)} is not a replica count",
+                     "1-7, or None for one per k3s node, at most 3")
+        return config
+    config.rook_ceph = bool(nodes) and len(devices) == len(nodes) if rook is None else rook
+    if config.rook_ceph:
+        wanted = replicas if replicas is not None else min(3, len(nodes))
+        if len(devices) < wanted:
+            where = f"{replicas_source}.rook_ceph_replicas" if replicas is not None else f"{source}.rook_ceph"
+            without = ", ".join(host.name for host in nodes if not host.external_ssd) or "none"
+            problems.add(
+                where,
+                f"{wanted} replicas but only {len(devices)} k3s node{'' if len(devices) == 1 else 's'} with an "
+                f"external_ssd (nodes without one: {without})",
+                f"external_ssd on at least {wanted} k3s nodes, a smaller rook_ceph_replicas, or rook_ceph = False",
+            )
+        config.ceph_replicas = wanted
+        config.ceph_nodes = devices
+    return config
+
+
+def _is_ipv4_network(value: str) -> bool:
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+        return True
+    except ValueError:
+        return False
+
+
 def validate_inventory(
     inventory: Inventory, require_secrets: bool = True, cwd: str | None = None
 ) -> ClusterConfig:
@@ -1072,7 +1406,7 @@ def validate_inventory(
     apps: list[App] = []
     found = _cluster_value(inventory, "apps", problems, "app catalog")
     if found is not None:
-        apps = _check_apps(found[1], found[0], domain, problems)
+        apps = _check_apps(found[1], found[0], domain, problems, require_secrets, cwd)
 
     # Settings a group or host may override: each distinct value is checked once, where it is set.
     for source, (value, _hosts) in _sources(inventory, "base_packages").items():
@@ -1122,6 +1456,7 @@ def validate_inventory(
 
     tailnet = _check_tailnet(inventory, problems)
     _check_k3s(inventory, problems, require_secrets, cwd)
+    addons = _check_addons(inventory, problems, hosts)
 
     if problems.lines:
         raise ConfigError(problems.lines)
@@ -1138,6 +1473,7 @@ def validate_inventory(
         ntp_servers=list(data.get("ntp_servers", defaults.ntp_servers)),
         ssh_permit_root_login=data.get("ssh_permit_root_login", defaults.ssh_permit_root_login),
         tailnet=tailnet,
+        addons=addons,
     )
 
 

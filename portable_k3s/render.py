@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -30,3 +31,15 @@ def render(name: str, **context: Any) -> str:
 
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """YAML without anchors and aliases: a value used twice is written twice, as a reader expects."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(value: Any) -> str:
+    """``value`` as block-style YAML in its own key order, without anchors, without a trailing newline."""
+    return yaml.dump(value, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False).rstrip("\n")

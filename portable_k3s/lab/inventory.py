@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import runpy
+import secrets
+from pathlib import Path
 from typing import Any
 
 from .artifacts import HEADSCALE_PATH, K3S_PATH, TAILSCALE_PATH
@@ -19,6 +23,7 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
             f"no lab at {lab.state_dir}: bring one up with `python -m portable_k3s.lab up` "
             "(or set PORTABLE_K3S_LAB_STATE_DIR)"
         )
+    lab_app_secrets(lab.state_dir)
     groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     headscale = next((h for h in lab.hosts() if "headscale" in h.groups), None)
     artifacts = lab.artifact_url
@@ -53,3 +58,30 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         for group in host.groups:
             groups.setdefault(group, []).append((host.name, data))
     return groups
+
+
+def lab_app_secrets(state_dir: Path, catalog: Path | None = None) -> dict[str, str]:
+    """
+    Throwaway values for the app catalog's secrets in the lab: every ``{"env": NAME}`` secret of an app in
+    ``group_data/all.py`` (of the current directory) that the environment does not set gets a random value, made
+    once per lab and kept in ``<state_dir>/app-secrets/NAME`` (0600), so runs stay identical. Returns the names set.
+    """
+    path = catalog or Path.cwd() / "group_data" / "all.py"
+    if not path.is_file():
+        return {}
+    apps = runpy.run_path(str(path)).get("apps") or []
+    names = sorted({ref["env"] for app in apps if isinstance(app, dict) for ref in (app.get("secrets") or {}).values()
+                    if isinstance(ref, dict) and isinstance(ref.get("env"), str)})
+    store = state_dir / "app-secrets"
+    found: dict[str, str] = {}
+    for name in names:
+        if os.environ.get(name):
+            continue
+        file = store / name
+        if not file.exists():
+            store.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(f"lab-{secrets.token_hex(16)}")
+        os.environ[name] = found[name] = file.read_text().strip()
+    return found

@@ -356,9 +356,10 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
         "all.apps[1]: 'ntfy' is a str "
         "(expected an app like {\"name\": \"blog\", \"hostname\": \"blog.DOMAIN\"})",
     ]),
-    ("unknown app key", lambda: with_app(1, port=8080), [
-        "all.apps[1].port: is not an app key "
-        "(expected only name, hostname, public, tcp_port, proxy_protocol)",
+    ("unknown app key", lambda: with_app(1, replicas=2), [
+        "all.apps[1].replicas: is not an app key "
+        "(expected only name, hostname, public, tcp_port, proxy_protocol, kind, image, port, storage, storage_path, "
+        "env, secrets, resources)",
     ]),
     ("app name missing", lambda: with_app(3, name=None), [
         "all.apps[3].name: is missing (expected a unique app name like blog)",
@@ -772,9 +773,12 @@ def test_deploy_with_bad_inventory_executes_nothing(
     assert fake_connector.log == {}
 
 
-def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any) -> None:
+def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any, monkeypatch: Any) -> None:
     """The good inventory passes validation and the real deploy.py plans the base deploy on every host."""
     from pyinfra_cli.util import load_deploy_file
+
+    for name in ("KUTT_JWT_SECRET", "NEXTCLOUD_ADMIN_PASSWORD", "JUPYTERHUB_PASSWORD"):  # the catalog's secrets
+        monkeypatch.setenv(name, f"test-{name.lower()}")
 
     from portable_k3s.facts.util import SEPARATOR
 

@@ -1,9 +1,9 @@
-"""An app with a misspelled key (port instead of tcp_port)."""
+"""An app with a misspelled key (tcpport instead of tcp_port)."""
 
 domain = "example.org"
 apps = [
     {"name": "blog", "hostname": f"blog.{domain}", "public": True},
-    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "port": 25565},
+    {"name": "minecraft", "hostname": f"mc.{domain}", "public": True, "tcpport": 25565},
 ]
 
 headscale_url = "https://headscale.example.org"
