@@ -11,7 +11,8 @@
 //   k3s agent                     joins the server named in config.yaml with the configured token, and reports
 //                                 its node name, node-ip and version every 2 seconds (a wrong token stops it)
 //   k3s kubectl ...               logs the call to /var/lib/rancher/k3s/standin/kubectl.log and answers
-//                                 get nodes (-o json), cordon, uncordon, drain and wait --for=condition=Ready
+//                                 get nodes (-o json), cordon, uncordon, drain and wait --for=condition=Ready;
+//                                 delete is logged and does nothing (the stand-in applies no manifest)
 //
 // Build: go build -ldflags "-X main.version=v1.35.3+k3s1" -o k3s .
 package main
@@ -448,6 +449,11 @@ func kubectl(args []string) int {
 		return 0
 	case "wait":
 		return waitReady(args)
+	case "delete":
+		// The stand-in applies no manifest, so there is nothing to delete: the call is logged (the lab checks that
+		// a removed manifest's objects and AddOn were deleted) and answered like --ignore-not-found would.
+		fmt.Printf("(stand-in) nothing to delete for %s\n", strings.Join(words[1:], " "))
+		return 0
 	}
 	fmt.Fprintf(os.Stderr, "kubectl (stand-in): %q is not answered\n", words[0])
 	return 1
