@@ -33,7 +33,7 @@ if groups & TAILNET_GROUPS:
 
 # k3s over the tailnet: the servers' operations run before the agents' (an upgrade goes servers first).
 if groups & {"k3s_servers", "k3s_agents"}:
-    k3s_node(first_server=inventory.get_group("k3s_servers")[0])
+    k3s_node(first_server=inventory.get_group("k3s_servers")[0], headscale_host=headscale_host)
 
 if "entrance" in groups:
     k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]
