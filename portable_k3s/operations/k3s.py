@@ -28,7 +28,7 @@ from ..facts.release import InstalledRelease
 from ..facts.tailscale import Tailscale
 from ..render import render
 from . import files, release
-from .headscale import mint_preauth_key
+from .headscale import expire_preauth_key, mint_preauth_key
 from .util import escalation, forget, gate, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
@@ -166,7 +166,7 @@ def vpn_auth(
     + login_server: the headscale URL
     + headscale_host: the inventory host running headscale
     + tags: the tags of the minted key (``tag:NAME``)
-    + present: False removes the file (the "manual" mode has no use for a join key lying around)
+    + present: False removes the file and expires its key on headscale (the "manual" mode has no use for it)
     + path: the file named by ``vpn-auth-file`` in config.yaml
     + batch: all files of the component, read in one remote command (see ``files.content``)
 
@@ -180,11 +180,22 @@ def vpn_auth(
     if present and (not tags or not all(t.startswith("tag:") for t in tags)):
         raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
     current = shared_fact(host, FileStates, paths=tuple(batch or (path,))).get(path)
+    sudo = escalation(host, use_current_op=True)
     if not present:
         if current is None:
             host.noop(f"{path} does not exist")
             return
         forget(host, FileStates)
+
+        def retire_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+            ok, output = host.run_shell_command(
+                StringCommand("cat", QuoteString(path)), print_output=False, print_input=False, **sudo
+            )
+            found = re.search(r"joinKey=([^,\s]+)", output.stdout if ok else "")
+            if found and headscale_host is not None:
+                expire_preauth_key(headscale_host, HiddenValue(found.group(1)))
+
+        yield FunctionCommand(retire_vpn_auth, (), {})
         yield StringCommand("rm -f", QuoteString(path))
         return
     if current is not None and current["mode"] == "600":
@@ -193,7 +204,6 @@ def vpn_auth(
     if headscale_host is None:
         raise OperationValueError("headscale_host: needed to mint the join key")
     forget(host, FileStates)
-    sudo = escalation(host, use_current_op=True)
 
     def write_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         key = mint_preauth_key(headscale_host, tags)

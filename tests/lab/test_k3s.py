@@ -18,6 +18,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,12 +259,14 @@ def test_native_tailnet_mode_gives_k3s_its_own_join_key_and_back(lab, pyinfra, c
     ips = _tailnet_ips(lab)
     headscale_url = json.loads(lab.ssh("h2", "tailscale debug prefs").stdout)["ControlURL"]
     output = run.stdout + run.stderr
+    join_keys = []
     for name in NODES:
         assert lab.ssh(name, "stat -c %a /etc/rancher/k3s/vpn-auth").stdout.strip() == "600", name
         auth = lab.ssh(name, "cat /etc/rancher/k3s/vpn-auth").stdout.strip()
         match = re.fullmatch(r"name=tailscale,joinKey=([^,]+),controlServerURL=(\S+)", auth)
         assert match and match.group(2) == headscale_url, (name, auth)
         assert match.group(1) not in output, f"{name}'s join key was printed"
+        join_keys.append(match.group(1))
         config = _config(lab, name)
         assert config["vpn-auth-file"] == "/etc/rancher/k3s/vpn-auth"
         assert "node-ip" not in config and "flannel-iface" not in config, config
@@ -283,3 +286,9 @@ def test_native_tailnet_mode_gives_k3s_its_own_join_key_and_back(lab, pyinfra, c
         assert lab.ssh(name, "test -e /etc/rancher/k3s/vpn-auth", check=False).returncode != 0, name
         assert _config(lab, name)["node-ip"] == ips[name]
     assert '"10.42.0.0/16"' not in lab.ssh("h1", "cat /etc/headscale/policy.hujson").stdout
+    # The removed files' keys were never used: they are expired on headscale, not left valid.
+    listed = json.loads(lab.ssh("h1", "headscale preauthkeys list -o json").stdout or "[]")
+    now = time.time()
+    for secret in join_keys:
+        (key,) = [k for k in listed if secret.startswith(k["key"].rstrip("*"))]
+        assert key["expiration"]["seconds"] <= now, key

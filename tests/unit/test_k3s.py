@@ -4,6 +4,7 @@ against mocked connections. Also the config model's k3s keys and the deploy's pu
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 from typing import Any
 from unittest import mock
@@ -184,6 +185,29 @@ def test_vpn_auth_gets_a_fresh_key_never_printed_nor_in_argv(mine: dict | None) 
     assert prepare.endswith(f"install -m 0600 /dev/null {staged}")
     assert move == f"mv -f {staged} {k3s.VPN_AUTH}"
     assert all(PREAUTH_KEY not in _raw(call.args[0]) for call in node.run_shell_command.call_args_list)
+
+
+def test_vpn_auth_removed_in_manual_mode_expires_its_key_on_headscale() -> None:
+    state = FakeState()
+    state.is_executing = True
+    cloud = _host(state, "cloud", {})
+    node = _host(state, "t420", {"files.FileStates": {f"paths=('{k3s.VPN_AUTH}',)": {k3s.VPN_AUTH: _file(SHA_A)}}})
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.vpn_auth._inner(login_server="https://h.example.org", headscale_host=cloud,
+                                            tags=["tag:k3s"], present=False))
+    assert parse_commands(commands) == [["retire_vpn_auth", [], {}], f"rm -f {k3s.VPN_AUTH}"]
+    node.run_shell_command = mock.Mock(return_value=(True, _output(
+        f"name=tailscale,joinKey={PREAUTH_KEY},controlServerURL=https://h.example.org"
+    )))
+    listed = [{"id": 4, "key": "hskey-auth-other-***"}, {"id": 7, "key": PREAUTH_KEY[:20] + "***"}]
+    cloud.run_shell_command = mock.Mock(side_effect=[(True, _output(json.dumps(listed))), (True, _output())])
+    function: FunctionCommand = commands[0]
+    function.function(state, node, *function.args, **function.kwargs)
+    (read,) = node.run_shell_command.call_args_list
+    assert read.kwargs["print_output"] is False and read.kwargs["print_input"] is False
+    listing, expire = (_raw(call.args[0]) for call in cloud.run_shell_command.call_args_list)
+    assert listing == "headscale preauthkeys list -o json"
+    assert expire == "headscale preauthkeys expire --id 7"
 
 
 def test_native_config_leaves_the_addresses_to_k3s() -> None:
