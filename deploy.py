@@ -34,7 +34,7 @@ if groups & TAILNET_GROUPS:
 
 # k3s over the tailnet: the servers' operations run before the agents' (an upgrade goes servers first).
 if groups & {"k3s_servers", "k3s_agents"}:
-    k3s_node(first_server=inventory.get_group("k3s_servers")[0])
+    k3s_node(first_server=inventory.get_group("k3s_servers")[0], headscale_host=headscale_host)
 
 # Cluster add-ons and the app catalog: manifests in k3s's auto-deploy directory, on the first server only.
 if host.name == inventory.get_group("k3s_servers")[0].name and host.data.get("k3s_state") != "absent":

@@ -203,6 +203,10 @@ def bench_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         if args.compare_nagle:
             nagle = run_pyinfra(lab, inventory, f"n{n}-noop-nagle", workdir, limit, {"PK3S_BENCH_NAGLE": "1"})
             result["noop_without_nodelay_s"] = nagle["wall_s"]
+        if args.profile:
+            stats = workdir / f"n{n}-noop-profile.pstats"
+            run_pyinfra(lab, inventory, f"n{n}-noop-profiled", workdir, limit, {"PK3S_BENCH_PROFILE": str(stats)})
+            result["noop_profile"] = top_functions(stats)
         max_trips = max(h["round_trips"] for h in result["noop"]["per_host"].values())
         result["noop"]["ms_per_round_trip"] = round(result["noop"]["median_s"] * 1000 / max_trips, 1)
         result["per_command"] = per_command(lab, h1.address, 22, str(lab.known_hosts), args.commands)
@@ -212,6 +216,19 @@ def bench_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
         log(f"tearing the {max(n, 2)}-host bench lab down")
         lab.down()
     return result
+
+
+def top_functions(stats_path: Path, count: int = 25) -> list[dict[str, Any]]:
+    """The functions a profiled run spent most of its own CPU time in (cProfile's tottime)."""
+    import pstats  # noqa: PLC0415
+
+    stats = pstats.Stats(str(stats_path))
+    rows = []
+    for (filename, line, function), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = filename.split("site-packages/")[-1].replace(str(REPO) + "/", "")
+        rows.append({"function": f"{where}:{line}({function})", "calls": calls, "tottime_s": round(tottime, 3),
+                     "cumtime_s": round(cumtime, 3)})
+    return sorted(rows, key=lambda r: r["tottime_s"], reverse=True)[:count]
 
 
 def latency_runs(lab: Lab, n: int, args: argparse.Namespace, workdir: Path, limit: list[str]) -> dict[str, Any]:
@@ -302,6 +319,8 @@ def main() -> int:
     parser.add_argument("--commands", type=int, default=50, help="`true` commands timed per setting (default 50)")
     parser.add_argument("--no-compare-nagle", dest="compare_nagle", action="store_false",
                         help="skip the extra no-op run with TCP_NODELAY off")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more no-op run per N under cProfile; its top functions go into the results")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--logs", type=Path, help="keep every pyinfra run's output and counts in this directory")
     args = parser.parse_args()

@@ -173,6 +173,7 @@ class TailnetConfig:
     The tailnet: headscale's public URL, MagicDNS domain, admins, policy additions, DNS target of private apps.
 
     + routes: ``{cidr: [tags of the nodes advertising it]}`` from hosts' ``tailscale_advertise_routes``
+    + pod_cidrs: the pod networks k3s routes through the tailnet itself (its "native" mode), else empty
     """
 
     headscale_url: str
@@ -182,6 +183,7 @@ class TailnetConfig:
     extra_grants: list[dict[str, Any]]
     ingress_address: str | None
     routes: dict[str, list[str]]
+    pod_cidrs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -243,7 +245,7 @@ class ClusterConfig:
         ports = [80, 443] + [app.tcp_port for app in self.apps if app.tcp_port is not None]
         return tailnet_policy(
             admins=self.tailnet.admins, ingress_ports=ports, routes=self.tailnet.routes,
-            extra_tags=self.tailnet.tags, extra_grants=self.tailnet.extra_grants,
+            extra_tags=self.tailnet.tags, extra_grants=self.tailnet.extra_grants, pod_cidrs=self.tailnet.pod_cidrs,
         )
 
     @property
@@ -950,6 +952,7 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
     return TailnetConfig(
         headscale_url=url, domain=base, admins=list(admins), tags=list(tags), extra_grants=list(grants),
         ingress_address=ingress, routes={cidr: sorted(t) for cidr, t in routes.items()},
+        pod_cidrs=_pod_cidrs(inventory) if _native_k3s_hosts(inventory) else [],
     )
 
 
@@ -1111,6 +1114,8 @@ def _check_node_baseline(inventory: Inventory, problems: _Problems) -> None:
 #
 
 K3S_DISABLE = ("coredns", "servicelb", "traefik", "local-storage", "metrics-server", "runtimes")
+K3S_TAILNET_MODES = ("manual", "native")
+DEFAULT_POD_CIDR = "10.42.0.0/16"  # k3s's cluster-cidr
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 _K8S_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
 _LABEL_KEY = rf"(([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)/)?{_K8S_NAME}"
@@ -1172,13 +1177,19 @@ def _k3s_checks() -> dict[str, Any]:
         "k3s_sha256": lambda v: [] if v is None or (isinstance(v, str) and _HEX64_RE.match(v))
         else [(f"{_show(v)} is not a sha256", "64 lower-case hex digits, or None to use the release checksums")],
         "k3s_token": lambda v: [],  # a secret: checked with the other secrets
+        "k3s_airgap_images": _check_bool,
         "k3s_tailnet_iface": lambda v: [] if isinstance(v, str) and _IFACE_RE.match(v)
         else [(f"{_show(v)} is not an interface name", "the tailnet interface, tailscale0")],
+        "k3s_tailnet_mode": lambda v: [] if v in K3S_TAILNET_MODES
+        else [(f"{_show(v)} is not a tailnet mode", "'manual' (node-ip and flannel-iface on tailscale0) or 'native' "
+               "(k3s's own vpn-auth tailscale integration)")],
         "k3s_cluster_init": _check_bool,
         "k3s_disable": lambda v: [] if isinstance(v, list | tuple) and all(x in K3S_DISABLE for x in v)
         else [(f"{_show(v)} is not a list of k3s components", f"a list of {', '.join(K3S_DISABLE)}")],
         "k3s_node_labels": str_list(_NODE_LABEL_RE, "key=value node labels, like disk=ssd"),
-        "k3s_node_taints": str_list(_NODE_TAINT_RE, f"key=value:Effect taints, Effect one of {TAINT_EFFECTS}"),
+        "k3s_node_taints": str_list(
+            _NODE_TAINT_RE, f"key=value:Effect taints, Effect one of {', '.join(TAINT_EFFECTS)}"
+        ),
         "k3s_etcd_snapshot_schedule": lambda v: [] if v is None or (isinstance(v, str) and _CRON_RE.match(v))
         else [(f"{_show(v)} is not a cron schedule", "five cron fields like '0 */6 * * *', or None for no snapshots")],
         "k3s_etcd_snapshot_retention": lambda v: _check_int_range(v, 1, 1000, "a number of snapshots, 1-1000"),
@@ -1192,6 +1203,49 @@ def _k3s_checks() -> dict[str, Any]:
         "k3s_kubeconfig": lambda v: [] if v is None or (isinstance(v, str) and v.strip())
         else [(_show(v) + " is not a path", "a path on the machine running pyinfra, or None to not fetch it")],
     }
+
+
+def _native_k3s_hosts(inventory: Inventory) -> list[Host]:
+    """k3s nodes in the "native" tailnet mode (k3s's own tailscale integration)."""
+    nodes = _group_hosts(inventory, K3S_SERVERS) + _group_hosts(inventory, K3S_AGENTS)
+    return [host for host in dict.fromkeys(nodes) if _lookup(inventory, host, "k3s_tailnet_mode")[1] == "native"]
+
+
+def _pod_cidrs(inventory: Inventory) -> list[str]:
+    """The cluster's IPv4 pod networks: ``cluster-cidr`` of the first server's k3s_extra_config, else k3s's."""
+    servers = _group_hosts(inventory, K3S_SERVERS)
+    extra = _lookup(inventory, servers[0], "k3s_extra_config")[1] if servers else None
+    value = extra.get("cluster-cidr", DEFAULT_POD_CIDR) if isinstance(extra, dict) else DEFAULT_POD_CIDR
+    cidrs = value if isinstance(value, list) else str(value).split(",")
+    return [cidr.strip() for cidr in cidrs if "." in str(cidr)]
+
+
+def _check_native_mode(inventory: Inventory, nodes: list[Host], problems: _Problems) -> None:
+    """The tailnet mode is one for the whole cluster (flannel's backend follows it); a "native" node leaves its
+    routes to k3s (its flannel runs ``tailscale set --advertise-routes=<pod subnet>``) and uses tailscale0."""
+    modes = {host.name: _lookup(inventory, host, "k3s_tailnet_mode")[1] for host in nodes}
+    modes = {name: K3S_DEFAULTS["k3s_tailnet_mode"] if mode is _MISSING else mode for name, mode in modes.items()}
+    if len(set(map(str, modes.values()))) > 1:
+        shown = ", ".join(f"{name}={mode}" for name, mode in modes.items())
+        problems.add(f"{K3S_SERVERS}.k3s_tailnet_mode", f"differs between k3s nodes ({shown})",
+                     "one mode for every k3s node: flannel's backend follows it, cluster-wide")
+    found: dict[str, tuple[str, str]] = {}  # one problem per place a key is set, not per host
+    for host in _native_k3s_hosts(inventory):
+        source, routes = _lookup(inventory, host, "tailscale_advertise_routes")
+        if routes not in (_MISSING, None, []):
+            found[f"{source}.tailscale_advertise_routes"] = (
+                "is set on nodes with k3s_tailnet_mode 'native'",
+                "no routes on native-mode nodes (k3s replaces them with the pod subnet), or mode 'manual'")
+        if EXIT_NODES in host.groups:
+            found[f"{host.name}.k3s_tailnet_mode"] = (
+                "'native' on an exit node", "'manual' (k3s's flannel would replace the exit-node routes)")
+        source, iface = _lookup(inventory, host, "k3s_tailnet_iface")
+        if iface not in (_MISSING, "tailscale0"):
+            found[f"{source}.k3s_tailnet_iface"] = (
+                f"{_show(iface)} with k3s_tailnet_mode 'native'",
+                "tailscale0 (k3s's tailscale integration uses that interface)")
+    for key, (problem, expected) in found.items():
+        problems.add(key, problem, expected)
 
 
 def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool, cwd: str | None) -> None:
@@ -1211,6 +1265,7 @@ def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool,
                     problems.add(f"{host.name}.{key}", "is missing while k3s_etcd_s3 is set",
                                  f'{_REFERENCE_SHAPES}, for the S3 bucket\'s key')
     nodes = servers + [h for h in _group_hosts(inventory, K3S_AGENTS) if h not in servers]
+    _check_native_mode(inventory, nodes, problems)
     if servers and _lookup(inventory, servers[0], "k3s_state")[1] == "absent":
         staying = [h.name for h in nodes[1:] if _lookup(inventory, h, "k3s_state")[1] != "absent"]
         if staying:

@@ -66,6 +66,7 @@ def tailnet_policy(
     routes: dict[str, list[str]],
     extra_tags: list[str] | None = None,
     extra_grants: list[dict] | None = None,
+    pod_cidrs: list[str] | None = None,
 ) -> dict[str, Any]:
     """
     The tailnet's policy: k3s nodes reach each other; the entrance reaches k3s nodes only on the ingress ports;
@@ -75,6 +76,8 @@ def tailnet_policy(
     + admins: headscale user names of the admins
     + ingress_ports: TCP ports the entrance may open on k3s nodes (80, 443 and the raw TCP apps)
     + routes: ``{cidr: [tags of the nodes that advertise it]}``
+    + pod_cidrs: pod networks the k3s nodes route through the tailnet ("native" k3s mode): k3s nodes may
+      advertise them (approved automatically) and reach them
     """
     owners = ["group:admins"]
     tags = sorted(set(BUILTIN_TAGS) | set(extra_tags or []))
@@ -83,12 +86,18 @@ def tailnet_policy(
         "tagOwners": {tag: owners for tag in tags},
         "grants": [
             {"src": ["tag:k3s"], "dst": ["tag:k3s"], "ip": ["*"]},
+            *([{"src": ["tag:k3s"], "dst": sorted(pod_cidrs), "ip": ["*"]}] if pod_cidrs else []),
             {"src": ["tag:entrance"], "dst": ["tag:k3s"], "ip": [f"tcp:{port}" for port in sorted(ingress_ports)]},
             {"src": ["group:admins"], "dst": ["*"], "ip": ["*"]},
             {"src": ["autogroup:member", "autogroup:tagged"], "dst": ["autogroup:internet"], "ip": ["*"]},
             *(extra_grants or []),
         ],
-        "autoApprovers": {"exitNode": ["tag:exit"], "routes": {cidr: sorted(t) for cidr, t in sorted(routes.items())}},
+        "autoApprovers": {
+            "exitNode": ["tag:exit"],
+            "routes": {
+                cidr: sorted(t) for cidr, t in sorted({**routes, **{c: ["tag:k3s"] for c in pod_cidrs or []}}.items())
+            },
+        },
     }
     return policy
 

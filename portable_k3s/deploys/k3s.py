@@ -7,22 +7,28 @@ from urllib.parse import quote
 
 from pyinfra import host
 from pyinfra.api import Host, deploy
+from pyinfra.api.exceptions import DeployError
 from pyinfra.facts.server import Arch
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
-from ..operations import files, k3s, services
+from ..operations import files, k3s, release, services
 from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 from .base import default_hostname
+from .headscale import host_tags
 
 K3S_DEFAULTS: dict[str, Any] = {
     "k3s_download_url": "https://github.com/k3s-io/k3s/releases/download",
     "k3s_sha256": None,  # pin the binary's sha256 instead of trusting the release's sha256sum-<arch>.txt
+    "k3s_airgap_images": False,  # True: also the release's system images tarball (verified), so k3s pulls none
     "k3s_token": None,  # {"env": "NAME"} or {"file": "PATH"}; None: the first server makes one, the rest copy it
     "k3s_tailnet_iface": "tailscale0",
+    # "manual": node-ip / flannel-iface on the tailnet, set by this deploy; "native": k3s's own tailscale
+    # integration (vpn-auth-file with a headscale key; k3s routes pod subnets through tailscale itself)
+    "k3s_tailnet_mode": "manual",
     "k3s_cluster_init": True,  # embedded etcd on the first server (snapshots; more servers can join later)
     "k3s_disable": ["servicelb"],  # MetalLB gives LoadBalancer addresses instead of k3s's ServiceLB
     "k3s_node_labels": [],  # "key=value"
@@ -39,14 +45,25 @@ K3S_DEFAULTS: dict[str, Any] = {
 }
 
 UNIT_DIR = "/etc/systemd/system"
+AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"  # k3s imports the image tarballs found here when it starts
+
+
+def _arch(machine: str) -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
 
 
 def release_urls(base: str, version: str, machine: str) -> tuple[str, str]:
     """The k3s binary's URL and its checksum list's URL for ``version`` on ``machine`` (``uname -m``)."""
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
+    arch = _arch(machine)
     name = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}[arch]
     folder = f"{base.rstrip('/')}/{quote(version, safe='')}"
     return f"{folder}/{name}", f"{folder}/sha256sum-{arch}.txt"
+
+
+def airgap_images(base: str, version: str, machine: str) -> tuple[str, str]:
+    """The URL of the release's system images tarball and where k3s imports it from at start."""
+    name = f"k3s-airgap-images-{_arch(machine)}.tar.zst"
+    return f"{base.rstrip('/')}/{quote(version, safe='')}/{name}", f"{AIRGAP_DIR}/{name}"
 
 
 def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
@@ -80,7 +97,7 @@ def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
     return settings
 
 
-def _k3s_node(role: str, first_server: Host) -> None:
+def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> None:
     from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
 
     data = host.data
@@ -92,10 +109,18 @@ def _k3s_node(role: str, first_server: Host) -> None:
     version = (data.get("versions") or {}).get("k3s", VERSIONS["k3s"])
     version = version if version.startswith("v") else f"v{version}"
     node_name = data.get("hostname") or default_hostname(host.name)
-    url, sums = release_urls(data.k3s_download_url, version, shared_fact(host, Arch, static=True))
+    machine = shared_fact(host, Arch, static=True)
+    url, sums = release_urls(data.k3s_download_url, version, machine)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
-    managed = (k3s.CONFIG, k3s.TOKEN, unit_path)  # their states are read in one command
+    managed = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # their states are read in one command
 
+    images = None
+    if data.k3s_airgap_images:  # before the binary: an upgrade's restart then imports the new images
+        images_url, images_path = airgap_images(data.k3s_download_url, version, machine)
+        images = release.installed(
+            name=f"{label} airgap images", component="k3s-airgap-images", version=version, url=images_url,
+            checksum_url=sums, files={"": images_path},
+        )
     k3s.binary(
         name=f"{label} binary", version=version, url=url, checksum_url=None if data.k3s_sha256 else sums,
         sha256=data.k3s_sha256, node_name=node_name, role=role, via=first_server,
@@ -113,10 +138,18 @@ def _k3s_node(role: str, first_server: Host) -> None:
         token = k3s.token(
             name=f"{label} cluster token", source=first_server, source_path=k3s.SERVER_TOKEN, batch=managed
         )
+    native = data.k3s_tailnet_mode == "native"
+    if native and headscale_host is None:
+        raise DeployError("k3s_tailnet_mode 'native' needs headscale_host: k3s joins with a key minted there")
+    vpn_auth = k3s.vpn_auth(
+        name=f"{label}: k3s's own tailnet join settings (native mode)", present=native,
+        login_server=data.get("headscale_url") or "", headscale_host=headscale_host,
+        tags=host_tags(set(host.groups), list(data.get("tailscale_tags") or [])), batch=managed,
+    )
     config = k3s.config(
         name=f"{label} config", role=role, node_name=node_name, settings=node_settings(data, role, first),
         join=None if first else first_server, tailnet_domain=data.get("tailnet_domain"),
-        iface=data.k3s_tailnet_iface, batch=managed,
+        iface=data.k3s_tailnet_iface, mode=data.k3s_tailnet_mode, batch=managed,
     )
     unit = files.content(
         name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed
@@ -125,7 +158,7 @@ def _k3s_node(role: str, first_server: Host) -> None:
     # A fresh node starts here; a changed one restarts (an upgrade restarts in the binary operation, before this).
     systemd.service(
         name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role), restarted=True,
-        _if=any_changed(config, token, unit),
+        _if=any_changed(config, token, unit, vpn_auth, *([images] if images else [])),
     )
     services.running(name=f"{label}: run", service=k3s.unit_name(role))
     if first and data.k3s_kubeconfig:
@@ -133,7 +166,7 @@ def _k3s_node(role: str, first_server: Host) -> None:
 
 
 @deploy("k3s", data_defaults=K3S_DEFAULTS)
-def k3s_node(first_server: Host) -> None:
+def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
     """
     k3s on a node of ``k3s_servers`` (a server) or ``k3s_agents`` (an agent), talking to the cluster over the
     tailnet. ``first_server`` starts the cluster (embedded etcd with ``k3s_cluster_init``); the other servers
@@ -141,12 +174,14 @@ def k3s_node(first_server: Host) -> None:
     server's token; an upgrade goes servers first), so call this once for all k3s nodes, from one place.
 
     Data keys (defaults in ``K3S_DEFAULTS``): ``k3s_token``, ``k3s_download_url``, ``k3s_sha256``,
-    ``k3s_tailnet_iface``, ``k3s_cluster_init``, ``k3s_disable``, ``k3s_node_labels``, ``k3s_node_taints``,
-    ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``, ``k3s_etcd_s3`` (+ ``s3_access_key``,
-    ``s3_secret_key``), ``k3s_extra_config``, ``k3s_drain_timeout``, ``k3s_ready_timeout``, ``k3s_kubeconfig``,
-    ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``, ``hostname``, ``tailnet_domain``, ``versions["k3s"]``.
+    ``k3s_airgap_images``, ``k3s_tailnet_iface``, ``k3s_tailnet_mode``, ``k3s_cluster_init``, ``k3s_disable``,
+    ``k3s_node_labels``, ``k3s_node_taints``, ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``,
+    ``k3s_etcd_s3`` (+ ``s3_access_key``, ``s3_secret_key``), ``k3s_extra_config``, ``k3s_drain_timeout``,
+    ``k3s_ready_timeout``, ``k3s_kubeconfig``, ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``,
+    ``hostname``, ``tailnet_domain``, ``headscale_url`` (native mode), ``versions["k3s"]``.
 
     + first_server: the inventory host that starts the cluster (the first of ``k3s_servers``)
+    + headscale_host: the inventory host running headscale (needed by the ``native`` tailnet mode only)
 
     .. code:: python
 
@@ -155,9 +190,9 @@ def k3s_node(first_server: Host) -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     server = "k3s_servers" in host.groups
     if server:
-        _k3s_node("server", first_server)
+        _k3s_node("server", first_server, headscale_host)
     # One operation for every k3s node: pyinfra orders each host's operations, and this one sits after the
     # servers' and before the agents', so all servers are done before any agent starts.
     k3s.servers_first(name="Servers before agents")
     if not server:
-        _k3s_node("agent", first_server)
+        _k3s_node("agent", first_server, headscale_host)

@@ -19,6 +19,8 @@ from ..versions import VERSIONS
 from .base import default_hostname
 from .headscale import host_tags
 
+K3S_GROUPS = {"k3s_servers", "k3s_agents"}
+
 TAILSCALE_DEFAULTS: dict[str, Any] = {
     "tailscale_install": "apt",  # or "static": the official static tarball
     "tailscale_download_url": "https://pkgs.tailscale.com/stable",
@@ -101,4 +103,5 @@ def tailscale_node(headscale_host: Host) -> None:
         accept_routes=data.tailscale_accept_routes,
         exit_node="exit_nodes" in host.groups,
         routes=list(data.tailscale_advertise_routes),
+        routes_by_k3s=bool(set(host.groups) & K3S_GROUPS) and data.get("k3s_tailnet_mode") == "native",
     )

@@ -64,7 +64,8 @@ class K3sNodes(FactBase[list[K3sNodeInfo]]):
 # What k3s leaves on a node: the deploy's own files, k3s's data and runtime directories, CNI interfaces.
 K3S_FILES = (
     "/etc/systemd/system/k3s.service", "/etc/systemd/system/k3s-agent.service", "/usr/local/bin/k3s",
-    "/etc/rancher/k3s/config.yaml", "/etc/rancher/k3s/token", "/var/lib/portable-k3s/releases/k3s",
+    "/etc/rancher/k3s/config.yaml", "/etc/rancher/k3s/token", "/etc/rancher/k3s/vpn-auth",
+    "/var/lib/portable-k3s/releases/k3s",
 )
 K3S_DATA = ("/etc/rancher", "/var/lib/rancher", "/var/lib/kubelet", "/run/k3s", "/run/flannel", "/var/lib/cni")
 CNI_INTERFACES = ("cni0", "flannel.1", "flannel-v6.1", "flannel-wg", "kube-ipvs0")

@@ -159,7 +159,8 @@ def build_k3s_standin(version: str, cache_dir: str) -> Path:
 
 
 def publish_k3s_standin(version: str, cache_dir: str, artifact_dir: Path, sha256: str | None = None) -> Path:
-    """Lay out the K3S STAND-IN as k3s's release files: ``{V}/k3s`` and ``{V}/sha256sum-{arch}.txt``
+    """Lay out the K3S STAND-IN as k3s's release files: ``{V}/k3s``, ``{V}/sha256sum-{arch}.txt`` and a
+    placeholder ``{V}/k3s-airgap-images-{arch}.tar.zst``
     (``sha256`` replaces the real checksum, to publish a release whose checksum does not match)."""
     data = build_k3s_standin(version, cache_dir).read_bytes()
     arch = go_arch()
@@ -167,7 +168,12 @@ def publish_k3s_standin(version: str, cache_dir: str, artifact_dir: Path, sha256
     dest = artifact_dir / K3S_PATH / version
     dest.mkdir(parents=True, exist_ok=True)
     (dest / name).write_bytes(data)
-    (dest / f"sha256sum-{arch}.txt").write_text(f"{sha256 or _sha256(data)}  {name}\n")
+    # Where k3s publishes its system images: a placeholder here (the stand-in runs no containers).
+    images = f"lab placeholder for k3s-airgap-images-{arch}.tar.zst of {version}: not container images\n".encode()
+    (dest / f"k3s-airgap-images-{arch}.tar.zst").write_bytes(images)
+    (dest / f"sha256sum-{arch}.txt").write_text(
+        f"{sha256 or _sha256(data)}  {name}\n{_sha256(images)}  k3s-airgap-images-{arch}.tar.zst\n"
+    )
     return dest / name
 
 

@@ -76,6 +76,32 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
     return HiddenValue(key)
 
 
+def expire_preauth_key(headscale_host: Host, key: HiddenValue) -> bool:
+    """Expire ``key`` on ``headscale_host`` (found by the prefix ``headscale preauthkeys list`` shows of it);
+    False when headscale does not list it. Nothing of the key is printed."""
+    with gate(headscale_host):
+        ok, output = headscale_host.run_shell_command(
+            "headscale preauthkeys list -o json", print_output=False, print_input=False,
+            **escalation(headscale_host),
+        )
+    if not ok:
+        raise OperationError(f"listing pre-auth keys on {headscale_host.name} failed: {output.stderr[-500:]}")
+    secret = key.unmask()
+    listed = json.loads(output.stdout or "[]") or []
+    match = next((k for k in listed if str(k.get("key", "")).rstrip("*") and
+                  secret.startswith(str(k["key"]).rstrip("*"))), None)
+    if match is None:
+        return False
+    with gate(headscale_host):
+        ok, output = headscale_host.run_shell_command(
+            StringCommand("headscale preauthkeys expire --id", str(int(match["id"]))), print_output=False,
+            **escalation(headscale_host),
+        )
+    if not ok:
+        raise OperationError(f"expiring a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
+    return True
+
+
 def records_text(names: list[str], address: str) -> str:
     """The extra-records JSON headscale reads: every name an A record to ``address``."""
     records = [{"name": name, "type": "A", "value": address} for name in sorted(names)]

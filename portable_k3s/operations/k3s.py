@@ -28,16 +28,19 @@ from ..facts.release import InstalledRelease
 from ..facts.tailscale import Tailscale
 from ..render import render
 from . import files, release
+from .headscale import expire_preauth_key, mint_preauth_key
 from .util import escalation, forget, gate, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
 TOKEN = "/etc/rancher/k3s/token"  # noqa: S105 - a path: the cluster token every node starts with
+VPN_AUTH = "/etc/rancher/k3s/vpn-auth"  # the "native" tailnet mode's join settings (holds a pre-auth key)
 SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"  # noqa: S105 - a path: K10<CA hash>::server:<token>
 BINARY = "/usr/local/bin/k3s"
 KUBECTL = "k3s kubectl"
 SUPERVISOR_PORT = 6443
 ROLES = ("server", "agent")
+MODES = ("manual", "native")
 # Keys the deploy sets itself; k3s_extra_config may not override them.
 MANAGED_KEYS = frozenset(
     {"node-name", "node-ip", "advertise-address", "flannel-iface", "tls-san", "server", "token", "token-file",
@@ -50,10 +53,30 @@ def unit_name(role: str) -> str:
     return "k3s.service" if role == "server" else "k3s-agent.service"
 
 
-def config_text(settings: dict[str, Any], iface: str = "tailscale0") -> str:
+def config_text(settings: dict[str, Any], iface: str = "tailscale0", mode: str = "manual") -> str:
     """``/etc/rancher/k3s/config.yaml`` for ``settings`` (keys in k3s's flag names, without ``--``)."""
     body = yaml.safe_dump(settings, default_flow_style=False, sort_keys=True).rstrip("\n")
-    return render("k3s/config.yaml.j2", mode="manual", iface=iface, settings=body)
+    return render("k3s/config.yaml.j2", mode=mode, iface=iface, settings=body)
+
+
+def vpn_auth_text(key: str, login_server: str) -> str:
+    """The ``vpn-auth-file`` k3s reads in the "native" tailnet mode."""
+    return f"name=tailscale,joinKey={key},controlServerURL={login_server}"
+
+
+def put_secret(host: Host, path: str, text: str, sudo: dict[str, Any]) -> None:
+    """Write ``text`` to ``path`` (0600, staged then moved into place) from inside a ``FunctionCommand``,
+    printing neither the command's input nor its output."""
+    staged = f"{path}.portable-k3s-new"
+    ok, _ = host.run_shell_command(
+        StringCommand("install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& install -m 0600 /dev/null",
+                      QuoteString(staged)), **sudo,
+    )
+    if not ok or not host.put_file(StringIO(text), staged, print_output=False, print_input=False, **sudo):
+        raise OSError(f"writing {staged} on {host.name} failed")
+    ok, out = host.run_shell_command(StringCommand("mv -f", QuoteString(staged), QuoteString(path)), **sudo)
+    if not ok:
+        raise OSError(f"installing {path} on {host.name} failed: {out.stderr[-300:]}")
 
 
 @operation()
@@ -64,6 +87,7 @@ def config(
     join: Host | None = None,
     tailnet_domain: str | None = None,
     iface: str = "tailscale0",
+    mode: str = "manual",
     path: str = CONFIG,
     batch: tuple[str, ...] | None = None,
 ):
@@ -71,7 +95,9 @@ def config(
     Write k3s's ``config.yaml`` (0600) for a node that talks to the cluster over the tailnet: ``node-ip`` (and
     on a server ``advertise-address`` and ``tls-san``) is the node's tailnet IPv4, read from tailscale on the
     node; ``flannel-iface`` is the tailnet interface, so flannel's VXLAN MTU is its MTU minus 50 (1230 on
-    tailscale's 1280); a joining node's ``server`` is the ``join`` host's tailnet IPv4.
+    tailscale's 1280); a joining node's ``server`` is the ``join`` host's tailnet IPv4. In the ``native``
+    mode k3s finds its addresses through tailscale itself (``vpn-auth-file``, see ``vpn_auth``): no node-ip,
+    advertise-address or flannel-iface then.
 
     + role: ``server`` or ``agent``
     + node_name: the node's name in k3s (its tailnet host name)
@@ -79,6 +105,7 @@ def config(
     + join: the server this node joins (None for the first server)
     + tailnet_domain: the MagicDNS domain (a server's ``tls-san`` gets ``<node_name>.<tailnet_domain>``)
     + iface: the tailnet interface
+    + mode: ``manual`` (the addresses above) or ``native`` (k3s's own tailscale integration)
     + path: where k3s reads its config
     + batch: all files of the component, read in one remote command (see ``files.content``)
 
@@ -92,6 +119,8 @@ def config(
         raise OperationValueError(f"role: {role!r} (expected 'server' or 'agent')")
     if role == "agent" and join is None:
         raise OperationValueError("join: an agent needs the server it joins")
+    if mode not in MODES:
+        raise OperationValueError(f"mode: {mode!r} (expected 'manual' or 'native')")
     clash = sorted(MANAGED_KEYS & set(settings))
     if clash:
         raise OperationValueError(f"settings: {', '.join(clash)} are set from the tailnet, not by settings")
@@ -103,20 +132,84 @@ def config(
             host.noop(f"{path}: written once {' and '.join(missing)} has a tailnet address")
             return
         raise OperationError(f"{' and '.join(missing)} has no tailnet IPv4: join the tailnet before k3s")
-    full: dict[str, Any] = {
-        **settings,
-        "node-name": node_name,
-        "node-ip": ipv4,
-        "flannel-iface": iface,
-        "token-file": TOKEN,
-    }
+    full: dict[str, Any] = {**settings, "node-name": node_name, "token-file": TOKEN}
+    if mode == "native":
+        full["vpn-auth-file"] = VPN_AUTH
+    else:
+        full.update({"node-ip": ipv4, "flannel-iface": iface})
     if server_ipv4:
         full["server"] = f"https://{server_ipv4}:{SUPERVISOR_PORT}"
     if role == "server":
-        full["advertise-address"] = ipv4
+        if mode == "manual":
+            full["advertise-address"] = ipv4
         full["tls-san"] = [ipv4, node_name, *([f"{node_name}.{tailnet_domain}"] if tailnet_domain else [])]
         full["write-kubeconfig-mode"] = "0600"
-    yield from files.content._inner(path=path, text=config_text(full, iface), mode="0600", batch=batch)
+    yield from files.content._inner(path=path, text=config_text(full, iface, mode), mode="0600", batch=batch)
+
+
+@operation()
+def vpn_auth(
+    login_server: str,
+    headscale_host: Host | None,
+    tags: list[str],
+    present: bool = True,
+    path: str = VPN_AUTH,
+    batch: tuple[str, ...] | None = None,
+):
+    """
+    Give k3s its ``vpn-auth-file`` (0600) for the "native" tailnet mode: ``name=tailscale``, the headscale URL
+    and a pre-auth key minted for it on the headscale host at execution (single use, short-lived, tagged; never
+    printed, never in this deploy's argv). A node that has the file keeps it. k3s uses the key only when
+    tailscale is not running as it starts: it then runs ``tailscale up --reset --authkey <key>`` itself, with
+    the key on that command line (k3s's behaviour, see the README).
+
+    + login_server: the headscale URL
+    + headscale_host: the inventory host running headscale
+    + tags: the tags of the minted key (``tag:NAME``)
+    + present: False removes the file and expires its key on headscale (the "manual" mode has no use for it)
+    + path: the file named by ``vpn-auth-file`` in config.yaml
+    + batch: all files of the component, read in one remote command (see ``files.content``)
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.vpn_auth(name="k3s tailnet join", login_server="https://headscale.example.org",
+                     headscale_host=cloud, tags=["tag:k3s"])
+    """
+    if present and (not tags or not all(t.startswith("tag:") for t in tags)):
+        raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
+    current = shared_fact(host, FileStates, paths=tuple(batch or (path,))).get(path)
+    sudo = escalation(host, use_current_op=True)
+    if not present:
+        if current is None:
+            host.noop(f"{path} does not exist")
+            return
+        forget(host, FileStates)
+
+        def retire_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+            ok, output = host.run_shell_command(
+                StringCommand("cat", QuoteString(path)), print_output=False, print_input=False, **sudo
+            )
+            found = re.search(r"joinKey=([^,\s]+)", output.stdout if ok else "")
+            if found and headscale_host is not None:
+                expire_preauth_key(headscale_host, HiddenValue(found.group(1)))
+
+        yield FunctionCommand(retire_vpn_auth, (), {})
+        yield StringCommand("rm -f", QuoteString(path))
+        return
+    if current is not None and current["mode"] == "600":
+        host.noop(f"{path} holds k3s's tailnet join settings")
+        return
+    if headscale_host is None:
+        raise OperationValueError("headscale_host: needed to mint the join key")
+    forget(host, FileStates)
+
+    def write_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        key = mint_preauth_key(headscale_host, tags)
+        put_secret(host, path, vpn_auth_text(key.unmask(), login_server), sudo)
+
+    yield FunctionCommand(write_vpn_auth, (), {})
 
 
 @operation()
@@ -180,17 +273,7 @@ def token(
             )
         if not ok or not output.stdout.strip():
             raise OperationError(f"reading {source_path} on {source.name} failed")
-        staged = f"{path}.portable-k3s-new"
-        ok, _ = host.run_shell_command(
-            StringCommand("install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& install -m 0600 /dev/null",
-                          QuoteString(staged)), **sudo,
-        )
-        text = StringIO(output.stdout.strip() + "\n")
-        if not ok or not host.put_file(text, staged, print_output=False, print_input=False, **sudo):
-            raise OSError(f"writing {staged} on {host.name} failed")
-        ok, out = host.run_shell_command(StringCommand("mv -f", QuoteString(staged), QuoteString(path)), **sudo)
-        if not ok:
-            raise OSError(f"installing {path} on {host.name} failed: {out.stderr[-300:]}")
+        put_secret(host, path, output.stdout.strip() + "\n", sudo)
 
     yield FunctionCommand(copy_token, (), {})
 

@@ -22,25 +22,28 @@ AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
 
 
 def wanted_prefs(
-    login_server: str, hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool, routes: list[str]
+    login_server: str, hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool, routes: list[str],
+    routes_by_k3s: bool = False,
 ) -> dict[str, Any]:
-    """The ``tailscale debug prefs`` values a node joined with these settings has."""
+    """The ``tailscale debug prefs`` values a node joined with these settings has (without the route ones when
+    k3s manages them)."""
     advertised = sorted(routes + (["0.0.0.0/0", "::/0"] if exit_node else []))
-    return {
-        "ControlURL": login_server, "Hostname": hostname, "CorpDNS": accept_dns, "RouteAll": accept_routes,
-        "AdvertiseRoutes": advertised,
-    }
+    prefs = {"ControlURL": login_server, "Hostname": hostname, "CorpDNS": accept_dns}
+    if not routes_by_k3s:
+        prefs.update({"RouteAll": accept_routes, "AdvertiseRoutes": advertised})
+    return prefs
 
 
 def _settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool,
-                    routes: list[str]) -> list[str]:
-    return [
-        f"--hostname={hostname}",
-        f"--accept-dns={str(accept_dns).lower()}",
-        f"--accept-routes={str(accept_routes).lower()}",
-        f"--advertise-exit-node={str(exit_node).lower()}",
-        f"--advertise-routes={','.join(routes)}",
-    ]
+                    routes: list[str], routes_by_k3s: bool = False) -> list[str]:
+    flags = [f"--hostname={hostname}", f"--accept-dns={str(accept_dns).lower()}"]
+    if not routes_by_k3s:
+        flags += [
+            f"--accept-routes={str(accept_routes).lower()}",
+            f"--advertise-exit-node={str(exit_node).lower()}",
+            f"--advertise-routes={','.join(routes)}",
+        ]
+    return flags
 
 
 @operation()
@@ -53,6 +56,7 @@ def joined(
     accept_routes: bool = False,
     exit_node: bool = False,
     routes: list[str] | None = None,
+    routes_by_k3s: bool = False,
 ):
     """
     Join this node to the headscale tailnet, or bring it back in line.
@@ -71,6 +75,8 @@ def joined(
     + accept_routes: accept subnet routes advertised by other nodes
     + exit_node: offer this node as an exit node
     + routes: subnets this node advertises
+    + routes_by_k3s: leave accept-routes and the advertised routes to k3s (its "native" tailnet mode advertises
+      the node's pod subnet itself); ``accept_routes``, ``exit_node`` and ``routes`` are then not applied
 
     **Example:**
 
@@ -87,15 +93,16 @@ def joined(
     info = shared_fact(host, Tailscale)  # later operations (k3s's config) read the same answer
     server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
     known_keys = {node["node_key"] for node in server["nodes"]}
-    flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes)
-    wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes)
+    flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
+    wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
     # "Starting": logged in, waiting for a relay or a peer (e.g. right after a reboot that also restarted
     # headscale): still this tailnet's node. A re-join would not help it and would cost it its node key.
     joined_here = info["backend_state"] in ("Running", "Starting") and info["prefs"].get("ControlURL") == login_server
     known = info["node_key"] in known_keys if server["running"] else True
     if joined_here and known:
         current = {key: info["prefs"].get(key) for key in wanted}
-        current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
+        if "AdvertiseRoutes" in wanted:
+            current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
         node = next((n for n in server["nodes"] if n["node_key"] == info["node_key"]), None)
         retag = node is not None and node["tags"] != sorted(set(tags))
         if current == wanted and not retag:

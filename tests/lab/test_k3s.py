@@ -13,15 +13,17 @@ marked as needing real k3s.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from portable_k3s.lab.artifacts import publish_k3s_standin
+from portable_k3s.lab.artifacts import K3S_PATH, publish_k3s_standin
 from portable_k3s.versions import VERSIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,6 +166,24 @@ def test_a_version_bump_upgrades_one_node_at_a_time_servers_first(lab, pyinfra, 
     assert all(n["status"]["nodeInfo"]["kubeletVersion"] == VERSIONS["k3s"] for n in _kubectl_nodes(lab).values())
 
 
+def test_airgap_images_are_verified_installed_once_and_imported_by_a_restart(lab, pyinfra, converged):
+    """k3s_airgap_images on h4: the release's images tarball (a lab placeholder file next to the stand-in,
+    listed in the same sha256sum file) lands where k3s imports images at start, and k3s restarts once."""
+    release = lab.artifact_dir / K3S_PATH / VERSIONS["k3s"]
+    tarball = next(release.glob("k3s-airgap-images-*.tar.zst"))
+    run = pyinfra("--data", "k3s_airgap_images=true", "--limit", "h4")
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.changed() == {
+        "k3s | Agent airgap images": ["h4"],
+        "k3s | Agent: restart after a config, token or unit change": ["h4"],
+    }, run.changed()
+    path = f"/var/lib/rancher/k3s/agent/images/{tarball.name}"
+    remote_sha = lab.ssh("h4", f"sha256sum {path}").stdout.split()[0]
+    assert remote_sha == hashlib.sha256(tarball.read_bytes()).hexdigest()
+    again = pyinfra("--data", "k3s_airgap_images=true", "--limit", "h4")
+    assert again.returncode == 0 and again.changed() == {}, again.changed()
+
+
 def test_uninstall_leaves_nothing_and_a_normal_run_reinstalls(lab, lab_env, converged):
     """k3s_state = "absent" with k3s_remove_data on h4: its unit, binary, config, token and data go; a second
     such run changes nothing; the next normal run installs it again and it rejoins."""
@@ -221,3 +241,54 @@ def test_no_k3s_process_argv_holds_the_token(lab, converged):
             capture_output=True, text=True,
         ).stdout
         assert passphrase not in argv, name
+
+
+def test_native_tailnet_mode_gives_k3s_its_own_join_key_and_back(lab, pyinfra, converged):
+    """k3s_tailnet_mode "native": every k3s node gets a vpn-auth-file (0600) with a key minted on headscale,
+    config.yaml names it instead of node-ip/flannel-iface, headscale approves and allows the pod network; the
+    key is in no output; a second run changes nothing; back to "manual", the key file is removed. The k3s here
+    is the STAND-IN: it reads vpn-auth-file like k3s does (tailscale up only when tailscale is not running) and
+    reports tailscale's IPv4; flannel's route advertisement is what only a real k3s does."""
+    native = ("--data", "k3s_tailnet_mode=native")
+    run = pyinfra("-vvv", "--diff", *native)
+    assert run.returncode == 0, run.stderr[-4000:]
+    changed = run.changed()
+    assert changed["k3s | Server: k3s's own tailnet join settings (native mode)"] == ["h2"], changed
+    assert changed["k3s | Agent: k3s's own tailnet join settings (native mode)"] == ["h3", "h4"], changed
+    assert changed["k3s | Agent: restart after a config, token or unit change"] == ["h3", "h4"], changed
+    ips = _tailnet_ips(lab)
+    headscale_url = json.loads(lab.ssh("h2", "tailscale debug prefs").stdout)["ControlURL"]
+    output = run.stdout + run.stderr
+    join_keys = []
+    for name in NODES:
+        assert lab.ssh(name, "stat -c %a /etc/rancher/k3s/vpn-auth").stdout.strip() == "600", name
+        auth = lab.ssh(name, "cat /etc/rancher/k3s/vpn-auth").stdout.strip()
+        match = re.fullmatch(r"name=tailscale,joinKey=([^,]+),controlServerURL=(\S+)", auth)
+        assert match and match.group(2) == headscale_url, (name, auth)
+        assert match.group(1) not in output, f"{name}'s join key was printed"
+        join_keys.append(match.group(1))
+        config = _config(lab, name)
+        assert config["vpn-auth-file"] == "/etc/rancher/k3s/vpn-auth"
+        assert "node-ip" not in config and "flannel-iface" not in config, config
+    policy = lab.ssh("h1", "cat /etc/headscale/policy.hujson").stdout
+    assert '"10.42.0.0/16"' in policy, policy
+    nodes = _wait_ready(lab, NODES, VERSIONS["k3s"])
+    for name, node in nodes.items():  # the stand-in took its address from tailscale, as k3s does
+        assert node["status"]["addresses"] == [{"type": "InternalIP", "address": ips[name]}], name
+
+    again = pyinfra(*native)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == {}, again.changed()
+
+    back = pyinfra()
+    assert back.returncode == 0, back.stderr[-4000:]
+    for name in NODES:
+        assert lab.ssh(name, "test -e /etc/rancher/k3s/vpn-auth", check=False).returncode != 0, name
+        assert _config(lab, name)["node-ip"] == ips[name]
+    assert '"10.42.0.0/16"' not in lab.ssh("h1", "cat /etc/headscale/policy.hujson").stdout
+    # The removed files' keys were never used: they are expired on headscale, not left valid.
+    listed = json.loads(lab.ssh("h1", "headscale preauthkeys list -o json").stdout or "[]")
+    now = time.time()
+    for secret in join_keys:
+        (key,) = [k for k in listed if secret.startswith(k["key"].rstrip("*"))]
+        assert key["expiration"]["seconds"] <= now, key

@@ -4,6 +4,7 @@ against mocked connections. Also the config model's k3s keys and the deploy's pu
 
 from __future__ import annotations
 
+import json
 from io import StringIO
 from typing import Any
 from unittest import mock
@@ -18,11 +19,13 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.operations import parse_commands
 from pyinfra_testing.util import FakeState
 
-from portable_k3s.deploys.k3s import node_settings, release_urls
+from portable_k3s.config import validate_inventory
+from portable_k3s.deploys.k3s import airgap_images, node_settings, release_urls
 from portable_k3s.operations import k3s
 from tests.callbacks import named_host as _host
 from tests.callbacks import output as _output
 from tests.callbacks import raw as _raw
+from tests.unit.test_config import good_data, good_groups, make_inventory, problems_of, with_data, with_host
 
 VERSION = "v1.35.3+k3s1"
 OLD = "v1.34.6+k3s1"
@@ -132,6 +135,94 @@ def test_token_copy_stops_when_the_server_has_none() -> None:
     assert raised.value.args[0] == (
         f"master has no {k3s.SERVER_TOKEN}: the first server must be up before others join"
     )
+
+
+# k3s.vpn_auth: the "native" tailnet mode's join settings, with a key minted on the headscale host
+
+
+PREAUTH_KEY = "hskey-auth-" + "k" * 40
+
+
+def _plan_vpn_auth(mine: dict | None) -> tuple[Any, Any, Any, list]:
+    state = FakeState()
+    state.is_executing = True
+    cloud = _host(state, "cloud", {})
+    node = _host(state, "t420", {"files.FileStates": {f"paths=('{k3s.VPN_AUTH}',)": {k3s.VPN_AUTH: mine}}})
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.vpn_auth._inner(
+            login_server="https://headscale.example.org", headscale_host=cloud, tags=["tag:k3s"],
+        ))
+    return state, cloud, node, commands
+
+
+def test_vpn_auth_file_in_place_is_left_alone() -> None:
+    _, cloud, node, commands = _plan_vpn_auth(_file(SHA_A))
+    assert commands == []
+    assert node.noop_description == f"{k3s.VPN_AUTH} holds k3s's tailnet join settings"
+
+
+@pytest.mark.parametrize("mine", [None, _file(SHA_A, mode="644")], ids=["missing", "0644"])
+def test_vpn_auth_gets_a_fresh_key_never_printed_nor_in_argv(mine: dict | None) -> None:
+    state, cloud, node, commands = _plan_vpn_auth(mine)
+    assert parse_commands(commands) == [["write_vpn_auth", [], {}]]
+    cloud.run_shell_command = mock.Mock(return_value=(True, _output(f'{{"key": "{PREAUTH_KEY}"}}')))
+    node.run_shell_command = mock.Mock(return_value=(True, _output()))
+    node.put_file = mock.Mock(return_value=True)
+    function: FunctionCommand = commands[0]
+    function.function(state, node, *function.args, **function.kwargs)
+
+    (mint,) = cloud.run_shell_command.call_args_list
+    assert _raw(mint.args[0]).startswith("headscale preauthkeys create --expiration")
+    assert "--tags tag:k3s" in _raw(mint.args[0])
+    assert mint.kwargs["print_output"] is False and mint.kwargs["print_input"] is False
+    (upload,) = node.put_file.call_args_list
+    source, staged = upload.args
+    assert source.getvalue() == (
+        f"name=tailscale,joinKey={PREAUTH_KEY},controlServerURL=https://headscale.example.org"
+    )
+    assert upload.kwargs["print_output"] is False and upload.kwargs["print_input"] is False
+    prepare, move = (_raw(call.args[0]) for call in node.run_shell_command.call_args_list)
+    assert prepare.endswith(f"install -m 0600 /dev/null {staged}")
+    assert move == f"mv -f {staged} {k3s.VPN_AUTH}"
+    assert all(PREAUTH_KEY not in _raw(call.args[0]) for call in node.run_shell_command.call_args_list)
+
+
+def test_vpn_auth_removed_in_manual_mode_expires_its_key_on_headscale() -> None:
+    state = FakeState()
+    state.is_executing = True
+    cloud = _host(state, "cloud", {})
+    node = _host(state, "t420", {"files.FileStates": {f"paths=('{k3s.VPN_AUTH}',)": {k3s.VPN_AUTH: _file(SHA_A)}}})
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.vpn_auth._inner(login_server="https://h.example.org", headscale_host=cloud,
+                                            tags=["tag:k3s"], present=False))
+    assert parse_commands(commands) == [["retire_vpn_auth", [], {}], f"rm -f {k3s.VPN_AUTH}"]
+    node.run_shell_command = mock.Mock(return_value=(True, _output(
+        f"name=tailscale,joinKey={PREAUTH_KEY},controlServerURL=https://h.example.org"
+    )))
+    listed = [{"id": 4, "key": "hskey-auth-other-***"}, {"id": 7, "key": PREAUTH_KEY[:20] + "***"}]
+    cloud.run_shell_command = mock.Mock(side_effect=[(True, _output(json.dumps(listed))), (True, _output())])
+    function: FunctionCommand = commands[0]
+    function.function(state, node, *function.args, **function.kwargs)
+    (read,) = node.run_shell_command.call_args_list
+    assert read.kwargs["print_output"] is False and read.kwargs["print_input"] is False
+    listing, expire = (_raw(call.args[0]) for call in cloud.run_shell_command.call_args_list)
+    assert listing == "headscale preauthkeys list -o json"
+    assert expire == "headscale preauthkeys expire --id 7"
+
+
+def test_native_config_leaves_the_addresses_to_k3s() -> None:
+    state = FakeState()
+    server = _host(state, "master", {"tailscale.Tailscale": {"ipv4": "100.64.0.2"}})
+    node = _host(state, "t420", {
+        "tailscale.Tailscale": {"ipv4": "100.64.0.3"},
+        "files.FileStates": {"paths=('/etc/rancher/k3s/config.yaml',)": {"/etc/rancher/k3s/config.yaml": None}},
+    })
+    with ctx_state.use(state), ctx_host.use(node):
+        commands = list(k3s.config._inner(role="agent", node_name="t420", settings={}, join=server, mode="native"))
+    assert _uploaded_config(commands) == {
+        "node-name": "t420", "server": "https://100.64.0.2:6443", "token-file": k3s.TOKEN,
+        "vpn-auth-file": k3s.VPN_AUTH,
+    }
 
 
 # k3s.binary: an upgrade, one node at a time, drained and uncordoned around it
@@ -272,6 +363,12 @@ def test_release_urls_follow_the_upstream_layout(machine: str, binary: str, arch
     assert (url, sums) == (f"{folder}/{binary}", f"{folder}/sha256sum-{arch}.txt")
 
 
+def test_airgap_images_follow_the_upstream_layout() -> None:
+    url, path = airgap_images("https://github.com/k3s-io/k3s/releases/download", VERSION, "aarch64")
+    assert url == "https://github.com/k3s-io/k3s/releases/download/v1.35.3%2Bk3s1/k3s-airgap-images-arm64.tar.zst"
+    assert path == "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst"
+
+
 class _Data(dict):
     def __getattr__(self, key: str) -> Any:
         return self[key]
@@ -366,3 +463,88 @@ def test_kubeconfig_is_fetched_0600_with_the_tailnet_address_then_left_alone(tmp
     assert again.noop_description == f"{local} holds master's admin kubeconfig for https://100.64.0.2:6443"
     _, changed, commands = _plan_kubeconfig(local, sha=SHA_B)  # the server's kubeconfig changed
     assert parse_commands(commands) == [["fetch", [], {}]]
+
+
+# The config model's k3s keys: each bad value is one problem naming the key and what is valid
+
+
+K3S_BAD_CASES: list[tuple[str, Any, str]] = [
+    ("download url", lambda: with_data(k3s_download_url="ftp://x"),
+     "all.k3s_download_url: 'ftp://x' is not a URL (expected the base of k3s's release downloads, "
+     "like https://…/releases/download)"),
+    ("sha256", lambda: with_data(k3s_sha256="abc"),
+     "all.k3s_sha256: 'abc' is not a sha256 (expected 64 lower-case hex digits, or None to use the release "
+     "checksums)"),
+    ("interface", lambda: with_data(k3s_tailnet_iface="tailscale0 "),
+     "all.k3s_tailnet_iface: 'tailscale0 ' is not an interface name (expected the tailnet interface, tailscale0)"),
+    ("tailnet mode", lambda: with_data(k3s_tailnet_mode="vpn"),
+     "all.k3s_tailnet_mode: 'vpn' is not a tailnet mode (expected 'manual' (node-ip and flannel-iface on "
+     "tailscale0) or 'native' (k3s's own vpn-auth tailscale integration))"),
+    ("cluster init", lambda: with_data(k3s_cluster_init="yes"),
+     "all.k3s_cluster_init: 'yes' is a str (expected True or False)"),
+    ("disable", lambda: with_data(k3s_disable=["flannel"]),
+     "all.k3s_disable: ['flannel'] is not a list of k3s components (expected a list of coredns, servicelb, "
+     "traefik, local-storage, metrics-server, runtimes)"),
+    ("label", lambda: with_data(k3s_node_labels=["disk"]),
+     "all.k3s_node_labels: 'disk' is not valid (expected key=value node labels, like disk=ssd)"),
+    ("taint", lambda: with_data(k3s_node_taints=["gpu=yes:Sometimes"]),
+     "all.k3s_node_taints: 'gpu=yes:Sometimes' is not valid (expected key=value:Effect taints, Effect one of "
+     "NoSchedule, PreferNoSchedule, NoExecute)"),
+    ("schedule", lambda: with_data(k3s_etcd_snapshot_schedule="hourly"),
+     "all.k3s_etcd_snapshot_schedule: 'hourly' is not a cron schedule (expected five cron fields like "
+     "'0 */6 * * *', or None for no snapshots)"),
+    ("retention", lambda: with_data(k3s_etcd_snapshot_retention=0),
+     "all.k3s_etcd_snapshot_retention: 0 is out of range (expected a number of snapshots, 1-1000)"),
+    ("s3 keys", lambda: with_data(k3s_etcd_s3={"endpoint": "s3.example.org", "bucket": "etcd"}),
+     'master.s3_access_key: is missing while k3s_etcd_s3 is set (expected {"env": "NAME"} or {"file": "PATH"}; '
+     "never a literal secret in group_data, for the S3 bucket's key)"),
+    ("managed flag", lambda: with_data(k3s_extra_config={"node-ip": "192.0.2.1"}),
+     "all.k3s_extra_config: 'node-ip' is set by the deploy from the tailnet (expected other k3s flags; node-ip, "
+     "server, token and the like come from the tailnet)"),
+    ("drain timeout", lambda: with_data(k3s_drain_timeout=5),
+     "all.k3s_drain_timeout: 5 is out of range (expected whole seconds 10-3600)"),
+    ("state", lambda: with_data(k3s_state="gone"),
+     "all.k3s_state: 'gone' is not a state (expected 'present' or 'absent' (uninstall k3s from the node))"),
+    ("kubeconfig", lambda: with_data(k3s_kubeconfig=""),
+     "all.k3s_kubeconfig: '' is not a path (expected a path on the machine running pyinfra, or None to not "
+     "fetch it)"),
+    ("first server removed first", lambda: with_host("k3s_servers", 0, "master", {"k3s_state": "absent"}),
+     "master.k3s_state: 'absent' on the first server while t420, t410 keep k3s (expected the first of "
+     "k3s_servers removed last (every other node joins it), or another server listed first)"),
+    ("mixed tailnet modes", lambda: with_host("k3s_agents", 0, "t420", {"k3s_tailnet_mode": "native"}),
+     "k3s_servers.k3s_tailnet_mode: differs between k3s nodes (master=manual, t420=native, t410=manual) "
+     "(expected one mode for every k3s node: flannel's backend follows it, cluster-wide)"),
+    ("native mode with routes",
+     lambda: with_data(k3s_tailnet_mode="native", tailscale_advertise_routes=["192.168.1.0/24"]),
+     "all.tailscale_advertise_routes: is set on nodes with k3s_tailnet_mode 'native' (expected no routes on "
+     "native-mode nodes (k3s replaces them with the pod subnet), or mode 'manual')"),
+    ("native mode on another interface", lambda: with_data(k3s_tailnet_mode="native", k3s_tailnet_iface="ts0"),
+     "all.k3s_tailnet_iface: 'ts0' with k3s_tailnet_mode 'native' (expected tailscale0 (k3s's tailscale "
+     "integration uses that interface))"),
+]
+
+
+@pytest.mark.parametrize(("inventory", "problem"), [pytest.param(i, p, id=n) for n, i, p in K3S_BAD_CASES])
+def test_bad_k3s_value_is_named_with_what_is_valid(inventory: Any, problem: str) -> None:
+    assert problem in problems_of(inventory(), require_secrets=False)
+
+
+def test_native_mode_on_an_exit_node_is_refused() -> None:
+    groups = good_groups()
+    groups["exit_nodes"] = ([("pi", {"hardware": "raspberry-pi"}), "t410"], {})
+    inventory = make_inventory(data={**good_data(), "k3s_tailnet_mode": "native"}, groups=groups)
+    assert problems_of(inventory, require_secrets=False) == [
+        "t410.k3s_tailnet_mode: 'native' on an exit node (expected 'manual' (k3s's flannel would replace the "
+        "exit-node routes))"
+    ]
+
+
+def test_native_mode_routes_the_pod_network_through_the_tailnet() -> None:
+    assert validate_inventory(with_data(), require_secrets=False).tailnet.pod_cidrs == []  # type: ignore[union-attr]
+    native = validate_inventory(with_data(k3s_tailnet_mode="native"), require_secrets=False)
+    assert native.tailnet.pod_cidrs == ["10.42.0.0/16"]  # type: ignore[union-attr]
+    custom = validate_inventory(
+        with_data(k3s_tailnet_mode="native", k3s_extra_config={"cluster-cidr": "10.60.0.0/16,fd00:42::/56"}),
+        require_secrets=False,
+    )
+    assert custom.tailnet_policy()["autoApprovers"]["routes"] == {"10.60.0.0/16": ["tag:k3s"]}

@@ -124,10 +124,6 @@ def _join(flags: str = DEFAULT_FLAGS) -> list[Any]:
     ]
 
 
-
-
-
-
 # tailscale.joined: planning
 
 
@@ -152,6 +148,22 @@ def test_joined_converged_exit_node_compares_routes_in_any_order() -> None:
     )
     assert planned.serialised == []
     assert planned.node.noop_description == "t420 is in the tailnet as 100.64.0.2"
+
+
+def test_joined_leaves_the_routes_to_k3s_in_its_native_mode() -> None:
+    """k3s's flannel (native tailnet mode) accepts routes and advertises the node's pod subnet: not a drift."""
+    info = _tailscale_info(AdvertiseRoutes=["10.42.1.0/24"], RouteAll=True)
+    planned = _plan_joined(info, _headscale_info(NODE_KEY), routes_by_k3s=True)
+    assert planned.serialised == []
+    changed = _plan_joined(_tailscale_info(Hostname="debian", RouteAll=True), _headscale_info(NODE_KEY),
+                           routes_by_k3s=True)
+    assert changed.serialised == ["tailscale set --hostname=t420 --accept-dns=true"]
+
+
+def test_joined_in_k3s_native_mode_joins_without_route_flags() -> None:
+    info = _tailscale_info("NeedsLogin", node_key="nodekey:" + "0" * 64)
+    planned = _plan_joined(info, _headscale_info(OTHER_KEY), routes_by_k3s=True)
+    assert planned.serialised == _join("--hostname=t420 --accept-dns=true")
 
 
 @pytest.mark.parametrize(
@@ -558,6 +570,18 @@ def test_policy_auto_approves_exit_nodes_and_the_inventory_routes() -> None:
         "routes": {"10.10.0.0/16": ["tag:k3s", "tag:nas"], "192.168.50.0/24": ["tag:exit"]},
     }
     assert _policy(routes={})["autoApprovers"] == {"exitNode": ["tag:exit"], "routes": {}}
+
+
+def test_policy_k3s_native_mode_routes_pods_through_the_tailnet() -> None:
+    """k3s's native tailnet mode: each node advertises its pod subnet (approved automatically) and the k3s
+    nodes reach the pod network; nobody else does."""
+    policy = _policy(pod_cidrs=["10.42.0.0/16"])
+    assert _grants_from(policy, "tag:k3s") == [
+        {"src": ["tag:k3s"], "dst": ["tag:k3s"], "ip": ["*"]},
+        {"src": ["tag:k3s"], "dst": ["10.42.0.0/16"], "ip": ["*"]},
+    ]
+    assert policy["autoApprovers"]["routes"]["10.42.0.0/16"] == ["tag:k3s"]
+    assert [g for g in policy["grants"] if "10.42.0.0/16" in g["dst"]] == _grants_from(policy, "tag:k3s")[1:]
 
 
 def test_policy_extra_grants_are_appended_in_order() -> None:

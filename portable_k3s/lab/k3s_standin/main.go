@@ -10,6 +10,9 @@
 //                                 nodes; joining servers and agents must present the same token
 //   k3s agent                     joins the server named in config.yaml with the configured token, and reports
 //                                 its node name, node-ip and version every 2 seconds (a wrong token stops it)
+//   vpn-auth-file                 like k3s's tailscale integration: if tailscale is not Running, runs
+//                                 tailscale up --authkey <joinKey> --reset --login-server <controlServerURL>;
+//                                 the node-ip is then tailscale's IPv4 (no flannel, no routes: a stand-in)
 //   k3s kubectl ...               logs the call to /var/lib/rancher/k3s/standin/kubectl.log and answers
 //                                 get nodes (-o json), cordon, uncordon, drain and wait --for=condition=Ready;
 //                                 delete is logged and does nothing (the stand-in applies no manifest)
@@ -27,6 +30,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -143,6 +147,58 @@ func token(config map[string][]string) string {
 	return one(config, "token")
 }
 
+// nodeIP is node-ip from config.yaml or, with vpn-auth-file (k3s's "native" tailscale mode), tailscale's IPv4.
+func nodeIP(config map[string][]string) string {
+	path := one(config, "vpn-auth-file")
+	if path == "" {
+		return one(config, "node-ip")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		fail("k3s stand-in: vpn-auth-file: %v", err)
+	}
+	auth := map[string]string{}
+	for _, pair := range strings.Split(strings.TrimSpace(string(raw)), ",") {
+		key, value, _ := strings.Cut(pair, "=")
+		auth[key] = value
+	}
+	if auth["name"] != "tailscale" || auth["joinKey"] == "" {
+		fail("k3s stand-in: %s: needs name=tailscale and a joinKey", path)
+	}
+	status := tailscaleStatus()
+	if status.BackendState != "Running" {
+		args := []string{"up", "--authkey", auth["joinKey"], "--timeout=30s", "--reset"}
+		if url := auth["controlServerURL"]; url != "" {
+			args = append(args, "--login-server", url)
+		}
+		if out, err := exec.Command("tailscale", args...).CombinedOutput(); err != nil {
+			fail("k3s stand-in: tailscale up failed: %v: %s", err, out)
+		}
+		status = tailscaleStatus()
+	}
+	for _, ip := range status.TailscaleIPs {
+		if strings.Contains(ip, ".") {
+			return ip
+		}
+	}
+	fail("k3s stand-in: tailscale has no IPv4 (BackendState %s)", status.BackendState)
+	return ""
+}
+
+type tailscaleInfo struct {
+	BackendState string   `json:"BackendState"`
+	TailscaleIPs []string `json:"TailscaleIPs"`
+}
+
+func tailscaleStatus() tailscaleInfo {
+	var info tailscaleInfo
+	out, err := exec.Command("tailscale", "status", "--json").Output()
+	if err == nil {
+		_ = json.Unmarshal(out, &info)
+	}
+	return info
+}
+
 func nodeName(config map[string][]string) string {
 	if name := one(config, "node-name"); name != "" {
 		return name
@@ -256,7 +312,7 @@ func server(config map[string][]string) {
 		"users:\n- name: default\n  user:\n    token: standin\n")
 
 	reg := loadRegistry()
-	self := node{Name: nodeName(config), NodeIP: one(config, "node-ip"), Version: version, Role: "server"}
+	self := node{Name: nodeName(config), NodeIP: nodeIP(config), Version: version, Role: "server"}
 	mux := http.NewServeMux()
 	accepted := func(presented string) bool {
 		if strings.HasPrefix(presented, "K10") && strings.Contains(presented, "::server:") {
@@ -381,7 +437,7 @@ func agent(config map[string][]string) {
 	if join == "" || tok == "" {
 		fail("k3s stand-in: an agent needs server and token-file (or token) in %s", configPath)
 	}
-	self := node{Name: nodeName(config), NodeIP: one(config, "node-ip"), Version: version, Role: "agent"}
+	self := node{Name: nodeName(config), NodeIP: nodeIP(config), Version: version, Role: "agent"}
 	ready := false
 	for {
 		err := heartbeat(join, tok, self)
