@@ -156,11 +156,13 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     )
     systemd.daemon_reload(name=f"{label}: reload systemd", _if=unit.did_change)
     # A fresh node starts here; a changed one restarts (an upgrade restarts in the binary operation, before this).
-    systemd.service(
-        name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role), restarted=True,
+    # k3s's units have no start timeout (an agent waits for its server for ever): wait k3s_ready_timeout at most.
+    services.restarted(
+        name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role),
+        timeout=int(data.k3s_ready_timeout),
         _if=any_changed(config, token, unit, vpn_auth, *([images] if images else [])),
     )
-    services.running(name=f"{label}: run", service=k3s.unit_name(role))
+    services.running(name=f"{label}: run", service=k3s.unit_name(role), timeout=int(data.k3s_ready_timeout))
     if first and data.k3s_kubeconfig:
         k3s.kubeconfig(name="Fetch the admin kubeconfig", local_path=data.k3s_kubeconfig)
 

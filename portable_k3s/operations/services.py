@@ -12,14 +12,30 @@ from .util import forget, shared_fact
 STARTS_AT_BOOT = ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated")
 
 
+def start_command(verb: str, service: str, timeout: int | None) -> StringCommand:
+    """``systemctl <verb> <service>``; with ``timeout``, without blocking, then waiting at most that many seconds
+    for the unit to be active: a unit that is still starting then (k3s waiting for its server, for one) fails
+    the command with its last log lines, instead of hanging the deploy (k3s's units have no start timeout)."""
+    unit = QuoteString(service)
+    if timeout is None:
+        return StringCommand("systemctl", verb, unit)
+    return StringCommand(
+        "systemctl", verb, "--no-block", unit, "&& { timeout", str(timeout), "sh -c",
+        QuoteString(f"until systemctl is-active -q {service}; do sleep 1; done"), "|| {",
+        f"echo '{service} is not active {timeout} s after systemctl {verb}; its last log lines:' >&2;",
+        "journalctl -u", unit, "-n 15 --no-pager >&2; exit 1; }; }",
+    )
+
+
 @operation()
-def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = None):
+def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = None, timeout: int | None = None):
     """
     Start a service unit that is not active and enable it if it would not start at boot.
 
     + service: the unit, e.g. ``nginx.service``
     + enabled: also enable it (start at boot)
     + batch: all units of the component: their states are read in one remote command, shared by these ops
+    + timeout: seconds to wait for the unit to be active (see ``start_command``); None: systemctl's own wait
 
     **Example:**
 
@@ -37,9 +53,30 @@ def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = 
     if enabled and state["enabled"] not in STARTS_AT_BOOT:
         commands.append(StringCommand("systemctl enable", QuoteString(service)))
     if not state["active"]:
-        commands.append(StringCommand("systemctl start", QuoteString(service)))
+        commands.append(start_command("start", service, timeout))
     if not commands:
         host.noop(f"{service} is running" + (" and enabled" if enabled else ""))
         return
     forget(host, ServiceStates)
     yield from commands
+
+
+@operation()
+def restarted(service: str, timeout: int | None = None):
+    """
+    Restart a service unit (call it with ``_if=`` a change of its config), waiting at most ``timeout`` seconds
+    for it to be active again.
+
+    + service: the unit, e.g. ``k3s.service``
+    + timeout: seconds to wait for the unit to be active (see ``start_command``); None: systemctl's own wait
+
+    **Example:**
+
+    .. code:: python
+
+        services.restarted(name="Restart k3s", service="k3s.service", timeout=300, _if=config.did_change)
+    """
+    if not service.endswith((".service", ".socket", ".timer")):
+        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
+    forget(host, ServiceStates)
+    yield start_command("restart", service, timeout)

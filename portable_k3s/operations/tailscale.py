@@ -146,6 +146,15 @@ def joined(
         "tailscale up --reset", f"--login-server={login_server}", f"--auth-key=file:{AUTHKEY_FILE}",
         "--timeout=60s", *flags, "; rc=$?; rm -f", QuoteString(AUTHKEY_FILE), "; exit $rc",
     )
+    if info["backend_state"] in ("Running", "Starting"):
+        # A node that was online under a registration headscale no longer has (deleted, or another server):
+        # headscale may keep the DERP home and endpoints it reported over the old session from the new node,
+        # and peers then have no path to it. A restart reports them afresh, with the new node key.
+        yield StringCommand(
+            "systemctl restart tailscaled.service && for i in $(seq 120); do tailscale status --json 2>/dev/null",
+            "| grep -qE", QuoteString('"BackendState": "(Running|Starting)"'), "&& exit 0; sleep 0.5; done;",
+            "echo 'tailscaled did not come back after its restart' >&2; exit 1",
+        )
 
     def wait_until_listed(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         """headscale lists a new node a moment after it joined; later operations (the entrance) need it there."""

@@ -105,11 +105,11 @@ def test_deleted_node_rejoins_alone_and_keys_stay_secret(lab, pyinfra, converged
     assert changed.pop("Tailscale node | Join the tailnet") == ["h4"], run.changed()
     # h4 is a new node: the entrance follows its address in the same run, and nothing else changes.
     after = {n["given_name"]: n for n in _nodes(lab)}
-    # k3s on h4 follows a new address (node-ip in its config, then a restart) in this run or, in a run planned
-    # with --diff, in the next one (KNOWN GAP: see test_second_run_after_rejoin_changes_nothing).
-    k3s_follows = {"k3s | Agent config": ["h4"], "k3s | Agent: restart after a config, token or unit change": ["h4"]}
-    for name in k3s_follows:
-        changed.pop(name, None)
+    # k3s on h4 follows its new address in the same run: node-ip in its config, then a restart.
+    for name in ("k3s | Agent config", "k3s | Agent: restart after a config, token or unit change"):
+        assert changed.pop(name, None) == ["h4"], (name, run.changed())
+    ipv4 = next(a for a in after["h4"]["ip_addresses"] if ":" not in a)
+    assert f"node-ip: {ipv4}" in lab.ssh("h4", "cat /etc/rancher/k3s/config.yaml").stdout
     assert changed in ({}, {"Entrance | Entrance nginx config": ["h1"],
                             "Entrance | Reload nginx after a config change": ["h1"]}), run.changed()
     assert set(after) == set(before) and after["h4"]["id"] != before["h4"]["id"]
@@ -133,13 +133,6 @@ def test_deleted_node_rejoins_alone_and_keys_stay_secret(lab, pyinfra, converged
 
 
 def test_second_run_after_rejoin_changes_nothing(lab, pyinfra):
-    """KNOWN GAP: after a re-join with a new tailnet address in a run planned with --diff, k3s's config may take
-    the new node-ip only in the next run; that run converges it, and the one after changes nothing."""
     run = pyinfra()
     assert run.returncode == 0, run.stderr[-4000:]
-    assert run.changed() in ({}, {"k3s | Agent config": ["h4"],
-                                  "k3s | Agent: restart after a config, token or unit change": ["h4"]}), run.changed()
-    ipv4 = next(a for n in _nodes(lab) if n["given_name"] == "h4" for a in n["ip_addresses"] if ":" not in a)
-    assert f"node-ip: {ipv4}" in lab.ssh("h4", "cat /etc/rancher/k3s/config.yaml").stdout
-    again = pyinfra()
-    assert again.returncode == 0 and again.changed() == {}, again.changed()
+    assert run.changed() == {}, run.changed()

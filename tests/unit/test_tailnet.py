@@ -113,13 +113,22 @@ def _plan_joined(node_info: dict, server_info: dict, **kwargs: Any) -> Planned:
     return Planned(commands, parse_commands(list(commands)), node, headscale_host, state)
 
 
-def _join(flags: str = DEFAULT_FLAGS) -> list[Any]:
-    """The commands of a (re-)join with a fresh pre-auth key, then the wait until headscale lists the node."""
+RESTART_TAILSCALED = (
+    "systemctl restart tailscaled.service && for i in $(seq 120); do tailscale status --json 2>/dev/null | grep -qE "
+    "'\"BackendState\": \"(Running|Starting)\"' && exit 0; sleep 0.5; done; "
+    "echo 'tailscaled did not come back after its restart' >&2; exit 1"
+)
+
+
+def _join(flags: str = DEFAULT_FLAGS, was_online: bool = False) -> list[Any]:
+    """The commands of a (re-)join with a fresh pre-auth key, then the wait until headscale lists the node; a node
+    that was online under a registration headscale no longer has restarts tailscaled in between."""
     return [
         f"install -d -m 0700 /run/portable-k3s && install -m 0600 /dev/null {AUTHKEY_FILE}",
         ["upload_fresh_key", [], {}],
         f"tailscale up --reset --login-server={LOGIN} --auth-key=file:{AUTHKEY_FILE} --timeout=60s {flags}"
         f" ; rc=$?; rm -f {AUTHKEY_FILE} ; exit $rc",
+        *([RESTART_TAILSCALED] if was_online else []),
         ["wait_until_listed", [], {}],
     ]
 
@@ -205,15 +214,16 @@ def test_joined_node_that_needs_login_joins_with_a_fresh_key() -> None:
 
 
 def test_joined_node_unknown_to_the_running_server_rejoins() -> None:
-    """A node whose key headscale no longer knows (its database was reset, or the node was deleted)."""
+    """A node whose key headscale no longer knows (its database was reset, or the node was deleted): after the
+    re-join, tailscaled restarts to report its DERP home and endpoints for the new registration."""
     planned = _plan_joined(_tailscale_info(), _headscale_info(OTHER_KEY))
-    assert planned.serialised == _join()
+    assert planned.serialised == _join(was_online=True)
 
 
 def test_joined_node_on_another_control_server_rejoins() -> None:
     info = _tailscale_info(ControlURL="https://old-hs.example.org")
     planned = _plan_joined(info, _headscale_info(NODE_KEY))
-    assert planned.serialised == _join()
+    assert planned.serialised == _join(was_online=True)
 
 
 def test_joined_stopped_node_rejoins() -> None:
