@@ -14,9 +14,9 @@ VERSIONS: dict[str, str] = {
 # The repositories are the upstream projects' own chart repositories, fetched by the cluster, never by this machine.
 CHARTS: dict[str, tuple[str, str]] = {
     "metallb": ("https://metallb.github.io/metallb", "0.15.2"),
-    "cert-manager": ("https://charts.jetstack.io", "v1.18.2"),
+    "cert-manager": ("https://charts.jetstack.io", "v1.18.5"),
     "rook-ceph": ("https://charts.rook.io/release", "v1.17.7"),
-    "jupyterhub": ("https://hub.jupyter.org/helm-chart/", "4.2.0"),
+    "jupyterhub": ("https://hub.jupyter.org/helm-chart/", "4.4.0"),
 }
 
 # Container images of the app catalog's kinds and of the storage add-on, pinned by tag (an app's ``image`` overrides
@@ -25,11 +25,11 @@ IMAGES: dict[str, str] = {
     "ceph": "quay.io/ceph/ceph:v19.2.3",
     "static": "nginx:1.28.0-alpine",
     "privatebin": "privatebin/nginx-fpm-alpine:1.7.6",
-    "kutt": "kutt/kutt:v3.2.2",
+    "kutt": "kutt/kutt:v3.2.6",
     "nextcloud": "nextcloud:31.0.7-apache",
     "gitea": "gitea/gitea:1.24.5-rootless",
-    "vaultwarden": "vaultwarden/server:1.34.3",
-    "ntfy": "binwiederhier/ntfy:v2.13.0",
+    "vaultwarden": "vaultwarden/server:1.37.2",
+    "ntfy": "binwiederhier/ntfy:v2.17.0",
     "prometheus": "prom/prometheus:v3.5.0",
     "baikal": "ckulka/baikal:0.10.1-nginx",
     "minecraft": "itzg/minecraft-server:2025.6.2-java21",
