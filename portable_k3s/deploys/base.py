@@ -6,10 +6,13 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import server
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Hostname
 
 from ..connection import tcp_nodelay
-from ..operations import packages, ssh, timesync
+from ..facts.ssh import SshdHardening
+from ..facts.timesync import Timesyncd
+from ..operations import hostname, packages, prefetch, ssh, timesync
 
 DEFAULTS: dict[str, Any] = {
     "hostname": None,  # default: the inventory name
@@ -37,7 +40,11 @@ def base_host() -> None:
     + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
-    server.hostname(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
+    prefetch.facts(name="Read the base state in one command", reads=[
+        (Hostname, {}), (DebPackages, {}), (Timesyncd, {"path": timesync.TIMESYNCD_DROPIN}),
+        (SshdHardening, {"path": ssh.HARDENING_DROPIN}),
+    ])
+    hostname.named(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(
         name="Install base packages",
         packages=[*host.data.base_packages, "systemd-timesyncd"],

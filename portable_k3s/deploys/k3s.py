@@ -13,7 +13,11 @@ from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
-from ..operations import files, k3s, release, services
+from ..facts.files import FileStates
+from ..facts.release import InstalledRelease
+from ..facts.services import ServiceStates
+from ..facts.tailscale import Tailscale
+from ..operations import files, k3s, prefetch, release, services
 from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
@@ -113,10 +117,17 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     url, sums = release_urls(data.k3s_download_url, version, machine)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
     managed = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # their states are read in one command
+    reads: list[tuple[Any, dict[str, Any]]] = [
+        (InstalledRelease, {"component": "k3s", "paths": [k3s.BINARY]}), (FileStates, {"paths": managed}),
+        (ServiceStates, {"units": (k3s.unit_name(role),)}), (Tailscale, {}),
+    ]
+    if data.k3s_airgap_images:
+        images_url, images_path = airgap_images(data.k3s_download_url, version, machine)
+        reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [images_path]}))
+    prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads)
 
     images = None
     if data.k3s_airgap_images:  # before the binary: an upgrade's restart then imports the new images
-        images_url, images_path = airgap_images(data.k3s_download_url, version, machine)
         images = release.installed(
             name=f"{label} airgap images", component="k3s-airgap-images", version=version, url=images_url,
             checksum_url=sums, files={"": images_path},

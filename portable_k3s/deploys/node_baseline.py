@@ -10,7 +10,8 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from ..connection import tcp_nodelay
-from ..operations import hardware
+from ..facts.hardware import PanicSysctl, Watchdog
+from ..operations import hardware, prefetch
 
 # The inventory groups whose hosts are nodes and get this baseline.
 NODE_GROUPS = frozenset({"k3s_servers", "k3s_agents", "exit_nodes"})
@@ -75,6 +76,9 @@ def node_baseline() -> None:
             )
         hardware.console_blanking(name="Blank the idle console", minutes=host.data.console_blank_minutes)
 
+    prefetch.facts(name="Read the watchdog and panic settings in one command", reads=[
+        (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
+    ])
     hardware.watchdog(name="Arm the systemd watchdog", runtime_sec=host.data.watchdog_sec)
     hardware.panic_reboot(
         name="Reboot after a kernel panic",

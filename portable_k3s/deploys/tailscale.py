@@ -12,7 +12,11 @@ from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
-from ..operations import files, release, services, tailscale
+from ..facts.files import FileStates
+from ..facts.release import InstalledRelease
+from ..facts.services import ServiceStates
+from ..facts.tailscale import Tailscale
+from ..operations import files, prefetch, release, services, tailscale
 from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
@@ -34,6 +38,7 @@ TAILSCALE_DEFAULTS: dict[str, Any] = {
 }
 
 STATIC_UNIT = "/etc/systemd/system/tailscaled.service"
+STATIC_BINARIES = ("/usr/local/bin/tailscale", "/usr/local/sbin/tailscaled")
 DEFAULTS_FILE = "/etc/default/tailscaled"
 APT_KEYRING = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
 APT_LIST = "/etc/apt/sources.list.d/tailscale.list"
@@ -54,6 +59,12 @@ def tailscale_node(headscale_host: Host) -> None:
     data = host.data
     version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
     managed = (STATIC_UNIT, DEFAULTS_FILE) if data.tailscale_install == "static" else (DEFAULTS_FILE,)
+    reads: list[tuple[Any, dict[str, Any]]] = [
+        (FileStates, {"paths": managed}), (ServiceStates, {"units": ("tailscaled.service",)}), (Tailscale, {}),
+    ]
+    if data.tailscale_install == "static":
+        reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
+    prefetch.facts(name="Read the tailscale state in one command", reads=reads)
     if data.tailscale_install == "static":
         machine = shared_fact(host, Arch, static=True)
         arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
@@ -62,7 +73,7 @@ def tailscale_node(headscale_host: Host) -> None:
         binary = release.installed(
             name="Install tailscale (static)", component="tailscale", version=version, url=url,
             checksum_url=f"{url}.sha256",
-            files={f"{stem}/tailscale": "/usr/local/bin/tailscale", f"{stem}/tailscaled": "/usr/local/sbin/tailscaled"},
+            files={f"{stem}/{name.rsplit('/', 1)[1]}": name for name in STATIC_BINARIES},
         )
         unit = files.content(
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed

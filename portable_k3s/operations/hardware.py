@@ -30,7 +30,7 @@ from ..facts.hardware import (
     Watchdog,
 )
 from ..render import render, sha256
-from .util import shared_fact
+from .util import forget, shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
 WATCHDOG_DROPIN = "/etc/systemd/system.conf.d/90-portable-k3s-watchdog.conf"
@@ -428,7 +428,8 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool =
     low, high = WATCHDOG_SEC_RANGE
     if not (_is_int(runtime_sec) and (runtime_sec == 0 or low <= runtime_sec <= high)):
         raise OperationValueError(f"runtime_sec: {runtime_sec!r} (expected 0 (off) or {low}-{high} seconds)")
-    info = host.get_fact(Watchdog, path=path)
+    info = shared_fact(host, Watchdog, path=path)
+    forget(host, Watchdog)  # read again by whoever asks next: this operation may change it
     if not present:
         if info["dropin_sha256"] is None:
             host.noop("the watchdog drop-in is absent")
@@ -485,7 +486,8 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
         raise OperationValueError(f"reboot_sec: {reboot_sec!r} (expected an integer {low}-{high}, 0 = never)")
     if not isinstance(on_oops, bool):
         raise OperationValueError(f"on_oops: {on_oops!r} (expected True or False)")
-    info = host.get_fact(PanicSysctl, path=path)
+    info = shared_fact(host, PanicSysctl, path=path)
+    forget(host, PanicSysctl)  # read again by whoever asks next: this operation may change it
     if not present:
         if info["config_sha256"] is None:
             host.noop(f"{path} is absent")

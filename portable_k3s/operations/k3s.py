@@ -124,7 +124,7 @@ def config(
     clash = sorted(MANAGED_KEYS & set(settings))
     if clash:
         raise OperationValueError(f"settings: {', '.join(clash)} are set from the tailnet, not by settings")
-    ipv4 = host.get_fact(Tailscale)["ipv4"]  # read afresh: the node may have (re-)joined earlier in this run
+    ipv4 = shared_fact(host, Tailscale)["ipv4"]  # tailscale.joined forgets it when it (re-)joins the node
     server_ipv4 = shared_fact(join, Tailscale)["ipv4"] if join is not None else None
     missing = [name for name, ip in ((node_name, ipv4), (join and join.name, server_ipv4)) if name and not ip]
     if missing:
@@ -441,10 +441,11 @@ def binary(
         raise OperationValueError(f"role: {role!r} (expected 'server' or 'agent')")
     files_ = {"": BINARY}
     release.check_arguments(url, files_, checksum_url, sha256)
-    current = host.get_fact(InstalledRelease, component="k3s", paths=[BINARY])
+    current = shared_fact(host, InstalledRelease, component="k3s", paths=[BINARY])
     if current.get("version") == version:
         host.noop(f"k3s {version} is installed")
         return
+    forget(host, InstalledRelease)
     if not current:  # a new node: nothing runs yet, nothing to drain
         yield release.install_command("k3s", version, url, files_, checksum_url, sha256)
         return

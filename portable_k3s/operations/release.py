@@ -9,6 +9,7 @@ from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
 from ..facts.release import RELEASE_STATE_DIR, InstalledRelease
+from .util import forget, shared_fact
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -51,10 +52,11 @@ def installed(
         )
     """
     check_arguments(url, files, checksum_url, sha256)
-    current = host.get_fact(InstalledRelease, component=component, paths=list(files.values()))
+    current = shared_fact(host, InstalledRelease, component=component, paths=list(files.values()))
     if current.get("version") == version:
         host.noop(f"{component} {version} is installed")
         return
+    forget(host, InstalledRelease)
     yield install_command(component, version, url, files, checksum_url, sha256)
 
 

@@ -10,6 +10,7 @@ from pyinfra.api.command import FileUploadCommand
 
 from ..facts.ssh import SSHD_DROPIN_DIR, SshdHardening
 from ..render import render, sha256
+from .util import forget, shared_fact
 
 HARDENING_DROPIN = f"{SSHD_DROPIN_DIR}/01-portable-k3s-hardening.conf"
 PERMIT_ROOT_LOGIN = ("prohibit-password", "no")
@@ -38,7 +39,8 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
         raise OperationValueError(
             f"permit_root_login: {permit_root_login!r} (expected one of {', '.join(PERMIT_ROOT_LOGIN)})"
         )
-    info = host.get_fact(SshdHardening, path=path)
+    info = shared_fact(host, SshdHardening, path=path)
+    forget(host, SshdHardening)  # read again by whoever asks next: this operation may change it
     if not present:
         if info["dropin_sha256"] is None:
             host.noop("sshd hardening is absent")

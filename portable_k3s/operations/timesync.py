@@ -11,6 +11,7 @@ from pyinfra.api.command import FileUploadCommand
 
 from ..facts.timesync import Timesyncd
 from ..render import render, sha256
+from .util import forget, shared_fact
 
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 
@@ -40,7 +41,8 @@ def timesyncd(
     """
     if present and not servers:
         raise OperationValueError("servers: empty (expected at least one NTP server)")
-    info = host.get_fact(Timesyncd, path=path)
+    info = shared_fact(host, Timesyncd, path=path)
+    forget(host, Timesyncd)  # read again by whoever asks next: this operation may change it
     if not present:
         if info["config_sha256"] is None:
             host.noop("timesyncd drop-in is absent")

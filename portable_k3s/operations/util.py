@@ -79,6 +79,79 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
     return entry["value"]
 
 
+PREFETCH_MARK = "#portable-k3s-prefetch#"
+
+
+def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]]) -> int:
+    """
+    Read several facts of ``host`` in ONE remote command into the ``shared_fact`` store, so the operations that
+    ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
+    subshell of its own, after its ``requires_command`` check; a fact whose command is missing or fails is left
+    out, and its operation reads it the usual way (with pyinfra's own handling of that case). Returns how many
+    facts were read.
+
+    + reads: ``[(FactClass, {argument: value}), …]``, the facts and arguments the operations will ask for
+    """
+    from gevent.lock import Semaphore
+    from pyinfra.api import StringCommand
+
+    executing = bool(getattr(host.state, "is_executing", False))
+    shared = _shared_reads(host)
+    wanted = [(fact, kwargs) for fact, kwargs in reads
+              if not (shared.get((fact.__name__, _frozen(kwargs), executing)) or {}).get("read")]
+    if not wanted:
+        return 0
+    parts: list[Any] = []
+    for index, (fact, kwargs) in enumerate(wanted):
+        instance = fact()
+        command = instance.command(**kwargs) if callable(instance.command) else instance.command
+        requires = instance.requires_command
+        requires = requires(**kwargs) if callable(requires) else requires
+        status = f'echo "{PREFETCH_MARK} rc $?";'
+        parts += [f"echo '{PREFETCH_MARK} {index}';"]
+        if requires:
+            parts += ["if command -v", requires, ">/dev/null 2>&1; then (", command, ");", status,
+                      f"else echo '{PREFETCH_MARK} missing'; fi;"]
+        else:
+            parts += ["(", command, ");", status]
+    with gate(host):
+        ok, output = host.run_shell_command(
+            StringCommand(*parts), print_output=host.state.print_fact_output,
+            print_input=host.state.print_fact_input, **escalation(host, use_current_op=True),
+        )
+    if not ok:
+        return 0
+    sections: dict[int, list[str]] = {}
+    results: dict[int, str] = {}
+    current = -1
+    for line in output.stdout_lines:
+        if line.startswith(PREFETCH_MARK):
+            word = line[len(PREFETCH_MARK):].split()
+            if word[0] == "rc":
+                results[current] = word[1]
+            elif word[0] == "missing":
+                results[current] = "missing"
+            else:
+                current = int(word[0])
+                sections[current] = []
+        elif current >= 0:
+            sections[current].append(line)
+    count = 0
+    for index, (fact, kwargs) in enumerate(wanted):
+        if results.get(index) != "0":
+            continue  # missing, failed or cut short: the operation reads it itself
+        lines = sections.get(index, [])
+        instance = fact()
+        try:
+            value = instance.process(lines) if lines else instance.default()
+        except Exception:  # noqa: BLE001, S112 - the operation's own read reports it the way pyinfra does
+            continue
+        key = (fact.__name__, _frozen(kwargs), executing)
+        shared[key] = {"lock": Semaphore(), "read": True, "value": value}
+        count += 1
+    return count
+
+
 def forget(host: Host, fact: Any) -> None:
     """Drop ``host``'s shared reads of ``fact`` (see ``shared_fact``): an operation is about to change it."""
     shared = _shared_reads(host)

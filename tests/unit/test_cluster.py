@@ -77,7 +77,10 @@ def _plan(connector: type[FakeConnector], responses: dict[str, str], apps: list[
 
 
 def _file_states(manifests: dict[str, str]) -> str:
-    return "\n".join(f"600 root root {sha256(text)} {MANIFEST_DIR}/{name}" for name, text in manifests.items())
+    """What the FileStates command prints for these manifests: stat lines, then sha256sum lines."""
+    stats = [f"stat 600 root root {MANIFEST_DIR}/{name}" for name in manifests]
+    sums = [f"{sha256(text)}  {MANIFEST_DIR}/{name}" for name, text in manifests.items()]
+    return "\n".join(stats + sums)
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +158,7 @@ def test_traefik_config_refuses_to_execute_without_an_entrance_address() -> None
 def test_second_run_changes_nothing(fake_connector: type[FakeConnector]) -> None:
     expected = _expected()
     listing = "\n".join(expected)
-    state = _plan(fake_connector, {r"for f in /var/lib/rancher": _file_states(expected),
+    state = _plan(fake_connector, {r"^stat -c .* /var/lib/rancher": _file_states(expected),
                                    r"portable-k3s-\*\.yaml": listing})
     (master,) = [h for h in state.inventory if h.name == "@fake/master"]
     meta = state.get_meta_for_host(master)
@@ -170,7 +173,7 @@ def test_removing_an_app_from_the_catalog_removes_its_manifest(fake_connector: t
     after_apps = [app for app in APPS if app["name"] != "blog"]
     after = _expected(after_apps)
     assert set(before) - set(after) == {"portable-k3s-app-blog.yaml"}
-    state = _plan(fake_connector, {r"for f in /var/lib/rancher": _file_states(before),
+    state = _plan(fake_connector, {r"^stat -c .* /var/lib/rancher": _file_states(before),
                                    r"portable-k3s-\*\.yaml": "\n".join(before)}, after_apps)
     fake_connector.log.clear()
     run_ops(state)

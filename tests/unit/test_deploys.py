@@ -17,6 +17,7 @@ from pyinfra.api.operations import run_ops
 
 from portable_k3s.deploys import base
 from portable_k3s.deploys.base import DEFAULTS, base_host
+from portable_k3s.operations.util import PREFETCH_MARK
 from portable_k3s.render import render, sha256
 from tests.fake_connector import FakeConnector
 
@@ -24,6 +25,7 @@ SEP = "--portable-k3s--"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/01-portable-k3s-hardening.conf"
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 EXPECTED_OPS = [
+    "Base host | Read the base state in one command",
     "Base host | Set the hostname",
     "Base host | Install base packages",
     "Base host | Configure time sync",
@@ -87,6 +89,11 @@ def _converged_responses(hostname: str) -> dict[str, str]:
     }
 
 
+def _set_hostname(name: str) -> str:
+    return (f"if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname {name} 2>/dev/null; then :; "
+            f"else echo {name} > /etc/hostname && hostname {name} ; fi")
+
+
 def _plan(connector: type[FakeConnector], hosts: list[Any], responses: dict[str, str]) -> State:
     """Build an inventory of fake hosts, connect, and plan ``base_host`` on all of them."""
     connector.responses.update(responses)
@@ -106,7 +113,9 @@ def _op_names(state: State) -> list[str]:
 
 
 def _is_fact_command(entry: Any) -> bool:
-    return isinstance(entry, str) and any(re.search(p, entry) for p in FACT_COMMANDS.values())
+    if not isinstance(entry, str):
+        return False
+    return PREFETCH_MARK in entry or any(re.search(p, entry) for p in FACT_COMMANDS.values())
 
 
 def _changes(log: list[Any]) -> list[Any]:
@@ -128,7 +137,7 @@ def test_every_operation_call_in_base_host_is_named() -> None:
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Name)
-        and node.func.value.id in {"server", "packages", "timesync", "ssh"}
+        and node.func.value.id in {"hostname", "prefetch", "packages", "timesync", "ssh"}
     ]
     assert len(calls) == len(EXPECTED_OPS)
     for call in calls:
@@ -140,12 +149,13 @@ def test_fresh_host_plans_every_named_operation_as_a_change(fake_connector: type
     state = _plan(fake_connector, [("@fake/node1", {"hostname": "node1"})], _fresh_responses())
     (host,) = state.inventory
     assert _op_names(state) == EXPECTED_OPS
-    for op_hash in state.get_op_order():
+    for index, op_hash in enumerate(state.get_op_order()):
         # A named operation's arguments are not attached to its name (they are never printed verbatim).
         assert state.op_meta[op_hash].args == []
-        assert state.ops[host][op_hash].operation_meta.will_change is True
+        # The first one only reads the host's state (in one command), the others all change something.
+        assert state.ops[host][op_hash].operation_meta.will_change is (index > 0)
     meta = state.get_meta_for_host(host)
-    assert (meta.ops, meta.ops_change) == (4, 4)
+    assert (meta.ops, meta.ops_change) == (5, 4)
     # Planning runs facts only.
     assert _changes(fake_connector.log[host.name]) == []
 
@@ -163,7 +173,7 @@ def test_fresh_host_runs_changes_in_order(fake_connector: type[FakeConnector]) -
     )
     sshd_install = _index(changes, lambda e: isinstance(e, str) and e.startswith("set -e;"))
     assert changes[:sshd_install] == [
-        "hostnamectl set-hostname node1",
+        _set_hostname("node1"),
         "apt-get update",
         "touch /var/lib/apt/periodic/update-success-stamp",
         install,
@@ -188,7 +198,7 @@ def test_converged_host_runs_only_fact_commands(fake_connector: type[FakeConnect
     state = _plan(fake_connector, [("@fake/node1", {"hostname": "node1"})], _converged_responses("node1"))
     (host,) = state.inventory
     meta = state.get_meta_for_host(host)
-    assert (meta.ops, meta.ops_change, meta.ops_no_change) == (4, 0, 4)
+    assert (meta.ops, meta.ops_change, meta.ops_no_change) == (5, 0, 5)
 
     fake_connector.log.clear()
     run_ops(state)
@@ -207,8 +217,8 @@ def test_host_data_reaches_the_operations(fake_connector: type[FakeConnector]) -
     run_ops(state)
     alpha = _changes(fake_connector.log["@fake/alpha"])
     beta = _changes(fake_connector.log["@fake/beta"])
-    assert alpha[0] == "hostnamectl set-hostname alpha"
-    assert beta[0].startswith("hostnamectl set-hostname ")
+    assert alpha[0] == _set_hostname("alpha")
+    assert beta[0].startswith("if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname ")
     assert alpha[3].endswith("install --no-install-recommends vim systemd-timesyncd")
     assert beta[3].endswith(
         "install --no-install-recommends "
@@ -244,4 +254,4 @@ def test_connector_host_without_hostname_data_is_named_after_its_target(
 ) -> None:
     state = _plan(fake_connector, [("@fake/beta", {})], _fresh_responses())
     run_ops(state)
-    assert _changes(fake_connector.log["@fake/beta"])[0] == "hostnamectl set-hostname beta"
+    assert _changes(fake_connector.log["@fake/beta"])[0] == _set_hostname("beta")

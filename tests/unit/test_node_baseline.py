@@ -37,6 +37,7 @@ from portable_k3s.deploys import node_baseline as node_baseline_mod
 from portable_k3s.deploys.node_baseline import DEFAULTS, NODE_GROUPS, is_node, node_baseline
 from portable_k3s.facts import hardware as hw
 from portable_k3s.operations import hardware
+from portable_k3s.operations.util import PREFETCH_MARK
 from portable_k3s.render import TEMPLATE_DIR, render, sha256
 from tests.fake_connector import FakeConnector
 
@@ -512,10 +513,11 @@ LAPTOP_OPS = [
     "Node baseline | Disable sleep and hibernation",
     "Node baseline | Set battery charge thresholds",
     "Node baseline | Blank the idle console",
+    "Node baseline | Read the watchdog and panic settings in one command",
     "Node baseline | Arm the systemd watchdog",
     "Node baseline | Reboot after a kernel panic",
 ]
-SERVER_OPS = [LAPTOP_OPS[0], *LAPTOP_OPS[-2:]]
+SERVER_OPS = [LAPTOP_OPS[0], *LAPTOP_OPS[-3:]]
 AFTER = "Deployed after the baseline"
 
 
@@ -586,13 +588,14 @@ def op_names(state: State, host_name: str) -> list[str]:
 
 
 def changes(connector: type[FakeConnector], host_name: str) -> list[Any]:
-    return [e for e in connector.log.get(host_name, []) if not (isinstance(e, str) and FACT_RE.search(e))]
+    return [e for e in connector.log.get(host_name, [])
+            if not (isinstance(e, str) and (FACT_RE.search(e) or PREFETCH_MARK in e))]
 
 
 def test_every_operation_call_in_node_baseline_is_named() -> None:
     tree = ast.parse(inspect.getsource(node_baseline_mod.node_baseline))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-             and isinstance(n.func.value, ast.Name) and n.func.value.id == "hardware"]
+             and isinstance(n.func.value, ast.Name) and n.func.value.id in ("hardware", "prefetch")]
     assert len(calls) == len(LAPTOP_OPS)
     for call in calls:
         names = [kw.value for kw in call.keywords if kw.arg == "name"]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from types import SimpleNamespace
 from typing import Any
 
 import gevent
+from pyinfra.api import FactBase
+from pyinfra.connectors.util import CommandOutput, OutputLine
+from pyinfra.facts.server import Hostname
 
 from portable_k3s.facts.files import FileStates
 from portable_k3s.facts.headscale import Headscale
-from portable_k3s.operations.util import forget, shared_fact
+from portable_k3s.operations.util import forget, prefetch, shared_fact
 
 
 class CountingHost:
@@ -65,3 +71,66 @@ def test_hosts_do_not_share_reads() -> None:
     shared_fact(one, Headscale)
     shared_fact(two, Headscale)
     assert len(one.reads) == len(two.reads) == 1
+
+
+# prefetch: several facts in one command, parsed into the shared reads
+
+
+class _Failing(FactBase):
+    """A fact whose command fails."""
+
+    def command(self) -> str:
+        return "echo partial; exit 3"
+
+    def process(self, output: list[str]) -> list[str]:
+        return output
+
+
+class _Missing(FactBase):
+    """A fact whose required command does not exist."""
+
+    requires_command = "portable-k3s-no-such-command"
+
+    def command(self) -> str:
+        return "portable-k3s-no-such-command"
+
+
+class LocalShellHost(CountingHost):
+    """A host whose commands run in this machine's shell, for real (the combined command is real bash)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = SimpleNamespace(is_executing=True, print_fact_output=False, print_fact_input=False)
+        self.data = SimpleNamespace(get=lambda key, default=None: default)
+        self.current_op_global_arguments: dict[str, Any] = {}
+        self.commands: list[str] = []
+
+    def run_shell_command(self, command: Any, **kwargs: Any) -> tuple[bool, CommandOutput]:
+        text = command.get_raw_value()
+        self.commands.append(text)
+        proc = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=30)
+        lines = [OutputLine("stdout", line) for line in proc.stdout.splitlines()]
+        return proc.returncode == 0, CommandOutput(lines)
+
+
+def test_prefetch_reads_several_facts_in_one_real_command_as_each_would_alone(tmp_path) -> None:
+    present = tmp_path / "present.conf"
+    present.write_text("x = 1\n")
+    os.chmod(present, 0o640)
+    paths = (str(present), str(tmp_path / "missing.conf"))
+    host = LocalShellHost()
+    count = prefetch(host, [(FileStates, {"paths": paths}), (Hostname, {}), (_Failing, {}), (_Missing, {})])
+    assert count == 2 and len(host.commands) == 1
+    # The shared reads now hold what each fact's own command gives, parsed by the fact itself.
+    alone = subprocess.run(["sh", "-c", FileStates().command(paths=paths).get_raw_value()],
+                           capture_output=True, text=True).stdout.splitlines()
+    assert shared_fact(host, FileStates, paths=list(paths)) == FileStates().process(alone)
+    assert shared_fact(host, FileStates, paths=paths)[str(present)]["mode"] == "640"
+    assert shared_fact(host, Hostname) == socket.gethostname()
+    assert host.reads == []  # served from the one command
+    # A failing or missing fact is left to the usual read (pyinfra's own error handling).
+    shared_fact(host, _Failing)
+    shared_fact(host, _Missing)
+    assert [name for name, _ in host.reads] == ["_Failing", "_Missing"]
+    # Read already: a second prefetch sends nothing.
+    assert prefetch(host, [(FileStates, {"paths": paths}), (Hostname, {})]) == 0 and len(host.commands) == 1
