@@ -466,11 +466,16 @@ class Lab:
             _wait_port(host.address, 22, timeout, f"sshd on {host.name} ({host.address})")
             deadline = time.monotonic() + timeout
             while True:
-                proc = self.ssh(host.name, "systemctl is-system-running --wait", check=False)
+                # Bounded on the host itself, so the deadline holds (a k3s unit may keep the boot "starting"
+                # while it waits for its server).
+                proc = self.ssh(host.name, "timeout 15 systemctl is-system-running --wait", check=False, timeout=30)
                 if proc.stdout.strip() in ("running", "degraded"):
                     return
                 if time.monotonic() > deadline:
-                    raise LabError(f"{host.name} did not finish booting: {proc.stdout.strip()} {proc.stderr.strip()}")
+                    jobs = self.ssh(host.name, "systemctl list-jobs --no-pager; journalctl -b -n 25 --no-pager "
+                                    "-u k3s -u k3s-agent -u tailscaled", check=False, timeout=30).stdout
+                    raise LabError(f"{host.name} did not finish booting in {timeout:.0f} s: "
+                                   f"{proc.stdout.strip()} {proc.stderr.strip()}\n{jobs}")
                 time.sleep(0.5)
 
         with ThreadPoolExecutor(max_workers=len(hosts)) as pool:

@@ -162,7 +162,9 @@ def test_home_renumbered_between_boots_keeps_host_state(lab, pyinfra):
     old = {h.name: h.address for h in lab.hosts()}
     lab.down(keep_state=True)
     lab.config.home_subnet = MOVED_HOME_SUBNET
-    lab.up(4)
+    # Both sites boot at once: the k3s agents' boot waits until their server answers over the tailnet, which
+    # waits for headscale: give that the time a real move would.
+    lab.up(4, timeout=240)
     new = {h.name: h.address for h in lab.hosts()}
     assert new["h1"] == old["h1"]
     moved = ipaddress.ip_network(MOVED_HOME_SUBNET)
