@@ -55,7 +55,8 @@ def _uploaded_config(commands: list[Any]) -> dict:
     return yaml.safe_load(upload[1])
 
 
-def test_agent_config_joins_the_server_at_its_tailnet_address() -> None:
+def _agent_config(**kwargs: Any) -> list[Any]:
+    """The commands of t420's agent config, joining master (100.64.0.2); t420 is 100.64.0.3."""
     state = FakeState()
     server = _host(state, "master", {"tailscale.Tailscale": {"ipv4": "100.64.0.2"}})
     node = _host(state, "t420", {
@@ -63,8 +64,11 @@ def test_agent_config_joins_the_server_at_its_tailnet_address() -> None:
         "files.FileStates": {"paths=('/etc/rancher/k3s/config.yaml',)": {"/etc/rancher/k3s/config.yaml": None}},
     })
     with ctx_state.use(state), ctx_host.use(node):
-        commands = list(k3s.config._inner(role="agent", node_name="t420", settings={"node-label": ["disk=ssd"]},
-                                          join=server))
+        return list(k3s.config._inner(role="agent", node_name="t420", join=server, **kwargs))
+
+
+def test_agent_config_joins_the_server_at_its_tailnet_address() -> None:
+    commands = _agent_config(settings={"node-label": ["disk=ssd"]})
     assert _uploaded_config(commands) == {
         "node-name": "t420",
         "node-ip": "100.64.0.3",
@@ -211,15 +215,7 @@ def test_vpn_auth_removed_in_manual_mode_expires_its_key_on_headscale() -> None:
 
 
 def test_native_config_leaves_the_addresses_to_k3s() -> None:
-    state = FakeState()
-    server = _host(state, "master", {"tailscale.Tailscale": {"ipv4": "100.64.0.2"}})
-    node = _host(state, "t420", {
-        "tailscale.Tailscale": {"ipv4": "100.64.0.3"},
-        "files.FileStates": {"paths=('/etc/rancher/k3s/config.yaml',)": {"/etc/rancher/k3s/config.yaml": None}},
-    })
-    with ctx_state.use(state), ctx_host.use(node):
-        commands = list(k3s.config._inner(role="agent", node_name="t420", settings={}, join=server, mode="native"))
-    assert _uploaded_config(commands) == {
+    assert _uploaded_config(_agent_config(settings={}, mode="native")) == {
         "node-name": "t420", "server": "https://100.64.0.2:6443", "token-file": k3s.TOKEN,
         "vpn-auth-file": k3s.VPN_AUTH,
     }
