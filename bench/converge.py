@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -94,16 +95,20 @@ def run_pyinfra(lab: Lab, inventory: str, label: str, workdir: Path, extra: list
     env = {**os.environ, "PORTABLE_K3S_LAB_STATE_DIR": str(lab.state_dir), "PK3S_BENCH_COUNTS": str(counts),
            **(env or {})}
     cmd = [PYTHON, str(BENCH / "counted_pyinfra.py"), inventory, "deploy.py", "-y", "--json", *extra]
-    started = time.monotonic()
+    started, hosts_cpu, own = time.monotonic(), lab.cpu_seconds(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {"pyinfra_s": round(after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime, 2),
+           "lab_hosts_s": round(lab.cpu_seconds() - hosts_cpu, 2)}
     (workdir / f"{label}.stderr.log").write_text(proc.stderr)
     if proc.returncode != 0:
         raise PyinfraFailed(label, proc.returncode, proc.stderr, wall)
     results = json.loads(proc.stdout)["results"]
     changed = {op["name"]: op["success"] for op in results["operations"] if op["success"]}
     log(f"{label}: {wall:.1f}s, {len(changed)} operations changed something")
-    return {"wall_s": round(wall, 2), "changed_ops": sorted(changed), "counts": json.loads(counts.read_text())}
+    return {"wall_s": round(wall, 2), "cpu": cpu, "changed_ops": sorted(changed),
+            "counts": json.loads(counts.read_text())}
 
 
 def per_command(lab: Lab, hostname: str, port: int, known_hosts: str, count: int) -> dict[str, Any]:
@@ -198,6 +203,8 @@ def bench_one(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]
             "wall_s": [r["wall_s"] for r in noops],
             "median_s": round(statistics.median(r["wall_s"] for r in noops), 2),
             "changed_ops": sorted({op for r in noops for op in r["changed_ops"]}),
+            # Where the time goes: this machine's cores run pyinfra AND every lab host's side of the commands.
+            "cpu": noops[-1]["cpu"],
             "per_host": _summarise_counts(noops[0]["counts"]),
         }
         if args.compare_nagle:
@@ -301,6 +308,12 @@ def table(results: list[dict[str, Any]]) -> str:
                 + f"; one `true` command {lat['per_command']['nodelay']['median_ms']:.0f} ms"
                 f" ({lat['per_command']['nagle']['median_ms']:.0f} ms with Nagle)."
             )
+    lines.append("\nCPU of one no-op run (this machine runs pyinfra and every lab host's side of the commands):")
+    for r in results:
+        cpu = (r.get("noop") or {}).get("cpu")
+        if cpu:
+            lines.append(f"- N={r['hosts']}: pyinfra {cpu['pyinfra_s']:.2f} s, lab hosts {cpu['lab_hosts_s']:.2f} s, "
+                         f"wall {r['noop']['median_s']:.2f} s on {os.cpu_count()} cores")
     lines.append("\nRound trips per host on a no-op run, by deploy:")
     for r in results:
         for name, h in (r.get("noop") or {}).get("per_host", {}).items():

@@ -420,6 +420,18 @@ class Lab:
                 dirs.append(root / hierarchy / "portable-k3s-lab" / f"{self.config.home_bridge}-{name}")
         return dirs
 
+    def cpu_seconds(self) -> float:
+        """CPU time the lab's hosts have used so far (their cgroups' usage), or 0.0 where it cannot be read."""
+        total = 0
+        for host in self.hosts():
+            for cg in self._cgroup_dirs(host.name):
+                stat = cg / "cpu.stat"
+                if stat.exists():
+                    fields = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
+                    total += int(fields.get("usage_usec", 0))
+                    break
+        return total / 1e6
+
     def _start(self, host: LabHost) -> int:
         cgroups = self._cgroup_dirs(host.name)
         for cg in cgroups:
