@@ -121,13 +121,14 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         (InstalledRelease, {"component": "k3s", "paths": [k3s.BINARY]}), (FileStates, {"paths": managed}),
         (ServiceStates, {"units": (k3s.unit_name(role),)}), (Tailscale, {}),
     ]
-    if data.k3s_airgap_images:
-        images_url, images_path = airgap_images(data.k3s_download_url, version, machine)
-        reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [images_path]}))
+    airgap = airgap_images(data.k3s_download_url, version, machine) if data.k3s_airgap_images else None
+    if airgap:
+        reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [airgap[1]]}))
     prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads)
 
     images = None
-    if data.k3s_airgap_images:  # before the binary: an upgrade's restart then imports the new images
+    if airgap:  # before the binary: an upgrade's restart then imports the new images
+        images_url, images_path = airgap
         images = release.installed(
             name=f"{label} airgap images", component="k3s-airgap-images", version=version, url=images_url,
             checksum_url=sums, files={"": images_path},

@@ -97,13 +97,12 @@ def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]]) -> int:
 
     executing = bool(getattr(host.state, "is_executing", False))
     shared = _shared_reads(host)
-    wanted = [(fact, kwargs) for fact, kwargs in reads
+    wanted = [(fact(), kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads
               if not (shared.get((fact.__name__, _frozen(kwargs), executing)) or {}).get("read")]
     if not wanted:
         return 0
     parts: list[Any] = []
-    for index, (fact, kwargs) in enumerate(wanted):
-        instance = fact()
+    for index, (instance, kwargs, _) in enumerate(wanted):
         command = instance.command(**kwargs) if callable(instance.command) else instance.command
         requires = instance.requires_command
         requires = requires(**kwargs) if callable(requires) else requires
@@ -137,16 +136,14 @@ def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]]) -> int:
         elif current >= 0:
             sections[current].append(line)
     count = 0
-    for index, (fact, kwargs) in enumerate(wanted):
+    for index, (instance, _, key) in enumerate(wanted):
         if results.get(index) != "0":
             continue  # missing, failed or cut short: the operation reads it itself
         lines = sections.get(index, [])
-        instance = fact()
         try:
             value = instance.process(lines) if lines else instance.default()
         except Exception:  # noqa: BLE001, S112 - the operation's own read reports it the way pyinfra does
             continue
-        key = (fact.__name__, _frozen(kwargs), executing)
         shared[key] = {"lock": Semaphore(), "read": True, "value": value}
         count += 1
     return count
