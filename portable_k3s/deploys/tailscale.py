@@ -38,6 +38,7 @@ TAILSCALE_DEFAULTS: dict[str, Any] = {
 }
 
 STATIC_UNIT = "/etc/systemd/system/tailscaled.service"
+WAIT_ONLINE_DROPIN = "/etc/systemd/system/tailscaled.service.d/10-wait-online.conf"
 STATIC_BINARIES = ("/usr/local/bin/tailscale", "/usr/local/sbin/tailscaled")
 DEFAULTS_FILE = "/etc/default/tailscaled"
 APT_KEYRING = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
@@ -58,7 +59,9 @@ def tailscale_node(headscale_host: Host) -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
-    managed = (STATIC_UNIT, DEFAULTS_FILE) if data.tailscale_install == "static" else (DEFAULTS_FILE,)
+    managed = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE)
+    if data.tailscale_install == "static":
+        managed = (STATIC_UNIT, *managed)
     reads: list[tuple[Any, dict[str, Any]]] = [
         (FileStates, {"paths": managed}), (ServiceStates, {"units": ("tailscaled.service",)}), (Tailscale, {}),
     ]
@@ -78,7 +81,6 @@ def tailscale_node(headscale_host: Host) -> None:
         unit = files.content(
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed
         )
-        systemd.daemon_reload(name="Reload systemd for tailscaled", _if=unit.did_change)
     else:
         codename = (host.get_fact(LinuxDistribution).get("release_meta") or {}).get("VERSION_CODENAME", "bookworm")
         pyinfra_files.download(
@@ -92,6 +94,11 @@ def tailscale_node(headscale_host: Host) -> None:
         apt.update(name="apt lists with tailscale", _if=source.did_change)
         binary = apt.packages(name="Install tailscale (apt)", packages=[f"tailscale={version}"])
         unit = binary
+    wait_online = files.content(
+        name="tailscaled starts once the network is online", path=WAIT_ONLINE_DROPIN,
+        text=render("tailscaled.wait-online.conf.j2"), batch=managed,
+    )
+    systemd.daemon_reload(name="Reload systemd for tailscaled", _if=any_changed(unit, wait_online))
     env = files.content(
         name="tailscaled settings", path=DEFAULTS_FILE, batch=managed,
         text=render(

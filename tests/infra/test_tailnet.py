@@ -43,3 +43,10 @@ def test_tailscale_node_is_in_the_tailnet(host, inventory_host):
     prefs = json.loads(host.check_output("tailscale debug prefs"))
     assert prefs["ControlURL"] == inventory_host.get("headscale_url")
     assert not host.file("/run/portable-k3s/tailscale-authkey").exists
+
+
+@pytest.mark.groups("headscale", "entrance", "k3s_servers", "k3s_agents", "exit_nodes")
+def test_tailscaled_starts_once_the_network_is_online(host):
+    """Started before the LAN address exists, tailscaled can miss it coming up and stay "network down"."""
+    wants = host.check_output("systemctl show -p Wants -p After --value tailscaled").split()
+    assert wants.count("network-online.target") == 2, wants
