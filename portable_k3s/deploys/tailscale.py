@@ -59,7 +59,7 @@ def tailscale_node(headscale_host: Host) -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
-    managed = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE)
+    managed: tuple[str, ...] = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE)
     if data.tailscale_install == "static":
         managed = (STATIC_UNIT, *managed)
     reads: list[tuple[Any, dict[str, Any]]] = [

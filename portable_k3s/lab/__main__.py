@@ -1,4 +1,4 @@
-"""``python -m portable_k3s.lab up|down|status|ssh`` — manage the local lab."""
+"""``python -m portable_k3s.lab up|down|move|status|ssh`` — manage the local lab."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop and remove everything (safe to run twice)")
     down.add_argument("--keep-state", action="store_true",
                       help="keep the hosts' disks and identity for the next `up` (e.g. on a new --home-subnet)")
+    move = sub.add_parser("move", help="move house: reboot the home site on a new subnet behind a new NAT address")
+    move.add_argument("--to", required=True, metavar="SUBNET", help="the home site's new subnet, e.g. 10.231.3.0/24")
+    move.add_argument("--public-index", type=int, default=2, metavar="N",
+                      help="the home NAT's new address: cloud subnet + N (1-9; default 2)")
     status = sub.add_parser("status", help="list the hosts and whether they run")
     status.add_argument("--json", action="store_true")
     ssh = sub.add_parser("ssh", help="open a shell (or run a command) on a host")
@@ -43,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
             for host in lab.up(args.hosts):
                 print(f"{host.name}\t{host.site}\t{host.address}\t{','.join(host.groups)}")
             print(f"ssh: python -m portable_k3s.lab ssh h1   (or ssh -F {lab.ssh_config} h1)")
+        elif args.command == "move":
+            for host in lab.move_home(args.to, args.public_index):
+                print(f"{host.name}\t{host.site}\t{host.address}\t{','.join(host.groups)}")
         elif args.command == "down":
             lab.down(keep_state=args.keep_state)
         elif args.command == "status":

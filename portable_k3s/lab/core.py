@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -73,6 +74,7 @@ class LabConfig:
     home_subnet: str = "10.231.2.0/24"
     artifact_port: int = 8780
     suite: str = "bookworm"
+    home_public_index: int = 1  # the home NAT's address on the cloud site: cloud subnet + this (1 = the gateway)
 
     @classmethod
     def from_env(cls, **overrides: object) -> LabConfig:
@@ -109,6 +111,8 @@ class LabConfig:
             nets.append(net)
         if nets[0].overlaps(nets[1]):
             raise LabError(f"cloud_subnet {nets[0]} and home_subnet {nets[1]} overlap")
+        if not 1 <= self.home_public_index <= 9:
+            raise LabError(f"home_public_index: {self.home_public_index} (expected 1-9: cloud hosts start at 11)")
 
     @property
     def state_file(self) -> Path:
@@ -176,7 +180,8 @@ class Lab:
     def adopt(self, state: dict) -> None:
         """Use the wiring the lab was brought up with (subnets, port, bridges), as recorded in its state."""
         recorded = state.get("config", {})
-        for key in ("cloud_bridge", "home_bridge", "cloud_subnet", "home_subnet", "artifact_port"):
+        for key in ("cloud_bridge", "home_bridge", "cloud_subnet", "home_subnet", "artifact_port",
+                    "home_public_index"):
             if key in recorded:
                 setattr(self.config, key, recorded[key])
 
@@ -209,6 +214,10 @@ class Lab:
     def gateway(self, site: str) -> str:
         net = ipaddress.IPv4Network(self.config.cloud_subnet if site == "cloud" else self.config.home_subnet)
         return str(net.network_address + 1)
+
+    def home_public_address(self) -> str:
+        """The address the home site's NAT shows the cloud site (its "public IP")."""
+        return str(ipaddress.IPv4Network(self.config.cloud_subnet).network_address + self.config.home_public_index)
 
     def address(self, host: LabHost) -> str:
         net = ipaddress.IPv4Network(self.config.cloud_subnet if host.site == "cloud" else self.config.home_subnet)
@@ -275,7 +284,7 @@ class Lab:
         state["config"].update(
             home_subnet=self.config.home_subnet, cloud_subnet=self.config.cloud_subnet,
             cloud_bridge=self.config.cloud_bridge, home_bridge=self.config.home_bridge,
-            artifact_port=self.config.artifact_port,
+            artifact_port=self.config.artifact_port, home_public_index=self.config.home_public_index,
         )
         state["hosts"] = [asdict(h) for h in hosts]
         self.save_state(state)
@@ -327,8 +336,14 @@ class Lab:
             state.setdefault("bridges", [])
             if bridge not in state["bridges"]:
                 state["bridges"].append(bridge)
-            run(["ip", "addr", "flush", "dev", bridge])
-            run(["ip", "addr", "add", f"{self.gateway(site)}/{subnet.prefixlen}", "dev", bridge])
+            wanted = {f"{self.gateway(site)}/{subnet.prefixlen}"}
+            if site == "cloud":
+                wanted.add(f"{self.home_public_address()}/{subnet.prefixlen}")
+            current = set(re.findall(r"inet (\S+)", run(["ip", "-o", "-4", "addr", "show", "dev", bridge]).stdout))
+            if current != wanted:  # left alone when right: a running site keeps its gateway
+                run(["ip", "addr", "flush", "dev", bridge])
+                for address in sorted(wanted):
+                    run(["ip", "addr", "add", address, "dev", bridge])
             run(["ip", "link", "set", bridge, "up"])
         IP_FORWARD.write_text("1\n")
         self._firewall_down(state)  # rebuild from scratch: the subnets may have changed
@@ -347,8 +362,9 @@ class Lab:
         ]
         for rule in rules:
             run(["iptables", "-w", *rule])
-        # Home sits behind NAT, as at home: the cloud site sees the home gateway's address.
-        run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", c.home_subnet, "-o", cloud, "-j", "MASQUERADE"])
+        # Home sits behind NAT, as at home: the cloud site sees only the home NAT's ("public") address.
+        run(["iptables", "-w", "-t", "nat", "-A", nat, "-s", c.home_subnet, "-o", cloud, "-j", "SNAT",
+             "--to-source", self.home_public_address()])
         run(["iptables", "-w", "-I", "FORWARD", "1", "-j", fwd])
         run(["iptables", "-w", "-t", "nat", "-I", "POSTROUTING", "1", "-j", nat])
         state["chains"] = {"filter": fwd, "nat": nat}
@@ -524,29 +540,7 @@ class Lab:
         state = self.load_state()
         self._adopt_names(state)
         hosts = [LabHost(**h) for h in state.get("hosts", [])]
-        stopping = [h for h in hosts if self._running(h)]
-        for host in stopping:
-            os.kill(host.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for host in stopping:
-            while self._running(host) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        for host in hosts:
-            if self._running(host):
-                log(f"{host.name} did not stop in {timeout:.0f}s: killing its cgroup")
-            self._kill_cgroups(host.name)
-            if self._running(host):
-                os.kill(host.pid, signal.SIGKILL)
-            self._remove_cgroups(host.name)
-            root = self.host_dir(host.name) / "root"
-            for _ in range(50):
-                if not os.path.ismount(root):
-                    break
-                if run(["umount", str(root)], check=False).returncode != 0:
-                    time.sleep(0.1)
-            if os.path.ismount(root):
-                run(["umount", "--lazy", str(root)], check=False)
-            host.pid = 0
+        self._stop(hosts, timeout)
         pid = state.pop("gateway_pid", 0)
         if pid and _pid_matches(pid, GATEWAY_MODULE):
             os.kill(pid, signal.SIGTERM)
@@ -571,6 +565,48 @@ class Lab:
             self.save_state(state)
         elif self.state_dir.exists():
             shutil.rmtree(self.state_dir)
+
+    def _stop(self, hosts: list[LabHost], timeout: float) -> None:
+        """Shut the hosts down (SIGTERM to their systemd, then their cgroups killed) and unmount their roots."""
+        stopping = [h for h in hosts if self._running(h)]
+        for host in stopping:
+            os.kill(host.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for host in stopping:
+            while self._running(host) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        for host in hosts:
+            if self._running(host):
+                log(f"{host.name} did not stop in {timeout:.0f}s: killing its cgroup")
+            self._kill_cgroups(host.name)
+            if self._running(host):
+                os.kill(host.pid, signal.SIGKILL)
+            self._remove_cgroups(host.name)
+            root = self.host_dir(host.name) / "root"
+            for _ in range(50):
+                if not os.path.ismount(root):
+                    break
+                if run(["umount", str(root)], check=False).returncode != 0:
+                    time.sleep(0.1)
+            if os.path.ismount(root):
+                run(["umount", "--lazy", str(root)], check=False)
+            host.pid = 0
+
+    def move_home(self, home_subnet: str, home_public_index: int, timeout: float = 90.0) -> list[LabHost]:
+        """Move house: shut the home site down, renumber its LAN and give its NAT a new public address, boot
+        the same hosts (same disks and identity) again. The cloud site keeps running."""
+        state = self.load_state()
+        self.adopt(state)
+        hosts = [LabHost(**h) for h in state.get("hosts", [])]
+        if not hosts:
+            raise LabError(f"no lab at {self.state_dir} (run 'up' first)")
+        home = [h for h in hosts if h.site == "home"]
+        self._stop(home, 20.0)
+        state["hosts"] = [asdict(h) for h in hosts]
+        self.save_state(state)
+        self.config.home_subnet, self.config.home_public_index = home_subnet, home_public_index
+        self.config.validate()
+        return self.up(len(hosts), timeout)
 
     def _firewall_down(self, state: dict) -> None:
         c = self.config

@@ -14,6 +14,8 @@ import pytest
 
 from portable_k3s.lab import Lab, LabConfig
 
+from .standin import BACKENDS, PRIVATE, PUBLIC, STANDIN_CONF
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Its own names, subnets and state dir, so the tests never touch a lab brought up by hand. Two test runs on one
@@ -28,8 +30,9 @@ TEST_LAB = {
     "home_subnet": f"10.231.{10 * LAB_ID + 2}.0/24",
     "artifact_port": 8780 + LAB_ID,
 }
-# Where the home site moves to when a test renumbers it.
+# Where the home site moves to when a test moves house, and its NAT's new address on the cloud site (subnet + 2).
 MOVED_HOME_SUBNET = f"10.231.{10 * LAB_ID + 3}.0/24"
+MOVED_HOME_PUBLIC_INDEX = 2
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -87,4 +90,44 @@ def pyinfra(lab_env: dict[str, str]):
         )
         return PyinfraRun(proc.returncode, proc.stdout, proc.stderr)
 
+    return run
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory) -> Path:
+    """A test CA and one certificate for the public and private app names (the CLUSTER's certificate)."""
+    d = tmp_path_factory.mktemp("ca")
+    names = ",".join(f"DNS:{n}" for n in (PUBLIC, PRIVATE, "nope.example.org"))
+    steps = [
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=portable-k3s lab test CA", "-keyout", "ca.key", "-out", "ca.pem"],
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-subj", "/CN=lab ingress stand-in", "-keyout", "key.pem", "-out", "req.csr"],
+        ["openssl", "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem"],
+    ]
+    (d / "san.cnf").write_text(f"subjectAltName={names}\n")
+    for step in steps:
+        subprocess.run(step, cwd=d, check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def standins(lab, converged_entrance, test_ca):
+    """The ingress stand-in on every k3s-role host."""
+    cert, key = (test_ca / "cert.pem").read_text(), (test_ca / "key.pem").read_text()
+    for name in BACKENDS:
+        lab.ssh(name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-stream >/dev/null "
+                      "|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+                      "nginx libnginx-mod-stream >/dev/null)", timeout=300)
+        lab.ssh(name, "mkdir -p /etc/standin && cat > /etc/standin/cert.pem", input=cert)
+        lab.ssh(name, "umask 077 && cat > /etc/standin/key.pem", input=key)
+        lab.ssh(name, "cat > /etc/nginx/nginx.conf && nginx -t -q && systemctl restart nginx", input=STANDIN_CONF)
+    return test_ca
+
+
+@pytest.fixture(scope="session")
+def converged_entrance(pyinfra):
+    run = pyinfra()
+    assert run.returncode == 0, run.stderr[-4000:]
     return run

@@ -1,8 +1,8 @@
 """Lab tier: the entrance with real nginx, real TLS and the real tailnet.
 
-The cluster ingress does not exist yet in the lab, so each k3s-role host runs an INGRESS STAND-IN: nginx with
-``listen 443 ssl proxy_protocol`` and certificates from a test CA made here, answering with the SNI it received and
-the client address from the PROXY header. This machine plays the internet and connects to the entrance's cloud
+The cluster ingress does not exist in the lab, so each k3s-role host runs the INGRESS STAND-IN of
+tests/lab/standin.py (nginx with ``listen 443 ssl proxy_protocol`` and a test CA's certificate, answering with the
+SNI and the PROXY header's client address). This machine plays the internet and connects to the entrance's cloud
 address.
 """
 
@@ -22,99 +22,9 @@ from pathlib import Path
 import pytest
 
 from .conftest import REPO
+from .standin import BACKENDS, PRIVATE, PUBLIC, entrance, tls
 
-PUBLIC = "blog.example.org"
-PRIVATE = "pass.example.org"
-BACKENDS = ("h2", "h3", "h4")
 TAILNET = ipaddress.ip_network("100.64.0.0/10")
-
-STANDIN_CONF = r"""# INGRESS STAND-IN for the lab tier (tests/lab/test_entrance.py), not the cluster's ingress.
-user www-data;
-worker_processes 1;
-pid /run/nginx.pid;
-include /etc/nginx/modules-enabled/*.conf;
-events {}
-http {
-    log_format standin '$remote_addr pp=$proxy_protocol_addr sni=$ssl_server_name host=$host "$request"';
-    access_log /var/log/nginx/standin.log standin;
-    server {
-        listen 443 ssl proxy_protocol;
-        ssl_certificate /etc/standin/cert.pem;
-        ssl_certificate_key /etc/standin/key.pem;
-        location / { return 200 "standin=$hostname sni=$ssl_server_name client=$proxy_protocol_addr\n"; }
-    }
-    server {
-        listen 80;
-        location /.well-known/acme-challenge/ {
-            return 200 "standin=$hostname acme host=$host xff=$http_x_forwarded_for\n";
-        }
-    }
-}
-stream {
-    log_format standin_tcp '$remote_addr tcp';
-    access_log /var/log/nginx/standin.log standin_tcp;
-    server { listen 25565; return "standin=$hostname tcp from=$remote_addr\n"; }
-}
-"""
-
-
-@pytest.fixture(scope="module")
-def test_ca(tmp_path_factory) -> Path:
-    """A test CA and one certificate for the public and private app names (the CLUSTER's certificate)."""
-    d = tmp_path_factory.mktemp("ca")
-    names = ",".join(f"DNS:{n}" for n in (PUBLIC, PRIVATE, "nope.example.org"))
-    steps = [
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-         "-subj", "/CN=portable-k3s lab test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-subj", "/CN=lab ingress stand-in", "-keyout", "key.pem", "-out", "req.csr"],
-        ["openssl", "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-         "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem"],
-    ]
-    (d / "san.cnf").write_text(f"subjectAltName={names}\n")
-    for step in steps:
-        subprocess.run(step, cwd=d, check=True, capture_output=True)
-    return d
-
-
-@pytest.fixture(scope="module")
-def standins(lab, converged_entrance, test_ca):
-    """The ingress stand-in on every k3s-role host."""
-    cert, key = (test_ca / "cert.pem").read_text(), (test_ca / "key.pem").read_text()
-    for name in BACKENDS:
-        lab.ssh(name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-stream >/dev/null "
-                      "|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-                      "nginx libnginx-mod-stream >/dev/null)", timeout=300)
-        lab.ssh(name, "mkdir -p /etc/standin && cat > /etc/standin/cert.pem", input=cert)
-        lab.ssh(name, "umask 077 && cat > /etc/standin/key.pem", input=key)
-        lab.ssh(name, "cat > /etc/nginx/nginx.conf && nginx -t -q && systemctl restart nginx", input=STANDIN_CONF)
-    return test_ca
-
-
-@pytest.fixture(scope="module")
-def converged_entrance(pyinfra):
-    run = pyinfra()
-    assert run.returncode == 0, run.stderr[-4000:]
-    return run
-
-
-def _entrance(lab) -> str:
-    return next(h.address for h in lab.hosts() if "entrance" in h.groups)
-
-
-def _tls(lab, ca: Path, sni: str | None, request: bytes = b"GET / HTTP/1.0\r\n\r\n") -> tuple[dict, str]:
-    context = ssl.create_default_context(cafile=str(ca / "ca.pem"))
-    context.check_hostname = sni is not None
-    if sni is None:
-        context.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((_entrance(lab), 443), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=sni) as tls:
-            cert = tls.getpeercert() or {}
-            tls.sendall(request.replace(b"HTTP/1.0\r\n", f"HTTP/1.0\r\nHost: {sni}\r\n".encode(), 1))
-            data = b""
-            while chunk := tls.recv(4096):
-                data += chunk
-    return cert, data.decode()
 
 
 def _standin_log_lines(lab) -> int:
@@ -126,7 +36,7 @@ def _tailnet_ip(lab, name: str) -> str:
 
 
 def test_public_name_passes_through_with_the_clusters_certificate_and_the_real_client(lab, standins):
-    cert, body = _tls(lab, standins, PUBLIC)
+    cert, body = tls(lab, standins, PUBLIC)
     issuer = dict(x[0] for x in cert["issuer"])
     assert issuer["commonName"] == "portable-k3s lab test CA", cert  # TLS terminated on the cluster, not the entrance
     assert f"sni={PUBLIC}" in body
@@ -138,26 +48,26 @@ def test_public_name_passes_through_with_the_clusters_certificate_and_the_real_c
 def test_other_names_are_closed_without_reaching_the_cluster(lab, standins, sni):
     before = _standin_log_lines(lab)
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        _tls(lab, standins, sni)
+        tls(lab, standins, sni)
     time.sleep(0.5)
     assert _standin_log_lines(lab) == before
 
 
 def test_port_80_forwards_acme_challenges_of_public_names_only(lab, standins):
-    conn = http.client.HTTPConnection(_entrance(lab), 80, timeout=10)
+    conn = http.client.HTTPConnection(entrance(lab), 80, timeout=10)
     conn.request("GET", "/.well-known/acme-challenge/token123", headers={"Host": PUBLIC})
     response = conn.getresponse()
     body = response.read().decode()
     assert response.status == 200 and f"acme host={PUBLIC}" in body, body
     assert f"xff={lab.gateway('cloud')}" in body
     conn.close()
-    conn = http.client.HTTPConnection(_entrance(lab), 80, timeout=10)
+    conn = http.client.HTTPConnection(entrance(lab), 80, timeout=10)
     conn.request("GET", "/", headers={"Host": PUBLIC})
     response = conn.getresponse()
     assert response.status == 301 and response.getheader("Location") == f"https://{PUBLIC}/"
     conn.close()
     for host in (PRIVATE, "nope.example.org"):
-        conn = http.client.HTTPConnection(_entrance(lab), 80, timeout=10)
+        conn = http.client.HTTPConnection(entrance(lab), 80, timeout=10)
         conn.request("GET", "/.well-known/acme-challenge/token123", headers={"Host": host})
         with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
             conn.getresponse()
@@ -165,7 +75,7 @@ def test_port_80_forwards_acme_challenges_of_public_names_only(lab, standins):
 
 
 def test_tcp_app_port_reaches_its_backend(lab, standins):
-    with socket.create_connection((_entrance(lab), 25565), timeout=10) as s:
+    with socket.create_connection((entrance(lab), 25565), timeout=10) as s:
         data = s.recv(200).decode()
     assert data.startswith("standin=h") and " tcp from=100." in data, data
 
@@ -174,7 +84,7 @@ def test_one_backend_down_requests_still_succeed(lab, standins):
     lab.ssh("h2", "systemctl stop nginx")
     try:
         for _ in range(6):
-            _, body = _tls(lab, standins, PUBLIC)
+            _, body = tls(lab, standins, PUBLIC)
             assert f"sni={PUBLIC}" in body and "standin=h2" not in body
     finally:
         lab.ssh("h2", "systemctl start nginx")
@@ -209,7 +119,7 @@ def test_catalog_change_changes_only_the_entrance_and_reloads_once(lab, standins
             [str(Path(sys.executable).with_name("pyinfra")), "tests/lab/node_baseline_inventory.py", "deploy.py",
              "-y", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         )
-        _, body = _tls(lab, standins, PRIVATE)
+        _, body = tls(lab, standins, PRIVATE)
     finally:
         restored = pyinfra()  # the catalog as committed again
     assert restored.returncode == 0, restored.stderr[-3000:]
@@ -245,7 +155,7 @@ def test_broken_config_is_refused_and_the_old_one_keeps_serving(lab, standins, l
     assert run.returncode != 0
     assert "was refused by: nginx -t" in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
     assert lab.ssh("h1", "sha256sum /etc/nginx/nginx.conf").stdout.split()[0] == before
-    _, body = _tls(lab, standins, PUBLIC)
+    _, body = tls(lab, standins, PUBLIC)
     assert f"sni={PUBLIC}" in body
 
 
@@ -271,7 +181,7 @@ def test_handshake_latency_through_the_entrance_and_direct(lab, standins):
     backend on the home LAN (with the PROXY header the entrance would send), in the same run."""
     backend = next(h.address for h in lab.hosts() if h.name == "h3")
     header = f"PROXY TCP4 {lab.gateway('home')} {backend} 40000 443\r\n".encode()
-    via_entrance = [_handshake(_entrance(lab), standins) for _ in range(15)]
+    via_entrance = [_handshake(entrance(lab), standins) for _ in range(15)]
     via_lan = [_handshake(backend, standins, header) for _ in range(15)]
     through, direct = sorted(t for t, _ in via_entrance), sorted(t for t, _ in via_lan)
     print(f"\nTLS handshake, median of 15: through entrance+tailnet {through[7] * 1000:.1f} ms, "
