@@ -6,6 +6,7 @@ The whole inventory is validated first; a single problem stops the run before an
 from pyinfra import host, inventory, state
 
 from portable_k3s.config import TAILNET_GROUPS, validate_state
+from portable_k3s.deploys.alerts import downtime_alerts
 from portable_k3s.deploys.base import base_host
 from portable_k3s.deploys.cluster import cluster_addons
 from portable_k3s.deploys.entrance import entrance
@@ -43,6 +44,7 @@ if host.name == inventory.get_group("k3s_servers")[0].name and host.data.get("k3
 if "entrance" in groups:
     k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]
     entrance(apps=cluster.apps, backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host)
+    downtime_alerts(apps=cluster.apps)
 
 if "headscale" in groups:
     private = [app.hostname for app in cluster.private_apps() if app.hostname]

@@ -6,6 +6,9 @@ a host. Exit status 0 when the inventory is valid, 1 with one problem per line o
 ``render INVENTORY OUTDIR`` writes every manifest the cluster add-ons deploy would write, for review, offline:
 Traefik's trusted entrance addresses are the ``--entrance-ip`` values, else a placeholder named after each entrance
 host; secrets are never read, a placeholder naming the secret's key stands in for each.
+
+``doctor INVENTORY`` walks the path a request takes (public DNS, the entrance, SNI routing, headscale, the tailnet,
+the ingress, k3s) and prints one line per hop, failing ones first, with the likely fix (see portable_k3s.doctor).
 """
 
 from __future__ import annotations
@@ -96,6 +99,40 @@ def render_inventory(inventory_path: str, outdir: str, entrance_ips: list[str] |
     return 0
 
 
+def doctor(inventory_path: str, cwd: str | None, resolve: list[str], cafile: str | None, timeout: float) -> int:
+    """Validate the inventory offline, then check every hop of the request path."""
+    from portable_k3s.doctor import NetworkProbe, diagnose, print_report
+
+    resolved: dict[str, list[str]] = {}
+    for item in resolve:
+        name, _, address = item.partition("=")
+        if not name or not _is_ipv4(address):
+            print(f"--resolve: {item!r} (expected NAME=IPV4, e.g. blog.example.org=203.0.113.10)", file=sys.stderr)
+            return 2
+        resolved.setdefault(name, []).append(address)
+    try:
+        inventory = load_inventory(inventory_path, cwd=cwd)
+        config = validate_inventory(inventory, require_secrets=False, cwd=cwd)
+    except ConfigError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
+    probe = NetworkProbe(inventory, timeout=timeout, cafile=cafile)
+    try:
+        return print_report(diagnose(config, probe, resolved))
+    finally:
+        probe.close()
+
+
+def _is_ipv4(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portable-k3s",
@@ -132,11 +169,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     render_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
 
+    doctor_parser = commands.add_parser(
+        "doctor",
+        help="walk the path a request takes and name the broken hop (connects to the hosts over SSH)",
+        description="Check public DNS, the entrances, SNI routing, headscale, the tailnet, the ingress and k3s; "
+        "one line per hop, failing ones first, with the likely fix. Exit status 1 when a hop fails.",
+    )
+    doctor_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    doctor_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
+    doctor_parser.add_argument(
+        "--resolve", action="append", default=[], metavar="NAME=IP",
+        help="use IP for NAME instead of asking DNS (repeatable), e.g. before the DNS records exist",
+    )
+    doctor_parser.add_argument("--ca", metavar="FILE", default=None,
+                               help="also trust this CA when checking the apps' certificates (e.g. a staging CA)")
+    doctor_parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                               help="per connection (default 5)")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.inventory, args.cwd)
     if args.command == "render":
         return render_inventory(args.inventory, args.outdir, args.entrance_ip, args.cwd)
+    if args.command == "doctor":
+        return doctor(args.inventory, args.cwd, args.resolve, args.ca, args.timeout)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -31,6 +31,7 @@ from pyinfra.api import HiddenValue, Inventory
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
 
+from portable_k3s.deploys.alerts import ALERTS_DEFAULTS
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
 from portable_k3s.deploys.cluster import CLUSTER_DEFAULTS, DNS01_PROVIDERS, INTERNAL_ISSUER, ISSUERS
@@ -52,7 +53,9 @@ KNOWN_GROUPS = frozenset({HEADSCALE, ENTRANCE, K3S_SERVERS, K3S_AGENTS, EXIT_NOD
 TAILNET_GROUPS = KNOWN_GROUPS
 
 # Data keys that hold secrets: only {"env": NAME}, {"file": PATH} or a HiddenValue are accepted.
-SECRET_KEYS: set[str] = {"k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token"}
+SECRET_KEYS: set[str] = {
+    "k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token", "alerts_ntfy_token",
+}
 
 # Keys an app table in ``apps`` may have; each one is read in ``_check_app``.
 APP_KEYS: tuple[str, ...] = (
@@ -152,6 +155,8 @@ class HostConfig:
     + hostname: the host's name on the tailnet and in k3s (``hostname`` data, else the inventory name)
     + hardware: a slug naming the machine, e.g. ``thinkpad-t420``
     + external_ssd: the block device given to rook-ceph, e.g. ``/dev/sdb``
+    + public_ipv4: the address the internet reaches the host at (``public_ipv4`` data, else ``ssh_hostname``
+      when that is an IPv4 address); what the public apps' DNS names must point to on an entrance
     + base_packages, ntp_servers, ssh_permit_root_login: the base settings as this host sees them
     + secrets: the secret references (not values) set for this host, by key
     """
@@ -161,6 +166,7 @@ class HostConfig:
     hostname: str
     hardware: str | None = None
     external_ssd: str | None = None
+    public_ipv4: str | None = None
     base_packages: list[str] = field(default_factory=lambda: list(DEFAULT_BASE_PACKAGES))
     ntp_servers: list[str] = field(default_factory=lambda: list(DEFAULT_NTP_SERVERS))
     ssh_permit_root_login: str = DEFAULT_SSH_PERMIT_ROOT_LOGIN
@@ -914,6 +920,8 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
     if sha is not None and not (isinstance(sha, str) and _HEX64_RE.match(sha)):
         problems.add(f"{source}.headscale_sha256", f"{_show(sha)} is not a sha256", "64 lower-case hex digits or None")
 
+    _check_headscale_backup(inventory, problems)
+
     source, derp_ipv4 = _tailnet_value(inventory, "headscale_derp_ipv4", problems, {"headscale_derp_ipv4": None})
     if derp_ipv4 is not None and not (isinstance(derp_ipv4, str) and _is_ipv4(derp_ipv4)):
         problems.add(f"{source}.headscale_derp_ipv4", f"{_show(derp_ipv4)} is not an IPv4 address",
@@ -974,6 +982,35 @@ def _check_entrance_upstream(inventory: Inventory, routes: dict[str, set[str]], 
             if ENTRANCE in host.groups and _lookup(inventory, host, "tailscale_accept_routes")[1] is not True:
                 problems.add(f"{host.name}.tailscale_accept_routes", "is not True, so the entrance cannot reach "
                              f"entrance_upstream {value} through its subnet route", "True on entrance hosts")
+
+
+_ABS_PATH_RE = re.compile(r"^/[A-Za-z0-9._/-]+$")
+_CALENDAR_RE = re.compile(r"^[A-Za-z0-9 *:,./~-]+$")
+
+
+def _check_headscale_backup(inventory: Inventory, problems: _Problems) -> None:
+    """The headscale backup keys, and that a backup to restore is one (checked here, before any host is touched)."""
+    from portable_k3s.operations.headscale import backup_problems
+
+    checks = {
+        "headscale_backup": _check_bool,
+        "headscale_backup_dir": lambda v: [] if isinstance(v, str) and _ABS_PATH_RE.match(v) and ".." not in v
+        else [(f"{_show(v)} is not an absolute path", "a directory on the headscale host: /var/backups/headscale")],
+        "headscale_backup_keep": lambda v: _check_int_range(v, 1, 1000, "a number of archives 1-1000"),
+        "headscale_backup_schedule": lambda v: [] if isinstance(v, str) and _CALENDAR_RE.match(v) else [
+            (f"{_show(v)} is not a calendar expression", "a systemd OnCalendar= value, like daily or *-*-* 03:00")],
+        "headscale_restore": lambda v: [] if v is None else [
+            (problem, "None, or the path of a backup archive made by the headscale deploy (headscale-….tar.gz)")
+            for problem in (backup_problems(v) if isinstance(v, str) else [f"{_show(v)} is not a path"])],
+    }
+    for key, check in checks.items():
+        _check_per_source(inventory, key, check, problems)
+
+
+def _check_public_ipv4(value: Any) -> Check:
+    if value is None or (isinstance(value, str) and _is_ipv4(value)):
+        return []
+    return [(f"{_show(value)} is not an IPv4 address", "the host's public IPv4, e.g. 203.0.113.10, or None")]
 
 
 def _is_ip(value: str) -> bool:
@@ -1286,6 +1323,36 @@ def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool,
             )
 
 
+# Downtime alerts (defaults in deploys.alerts.ALERTS_DEFAULTS)
+#
+
+
+def _check_alerts(inventory: Inventory, problems: _Problems) -> None:
+    """The ntfy URL (https unless allowed otherwise), the probe interval and timeout."""
+    checks = {
+        "alerts_ntfy_url": lambda v: [] if v is None or (isinstance(v, str) and _NTFY_URL_RE.match(v)) else [
+            (f"{_show(v)} is not an ntfy topic URL", "https://HOST/TOPIC, e.g. https://ntfy.sh/my-cluster-alerts, "
+             "or None for no alerts")],
+        "alerts_ntfy_token": lambda v: [],  # a secret: checked with the other secrets
+        "alerts_interval": lambda v: _check_int_range(v, 5, 86400, "whole seconds 5-86400"),
+        "alerts_timeout": lambda v: _check_int_range(v, 1, 60, "whole seconds 1-60"),
+        "alerts_retry": lambda v: _check_int_range(v, 0, 300, "whole seconds 0-300"),
+        "alerts_allow_http": _check_bool,
+    }
+    assert set(checks) == set(ALERTS_DEFAULTS), "every alerts key has a check"
+    for key, check in checks.items():
+        _check_per_source(inventory, key, check, problems)
+    for source, (value, hosts) in _sources(inventory, "alerts_ntfy_url").items():
+        if isinstance(value, str) and value.startswith("http://") and _NTFY_URL_RE.match(value) and any(
+            _lookup(inventory, host, "alerts_allow_http")[1] is not True for host in hosts
+        ):
+            problems.add(f"{source}.alerts_ntfy_url", f"{value} is plain http (the token and the alerts would "
+                         "travel in clear)", "https://…, or alerts_allow_http = True where that is fine")
+
+
+_NTFY_URL_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~-]+)+$")
+
+
 # Cluster add-ons (defaults in deploys.cluster.CLUSTER_DEFAULTS)
 #
 
@@ -1483,6 +1550,7 @@ def validate_inventory(
 
     # Hosts
     hosts: dict[str, HostConfig] = {}
+    _check_per_source(inventory, "public_ipv4", _check_public_ipv4, problems)
     hostname_sources = _check_per_source(
         inventory, "hostname", lambda v: _check_label(v, "host name", "t420 or node-1"), problems
     )
@@ -1511,6 +1579,7 @@ def validate_inventory(
 
     tailnet = _check_tailnet(inventory, problems)
     _check_k3s(inventory, problems, require_secrets, cwd)
+    _check_alerts(inventory, problems)
     addons = _check_addons(inventory, problems, hosts)
 
     if problems.lines:
@@ -1540,6 +1609,8 @@ def _host_config(inventory: Inventory, host: Host, hostname: str) -> HostConfig:
     config = HostConfig(name=host.name, groups=frozenset(host.groups), hostname=hostname)
     config.hardware = get("hardware", None)
     config.external_ssd = get("external_ssd", None)
+    public = get("public_ipv4", None) or get("ssh_hostname", None)
+    config.public_ipv4 = public if isinstance(public, str) and _is_ipv4(public) else None
     config.base_packages = list(get("base_packages", config.base_packages) or [])
     config.ntp_servers = list(get("ntp_servers", config.ntp_servers) or [])
     config.ssh_permit_root_login = get("ssh_permit_root_login", config.ssh_permit_root_login)

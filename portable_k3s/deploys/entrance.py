@@ -10,7 +10,9 @@ from pyinfra.api import Host, deploy
 from pyinfra.operations import systemd
 
 from ..connection import tcp_nodelay
-from ..operations import nginx, packages, services
+from ..facts.files import FileStates
+from ..facts.services import ServiceStates
+from ..operations import nginx, packages, prefetch, services
 from ..render import render
 
 ENTRANCE_DEFAULTS: dict[str, Any] = {
@@ -54,6 +56,10 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
     + headscale_host: the inventory host running headscale (it knows the nodes' tailnet addresses)
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    prefetch.facts(
+        name="Read the entrance state in one command",
+        reads=[(FileStates, {"paths": (nginx.NGINX_CONF,)}), (ServiceStates, {"units": ("nginx.service",)})],
+    )
     settings = {key: host.data.get(key) for key in ENTRANCE_DEFAULTS}
     packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])
     upstream = settings["entrance_upstream"]

@@ -12,7 +12,10 @@ from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
-from ..operations import files, headscale, release, services
+from ..facts.files import FileStates
+from ..facts.release import InstalledRelease
+from ..facts.services import ServiceStates
+from ..operations import files, headscale, packages, prefetch, release, services
 from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
@@ -25,6 +28,11 @@ HEADSCALE_DEFAULTS: dict[str, Any] = {
     "tailnet_derp": "tailscale",  # or "embedded": headscale's own DERP relay (+ STUN on udp/3478)
     "tailnet_nameservers": [],  # upstream resolvers pushed to nodes; empty keeps each node's own
     "tailnet_extra_grants": [],  # your own policy grants, appended to the generated ones
+    "headscale_backup": True,  # back up the database and keys on a timer (see headscale_backup_*)
+    "headscale_backup_dir": "/var/backups/headscale",  # on the headscale host; copy it off the host too
+    "headscale_backup_keep": 14,  # archives kept (the newest)
+    "headscale_backup_schedule": "daily",  # systemd OnCalendar= expression
+    "headscale_restore": None,  # a backup archive on the deploying machine, restored onto a host with no database
 }
 
 CONFIG = "/etc/headscale/config.yaml"
@@ -34,6 +42,10 @@ UNIT = "/etc/systemd/system/headscale.service"
 SYSUSERS = "/etc/sysusers.d/headscale.conf"
 TMPFILES = "/etc/tmpfiles.d/headscale.conf"
 MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG)
+BACKUP_SCRIPT = "/usr/local/lib/portable-k3s/headscale-backup"
+BACKUP_SERVICE = "portable-k3s-headscale-backup.service"
+BACKUP_TIMER = "portable-k3s-headscale-backup.timer"
+BACKUP_FILES = (BACKUP_SCRIPT, f"/etc/systemd/system/{BACKUP_SERVICE}", f"/etc/systemd/system/{BACKUP_TIMER}")
 SYSUSERS_TEXT = 'u headscale - "headscale server" /var/lib/headscale /usr/sbin/nologin\n'
 # The MagicDNS records file exists from the start (headscale watches it); its content is headscale.dns_records'.
 TMPFILES_TEXT = (
@@ -117,6 +129,16 @@ def headscale_server(policy: dict[str, Any]) -> None:
     version = (data.get("versions") or {}).get("headscale", VERSIONS["headscale"]).lstrip("v")
     arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(shared_fact(host, Arch, static=True), "amd64")
     base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
+    reads: list[tuple[Any, dict[str, Any]]] = [
+        (FileStates, {"paths": MANAGED}), (ServiceStates, {"units": ("headscale.service",)}),
+        (InstalledRelease, {"component": "headscale", "paths": ["/usr/local/bin/headscale"]}),
+        (FileStates, {"paths": (EXTRA_RECORDS,)}),  # the MagicDNS records, written by headscale.dns_records
+    ]
+    if data.headscale_backup:
+        reads += [(FileStates, {"paths": BACKUP_FILES}), (ServiceStates, {"units": (BACKUP_TIMER,)})]
+    if data.headscale_restore:
+        reads.append((FileStates, {"paths": (headscale.DATABASE,)}))
+    prefetch.facts(name="Read the headscale state in one command", reads=reads)
     # The system user and its directories, declared to systemd (sysusers.d, tmpfiles.d): two files that the
     # component's one FileStates read covers, instead of a user, a group and three paths read one by one.
     accounts = files.content(name="headscale system user", path=SYSUSERS, text=SYSUSERS_TEXT, batch=MANAGED)
@@ -135,6 +157,8 @@ def headscale_server(policy: dict[str, Any]) -> None:
         sha256=data.headscale_sha256,
         files={"": "/usr/local/bin/headscale"},
     )
+    if data.headscale_restore:  # before anything runs headscale (configtest, a start): both make an empty database
+        headscale.restored(name="Restore headscale from a backup", archive=data.headscale_restore)
     unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED)
     systemd.daemon_reload(name="Reload systemd for headscale", _if=unit.did_change)
     policy_file = files.content(
@@ -163,3 +187,31 @@ def headscale_server(policy: dict[str, Any]) -> None:
         _if=[policy_file.did_change, lambda: not restart()],
     )
     headscale.users(name="headscale users", names=list(data.tailnet_admins))
+    backups()
+
+
+def backups() -> None:
+    """The backup timer of the headscale host (or its removal when ``headscale_backup`` is False)."""
+    data = host.data
+    if not data.headscale_backup:
+        services.stopped(name="No headscale backups", service=BACKUP_TIMER)
+        for path in BACKUP_FILES:
+            files.absent(name=f"Remove {path}", path=path, batch=BACKUP_FILES)
+        return
+    directory = data.headscale_backup_dir
+    packages.installed(name="sqlite3 for consistent headscale backups", packages=["sqlite3"])
+    files.content(
+        name="headscale backup script", path=BACKUP_SCRIPT, mode="0755", batch=BACKUP_FILES,
+        text=render("headscale-backup.sh.j2", dir=directory, keep=int(data.headscale_backup_keep)),
+    )
+    unit = files.content(
+        name="headscale backup service", path=BACKUP_FILES[1], batch=BACKUP_FILES,
+        text=render("headscale-backup.service.j2", script=BACKUP_SCRIPT),
+    )
+    timer = files.content(
+        name="headscale backup timer", path=BACKUP_FILES[2], batch=BACKUP_FILES,
+        text=render("headscale-backup.timer.j2", schedule=data.headscale_backup_schedule),
+    )
+    systemd.daemon_reload(name="Reload systemd for the headscale backups", _if=any_changed(unit, timer))
+    services.restarted(name="Restart the headscale backup timer", service=BACKUP_TIMER, _if=timer.did_change)
+    services.running(name="Run the headscale backup timer", service=BACKUP_TIMER)

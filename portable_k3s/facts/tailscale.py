@@ -26,7 +26,8 @@ class Tailscale(FactBase[TailscaleInfo]):
     """
     Returns the tailscale client's version, its state (``Running``, ``NeedsLogin``, ``Stopped`` …), this node's
     key, MagicDNS name and tailnet addresses, and the preferences that ``tailscale up/set`` control.
-    ``version`` is None when tailscale is not installed; ``backend_state`` is None when tailscaled is not running.
+    ``version`` (from the status, one program run less than ``tailscale version``) and ``backend_state`` are None
+    when tailscale is not installed or tailscaled is not running.
 
     .. code:: python
 
@@ -48,19 +49,17 @@ class Tailscale(FactBase[TailscaleInfo]):
 
     def command(self) -> StringCommand:
         return StringCommand(
-            "command -v tailscale >/dev/null 2>&1 && tailscale version 2>/dev/null | head -n 1;",
-            next_section(),
             "tailscale status --json 2>/dev/null || true;",
             next_section(),
             "tailscale debug prefs 2>/dev/null || true",
         )
 
     def process(self, output: list[str]) -> TailscaleInfo:
-        version_lines, status_lines, prefs_lines = sections(output, 3)
+        status_lines, prefs_lines = sections(output, 2)
         info = self.default()
-        match = re.match(r"^v?(\d+\.\d+\.\d+)", version_lines[0]) if version_lines else None
-        info["version"] = match.group(1) if match else None
         status = _json(status_lines)
+        match = re.match(r"^v?(\d+\.\d+\.\d+)", str(status.get("Version") or ""))
+        info["version"] = match.group(1) if match else None
         if status:
             info["backend_state"] = status.get("BackendState")
             me = status.get("Self") or {}

@@ -356,6 +356,9 @@ class Lab:
             ["-A", fwd, "-o", home, "!", "-i", home, "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP"],
             ["-A", fwd, "-i", home, "-o", cloud, "-j", "ACCEPT"],
             ["-A", fwd, "-i", cloud, "-o", home, "-j", "ACCEPT"],
+            # Hosts on one site reach each other, as on a LAN (bridged frames pass these rules when this machine
+            # has br_netfilter's bridge-nf-call-iptables on).
+            *(["-A", fwd, "-i", bridge, "-o", bridge, "-j", "ACCEPT"] for bridge in (home, cloud)),
             # Lab traffic stays on this machine: the lab's hosts reach each other and this machine (the gateway
             # serves artifacts and proxies apt to this machine's mirrors), nothing beyond it.
             *(["-A", fwd, direction, bridge, "-j", "REJECT"] for bridge in (home, cloud) for direction in ("-i", "-o")),
@@ -607,6 +610,23 @@ class Lab:
         self.config.home_subnet, self.config.home_public_index = home_subnet, home_public_index
         self.config.validate()
         return self.up(len(hosts), timeout)
+
+    def reset_host(self, name: str, timeout: float = 90.0) -> LabHost:
+        """A dead disk replaced: shut ``name`` down, throw its disk away (its overlay upper dir) and boot it again
+        as a fresh host (new host keys and machine-id, same name and address)."""
+        state = self.load_state()
+        self.adopt(state)
+        hosts = [LabHost(**h) for h in state.get("hosts", [])]
+        host = next((h for h in hosts if h.name == name), None)
+        if host is None:
+            raise LabError(f"{name}: no such lab host (hosts: {', '.join(h.name for h in hosts) or 'none'})")
+        self._stop([host], 20.0)
+        for sub in ("upper", "work"):
+            shutil.rmtree(self.host_dir(name) / sub, ignore_errors=True)
+        state["hosts"] = [asdict(h) for h in hosts]
+        self.save_state(state)
+        self.up(len(hosts), timeout)
+        return next(h for h in self.hosts() if h.name == name)
 
     def _firewall_down(self, state: dict) -> None:
         c = self.config

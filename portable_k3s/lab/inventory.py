@@ -43,6 +43,14 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         "k3s_download_url": f"{artifacts}/{K3S_PATH}",
         "k3s_lan": "home",
         "k3s_kubeconfig": str(lab.state_dir / "kubeconfig.yaml"),
+        # Downtime alerts go to an ntfy URL on this machine, where the alert tests run an NTFY STAND-IN (ntfy is
+        # not served by the Go module proxy here); plain http, with a lab token kept 0600 in the state dir.
+        "alerts_ntfy_url": f"http://{lab.gateway('cloud')}:{lab_ntfy_port(lab.config)}/lab-alerts",
+        "alerts_allow_http": True,
+        # Probes run when the alert tests start them: a timer firing mid-test would show up in the other tests'
+        # ingress logs.
+        "alerts_interval": 86400,
+        "alerts_ntfy_token": {"file": str(lab_ntfy_token(lab.state_dir))},
     }
     for host in lab.hosts():
         data = {
@@ -58,6 +66,21 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         for group in host.groups:
             groups.setdefault(group, []).append((host.name, data))
     return groups
+
+
+def lab_ntfy_port(config: LabConfig) -> int:
+    """The port the lab's ntfy URL points at, on the cloud gateway (next to the artifact server's)."""
+    return config.artifact_port + 10
+
+
+def lab_ntfy_token(state_dir: Path) -> Path:
+    """A throwaway ntfy token for the lab, made once per lab in ``<state_dir>/ntfy-token`` (0600)."""
+    file = state_dir / "ntfy-token"
+    if not file.exists():
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"tk_lab{secrets.token_hex(14)}\n")
+    return file
 
 
 def lab_app_secrets(state_dir: Path, catalog: Path | None = None) -> dict[str, str]:

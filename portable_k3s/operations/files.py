@@ -84,6 +84,30 @@ def content(
     yield StringCommand(*check, *swap_in(path, staged, test_in_place))
 
 
+@operation()
+def absent(path: str, batch: tuple[str, ...] | None = None):
+    """
+    Remove ``path`` if it exists.
+
+    + path: the file
+    + batch: all paths of the component: their states are read in one remote command (see ``content``)
+
+    **Example:**
+
+    .. code:: python
+
+        files.absent(name="No ntfy token", path="/etc/portable-k3s/ntfy-auth")
+    """
+    paths = batch or (path,)
+    if path not in paths:
+        raise OperationValueError(f"batch: does not include {path}")
+    if shared_fact(host, FileStates, paths=paths).get(path) is None:
+        host.noop(f"{path} does not exist")
+        return
+    forget(host, FileStates)
+    yield StringCommand("rm -f", QuoteString(path))
+
+
 def swap_in(path: str, staged: str, test_in_place: str | None = None) -> list[object]:
     """Shell words that move ``staged`` over ``path``; with ``test_in_place``, test it there and put the previous
     file back (or remove the new one) when the test fails."""

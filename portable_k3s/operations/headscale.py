@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tarfile
 from io import StringIO
 
 from pyinfra import host
@@ -16,13 +18,64 @@ from pyinfra.api import (
     StringCommand,
     operation,
 )
-from pyinfra.api.command import FunctionCommand
+from pyinfra.api.command import FileUploadCommand, FunctionCommand
 
+from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
 from .util import escalation, forget, gate, shared_fact
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
+DATABASE = "/var/lib/headscale/db.sqlite"
+# What a backup holds for headscale's state directory: the first two are required to restore a tailnet.
+BACKUP_STATE = ("db.sqlite", "noise_private.key", "derp_server_private.key", "extra-records.json")
+RESTORE_ARCHIVE = "/var/lib/headscale/.portable-k3s-restore.tar.gz"
+
+
+def backup_problems(path: str) -> list[str]:
+    """What is wrong with a headscale backup archive on this machine ([] when it can be restored)."""
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            names = {os.path.normpath(name) for name in archive.getnames()}
+    except FileNotFoundError:
+        return [f"{path}: no such file"]
+    except (tarfile.TarError, OSError) as exc:
+        return [f"{path}: not a gzip'd tar archive ({exc})"]
+    missing = [name for name in BACKUP_STATE[:2] if name not in names]
+    return [f"{path}: has no {', '.join(missing)}"] if missing else []
+
+
+@operation()
+def restored(archive: str):
+    """
+    Restore headscale's state (database, private keys, MagicDNS records) from a backup archive made by the
+    headscale deploy's backup timer, on a headscale host that has no database yet: the existing nodes keep their
+    registrations, with no re-join. Call it before headscale first starts. A host that has a database is left alone
+    (restoring over it would replace the tailnet: remove the database first if that is what you want).
+
+    + archive: the backup archive on the deploying machine (``headscale-<time>.tar.gz``)
+
+    **Example:**
+
+    .. code:: python
+
+        headscale.restored(name="Restore headscale", archive="backups/headscale-20261126T030000Z.tar.gz")
+    """
+    problems = backup_problems(archive)
+    if problems:
+        raise OperationValueError(f"archive: {'; '.join(problems)} (expected a backup made by the headscale deploy)")
+    if shared_fact(host, FileStates, paths=(DATABASE,)).get(DATABASE) is not None:
+        host.noop(f"headscale already has a database ({DATABASE}): not restored over it")
+        return
+    forget(host, FileStates)
+    yield StringCommand("install -m 0600 -o root -g root /dev/null", RESTORE_ARCHIVE)
+    yield FileUploadCommand(archive, RESTORE_ARCHIVE)
+    yield StringCommand(
+        'work=$(mktemp -d) || exit 1; rc=0; tar -xzf', RESTORE_ARCHIVE, '-C "$work" --no-same-owner || rc=1;',
+        'if [ $rc = 0 ]; then for file in', *BACKUP_STATE, '; do if [ -e "$work/$file" ]; then',
+        'install -m 0600 -o headscale -g headscale "$work/$file" "/var/lib/headscale/$file" || rc=1; fi; done; fi;',
+        'rm -rf "$work"', RESTORE_ARCHIVE, "; exit $rc",
+    )
 
 
 @operation()

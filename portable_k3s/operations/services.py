@@ -1,4 +1,4 @@
-"""systemd services kept running and enabled."""
+"""systemd services kept running and enabled (or stopped and disabled)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,30 @@ def restarted(service: str, timeout: int | None = None):
         raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
     forget(host, ServiceStates)
     yield start_command("restart", service, timeout)
+
+
+@operation()
+def stopped(service: str, batch: tuple[str, ...] | None = None):
+    """
+    Stop a service unit and disable it, if it is running or enabled.
+
+    + service: the unit, e.g. ``portable-k3s-app-probe.timer``
+    + batch: all units of the component: their states are read in one remote command, shared by these ops
+
+    **Example:**
+
+    .. code:: python
+
+        services.stopped(name="No app probes", service="portable-k3s-app-probe.timer")
+    """
+    if not service.endswith((".service", ".socket", ".timer")):
+        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
+    units = tuple(batch or (service,))
+    if service not in units:
+        raise OperationValueError(f"batch: does not include {service}")
+    state = shared_fact(host, ServiceStates, units=units).get(service, {"active": False, "enabled": ""})
+    if not state["active"] and state["enabled"] != "enabled":
+        host.noop(f"{service} is stopped and disabled")
+        return
+    forget(host, ServiceStates)
+    yield StringCommand("systemctl disable --now", QuoteString(service))

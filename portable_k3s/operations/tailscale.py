@@ -134,6 +134,25 @@ def joined(
 
     forget(host, Tailscale)
     sudo = escalation(host, use_current_op=True)
+    # An earlier registration of this host that it can no longer use (its disk was replaced, or headscale was
+    # restored from a backup): deleted first, or headscale would give the new one another name (h1-abc123).
+    stale = [n["id"] for n in server["nodes"] if n["name"] == hostname and n["node_key"] != info["node_key"]
+             and set(n["tags"]) & set(tags)]
+    if stale:
+
+        def delete_stale(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+            for node_id in stale:
+                command = StringCommand("headscale nodes delete --force --identifier", str(node_id))
+                with gate(headscale_host):
+                    ok, output = headscale_host.run_shell_command(
+                        command, print_output=False, **escalation(headscale_host)
+                    )
+                if not ok:
+                    raise OSError(f"deleting the stale registration {node_id} of {hostname} on "
+                                  f"{headscale_host.name} failed: {output.stderr[-300:]}")
+            forget(headscale_host, Headscale)
+
+        yield FunctionCommand(delete_stale, (), {})
 
     def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         key = mint_preauth_key(headscale_host, tags)

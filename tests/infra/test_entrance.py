@@ -35,3 +35,17 @@ def test_tcp_apps_listen_and_the_entrance_holds_no_tls_keys_of_its_own(host, inv
             assert host.socket(f"tcp://0.0.0.0:{app['tcp_port']}").is_listening, app["name"]
     config = host.check_output("nginx -T 2>/dev/null")
     assert "ssl_certificate" not in config
+
+
+@pytest.mark.groups("entrance")
+def test_downtime_alerts_probe_every_public_app(host, inventory_host):
+    timer = host.service("portable-k3s-app-probe.timer")
+    if not inventory_host.get("alerts_ntfy_url"):
+        assert not timer.is_running and not host.file("/usr/local/lib/portable-k3s/app-probe").exists
+        return
+    assert timer.is_running and timer.is_enabled
+    script = host.file("/usr/local/lib/portable-k3s/app-probe").content_string
+    probed = set(re.search(r"^for name in (.*); do$", script, re.MULTILINE).group(1).split())
+    assert probed == _public_hostnames(inventory_host)
+    auth = host.file("/etc/portable-k3s/ntfy-auth")
+    assert not inventory_host.get("alerts_ntfy_token") or (auth.mode == 0o600 and auth.user == "root")

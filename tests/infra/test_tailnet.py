@@ -27,6 +27,18 @@ def test_headscale_config_and_policy_are_valid(host):
 
 
 @pytest.mark.groups("headscale")
+def test_headscale_is_backed_up_on_a_timer(host, inventory_host):
+    timer = host.service("portable-k3s-headscale-backup.timer")
+    if inventory_host.get("headscale_backup") is False:
+        assert not timer.is_running
+        return
+    assert timer.is_running and timer.is_enabled
+    assert host.exists("sqlite3")
+    directory = host.file(inventory_host.get("headscale_backup_dir") or "/var/backups/headscale")
+    assert not directory.exists or (directory.is_directory and directory.mode == 0o700)
+
+
+@pytest.mark.groups("headscale")
 def test_no_valid_unused_preauth_key(host):
     keys = json.loads(host.check_output("headscale preauthkeys list -o json") or "null") or []
     valid_unused = [k for k in keys if not k.get("used") and k["expiration"]["seconds"] > time.time()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ MOVED_HOME_PUBLIC_INDEX = 2
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "moves_lab: changes the lab's network; runs after every other lab test")
+    config.addinivalue_line("markers", "moves_lab: moves or rebuilds lab hosts; runs after every other lab test")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -95,9 +96,10 @@ def pyinfra(lab_env: dict[str, str]):
 
 @pytest.fixture(scope="session")
 def test_ca(tmp_path_factory) -> Path:
-    """A test CA and one certificate for the public and private app names (the CLUSTER's certificate)."""
+    """A test CA and one certificate for every app name of the catalog (the CLUSTER's certificate)."""
     d = tmp_path_factory.mktemp("ca")
-    names = ",".join(f"DNS:{n}" for n in (PUBLIC, PRIVATE, "nope.example.org"))
+    catalog = [app["hostname"] for app in runpy.run_path(str(REPO / "group_data" / "all.py"))["apps"]]
+    names = ",".join(f"DNS:{n}" for n in sorted({PUBLIC, PRIVATE, "nope.example.org", *catalog}))
     steps = [
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
          "-subj", "/CN=portable-k3s lab test CA", "-keyout", "ca.key", "-out", "ca.pem"],

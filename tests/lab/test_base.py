@@ -62,6 +62,12 @@ def test_home_reaches_cloud_through_nat(lab):
     assert "hello" in out
 
 
+def test_home_hosts_reach_each_other_on_their_lan(lab):
+    """A home LAN: its hosts talk to each other directly (tailscale then finds direct paths between them)."""
+    h2 = next(h for h in lab.hosts() if h.name == "h2")
+    assert lab.ssh("h3", f"nc -z -w 2 {h2.address} 22", check=False).returncode == 0
+
+
 def test_cloud_cannot_open_connections_into_home(lab):
     home = [h for h in lab.hosts() if h.site == "home"]
     assert len(home) == 3

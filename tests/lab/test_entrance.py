@@ -129,10 +129,12 @@ def test_catalog_change_changes_only_the_entrance_and_reloads_once(lab, standins
     changed = {op["name"]: op["success"] for op in results if op["success"]}
     assert changed.pop("Entrance | Entrance nginx config") == ["h1"]
     assert changed.pop("Entrance | Reload nginx after a config change") == ["h1"]
-    # The name is public now: it is no longer a tailnet-only record, and the app's manifest on the first server
-    # takes a Let's Encrypt certificate instead of the cluster CA's. Nothing else changes.
+    # The name is public now: it is no longer a tailnet-only record, the app's manifest on the first server
+    # takes a Let's Encrypt certificate instead of the cluster CA's, and the entrance's downtime alerts probe it
+    # too. Nothing else changes.
     app = next(a["name"] for a in apps if a.get("hostname") == PRIVATE)
-    allowed = {"MagicDNS records for private apps", f"Cluster add-ons | Manifest portable-k3s-app-{app}.yaml"}
+    allowed = {"MagicDNS records for private apps", f"Cluster add-ons | Manifest portable-k3s-app-{app}.yaml",
+               "Downtime alerts | App probe script"}
     assert set(changed) <= allowed, changed
     assert int(reloads().stdout.strip() or 0) == before + 2  # once for the change, once for putting it back
 

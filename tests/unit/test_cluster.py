@@ -57,7 +57,7 @@ def _inventory(apps: list[dict] | None = None) -> Inventory:
 
 def _tailscale_answer(ipv4: str) -> str:
     status = {"BackendState": "Running", "Self": {"TailscaleIPs": [ipv4], "DNSName": "cloud.tailnet.example.org."}}
-    return "\n".join(["1.98.10", SEPARATOR, json.dumps(status), SEPARATOR, "{}"])
+    return "\n".join([json.dumps(status), SEPARATOR, "{}"])
 
 
 def _expected(apps: list[dict] | None = None) -> dict[str, str]:

@@ -235,6 +235,14 @@ def test_hostname_data_overrides_inventory_name() -> None:
     assert config.hosts["192.0.2.10"].hostname == "master"
 
 
+def test_public_ipv4_from_data_else_an_ipv4_ssh_hostname() -> None:
+    config = validate_inventory(make_inventory())
+    assert config.hosts["cloud"].public_ipv4 == "203.0.113.10" and config.hosts["master"].public_ipv4 is None
+    config = validate_inventory(with_host("headscale", 0, "cloud", {"ssh_hostname": "vm.example.org",
+                                                                    "public_ipv4": "198.51.100.4"}))
+    assert config.hosts["cloud"].public_ipv4 == "198.51.100.4"
+
+
 def test_connector_hosts_default_to_their_name() -> None:
     config = validate_inventory(with_host("exit_nodes", 0, "@ssh/pi", {}))
     assert config.hosts["@ssh/pi"].hostname == "pi"
@@ -244,6 +252,21 @@ AGENT_HOSTS: list[Any] = [("t420", {}), ("t410", {})]
 
 # (id, inventory, exact problem lines)
 BAD_CASES: list[tuple[str, Any, list[str]]] = [
+    ("public_ipv4 not an address", lambda: with_host("headscale", 0, "cloud", {"public_ipv4": "vm.example.org"}), [
+        "cloud.public_ipv4: 'vm.example.org' is not an IPv4 address (expected the host's public IPv4, e.g. "
+        "203.0.113.10, or None)",
+    ]),
+    ("headscale backup keys",
+     lambda: with_data(headscale_backup_dir="backups", headscale_backup_keep=0, headscale_backup_schedule="daily; rm",
+                       headscale_restore="tests/unit/data/headscale-backup-no-key.tar.gz"), [
+        "all.headscale_backup_dir: 'backups' is not an absolute path (expected a directory on the headscale host: "
+        "/var/backups/headscale)",
+        "all.headscale_backup_keep: 0 is out of range (expected a number of archives 1-1000)",
+        "all.headscale_backup_schedule: 'daily; rm' is not a calendar expression (expected a systemd OnCalendar= "
+        "value, like daily or *-*-* 03:00)",
+        "all.headscale_restore: tests/unit/data/headscale-backup-no-key.tar.gz: has no noise_private.key (expected "
+        "None, or the path of a backup archive made by the headscale deploy (headscale-….tar.gz))",
+    ]),
     # groups
     ("two headscale hosts", lambda: with_groups(headscale=(["cloud", "pi"], {})), [
         "headscale: 2 hosts (cloud, pi) (expected exactly one headscale host)",

@@ -220,6 +220,22 @@ def test_joined_node_unknown_to_the_running_server_rejoins() -> None:
     assert planned.serialised == _join(was_online=True)
 
 
+def test_joined_fresh_disk_deletes_its_stale_registration_first() -> None:
+    """The host's disk was replaced (or headscale restored from a backup): headscale still has a registration with
+    this hostname and one of its tags that the host can never use again. It is deleted before the join, or headscale
+    would name the new one t420-abc123; a same-named node without any of the host's tags is not touched."""
+    server = _headscale_info(OTHER_KEY, "nodekey:" + "e" * 64)
+    server["nodes"][0]["name"] = server["nodes"][1]["name"] = "t420"
+    server["nodes"][1]["tags"] = ["tag:phone"]
+    info = _tailscale_info("NeedsLogin", node_key="nodekey:" + "0" * 64)
+    planned = _plan_joined(info, server)
+    assert planned.serialised == [["delete_stale", [], {}], *_join()]
+    ran: list[str] = []
+    planned.headscale_host.run_shell_command = lambda command, **kw: (ran.append(str(command)), (True, None))[1]
+    planned.commands[0].function(planned.state, planned.node)
+    assert ran == ["headscale nodes delete --force --identifier 1"]
+
+
 def test_joined_node_on_another_control_server_rejoins() -> None:
     info = _tailscale_info(ControlURL="https://old-hs.example.org")
     planned = _plan_joined(info, _headscale_info(NODE_KEY))

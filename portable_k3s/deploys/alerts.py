@@ -1,0 +1,89 @@
+"""Downtime alerts: the entrance probes every public app through the public path and tells ntfy when one changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+from pyinfra.operations.util import any_changed
+
+from ..connection import tcp_nodelay
+from ..facts.files import FileStates
+from ..facts.services import ServiceStates
+from ..operations import files, prefetch, services
+from ..render import render
+
+ALERTS_DEFAULTS: dict[str, Any] = {
+    "alerts_ntfy_url": None,  # the ntfy topic URL, e.g. https://ntfy.sh/my-cluster-alerts; None: no alerts
+    "alerts_ntfy_token": None,  # an ntfy access token (a secret reference), or None for an open topic
+    "alerts_interval": 60,  # seconds between probes
+    "alerts_timeout": 10,  # seconds one app may take to answer
+    "alerts_retry": 15,  # seconds an app that does not answer is asked again before it counts as down
+    "alerts_allow_http": False,  # True: allow a plain http:// ntfy URL (the token would travel in clear)
+}
+
+PROBE = "/usr/local/lib/portable-k3s/app-probe"
+AUTH = "/etc/portable-k3s/ntfy-auth"
+SERVICE = "portable-k3s-app-probe.service"
+TIMER = "portable-k3s-app-probe.timer"
+SERVICE_PATH = f"/etc/systemd/system/{SERVICE}"
+TIMER_PATH = f"/etc/systemd/system/{TIMER}"
+FILES = (PROBE, AUTH, SERVICE_PATH, TIMER_PATH)
+
+
+@deploy("Downtime alerts", data_defaults=ALERTS_DEFAULTS)
+def downtime_alerts(apps: list[Any]) -> None:
+    """
+    On an entrance: a systemd timer probes every public app over https through this entrance (as the internet
+    reaches it) and posts to an ntfy topic only when apps go down or come back up, one message per change, not per
+    probe. A message that cannot be delivered is retried at the next probe. The token is a systemd credential
+    (0600 file, never in argv or a unit). Without ``alerts_ntfy_url`` the timer and its files are removed. Data
+    keys (defaults in ``ALERTS_DEFAULTS``): ``alerts_ntfy_url``, ``alerts_ntfy_token``, ``alerts_interval``,
+    ``alerts_timeout``, ``alerts_retry``, ``alerts_allow_http``; ``entrance_https_port``.
+
+    + apps: the app catalog (``portable_k3s.config.App``)
+    """
+    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
+
+    data = host.data
+    prefetch.facts(
+        name="Read the downtime alerts' state in one command",
+        reads=[(FileStates, {"paths": FILES}), (ServiceStates, {"units": (TIMER,)})],
+    )
+    if not data.alerts_ntfy_url:
+        services.stopped(name="No app probes", service=TIMER)
+        for path in FILES:
+            files.absent(name=f"Remove {path}", path=path, batch=FILES)
+        return
+
+    names = sorted(app.hostname for app in apps if app.public and app.hostname)
+    files.content(
+        name="App probe script", path=PROBE, mode="0755", batch=FILES,
+        text=render(
+            "alerts/app-probe.sh.j2", names=names, url=data.alerts_ntfy_url, timeout=int(data.alerts_timeout),
+            retry=int(data.alerts_retry), port=int(data.get("entrance_https_port") or 443),
+            title=f"portable-k3s ({host.name})",
+        ),
+    )
+    if data.alerts_ntfy_token:
+        token = resolve_secret(data.alerts_ntfy_token, "alerts_ntfy_token").unmask().strip()
+        files.content(name="ntfy token", path=AUTH, mode="0600", batch=FILES,
+                      text=f"Authorization: Bearer {token}\n")
+    else:
+        files.absent(name="No ntfy token", path=AUTH, batch=FILES)
+    unit = files.content(
+        name="App probe service", path=SERVICE_PATH, batch=FILES,
+        text=render("alerts/portable-k3s-app-probe.service.j2", probe=PROBE,
+                    credential=AUTH if data.alerts_ntfy_token else None),
+    )
+    timer = files.content(
+        name="App probe timer", path=TIMER_PATH, batch=FILES,
+        text=render("alerts/portable-k3s-app-probe.timer.j2", interval=int(data.alerts_interval)),
+    )
+    systemd.daemon_reload(name="Reload systemd for the app probe", _if=any_changed(unit, timer))
+    # A changed interval takes effect when the timer restarts; the script and token are read at each probe.
+    services.restarted(name="Restart the app probe timer", service=TIMER, _if=timer.did_change)
+    services.running(name="Run the app probe timer", service=TIMER)

@@ -1,0 +1,65 @@
+"""Lab tier: headscale backup and restore with the real headscale. The backup timer's service makes an archive;
+the headscale host is destroyed (a fresh disk at the same address, as a replacement VM behind the same server
+URL); the deploy restores the archive there. The other nodes stay joined and keep talking, with no re-join.
+
+Runs after the other lab tests (it rebuilds a lab host), before the move-house test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from .standin import PUBLIC, tls
+
+HOME = ("h2", "h3", "h4")
+
+
+def _registrations(lab) -> dict[str, tuple[int, str]]:
+    nodes = json.loads(lab.ssh("h1", "headscale nodes list -o json").stdout)
+    return {n["given_name"]: (n["id"], n["node_key"]) for n in nodes}
+
+
+def _node_key(lab, name: str) -> str:
+    return json.loads(lab.ssh(name, "tailscale status --json").stdout)["Self"]["PublicKey"]
+
+
+@pytest.mark.moves_lab
+def test_restore_onto_a_fresh_headscale_host_keeps_every_node_joined(lab, pyinfra, standins, tmp_path):
+    made = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service && "
+                         "ls /var/backups/headscale && stat -c %a /var/backups/headscale/headscale-*.tar.gz")
+    archive_name, mode = made.stdout.split()[-2:]
+    assert archive_name.startswith("headscale-") and mode == "600", made.stdout
+    archive = tmp_path / archive_name
+    fd = os.open(archive, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        copy = subprocess.run(["ssh", "-F", str(lab.ssh_config), "h1", f"cat /var/backups/headscale/{archive_name}"],
+                              capture_output=True, check=True, timeout=60)
+        out.write(copy.stdout)
+    before = _registrations(lab)
+    keys = {name: _node_key(lab, name) for name in HOME}
+
+    lab.reset_host("h1")
+    assert "headscale" not in lab.ssh("h1", "ls /usr/local/bin").stdout  # a fresh disk, nothing of the old host
+    restored = pyinfra("--data", f"headscale_restore={archive}")
+    assert restored.returncode == 0, restored.stderr[-4000:]
+
+    after = _registrations(lab)
+    for name in HOME:  # the same registrations (id and node key), and the nodes still use them: no re-join
+        assert after[name] == before[name], (name, before[name], after[name])
+        assert _node_key(lab, name) == keys[name]
+    assert "h1" in after and after["h1"] != before["h1"]  # only the rebuilt host joined afresh, under its own name
+    ips = {name: lab.ssh(name, "tailscale ip -4").stdout.strip() for name in ("h1", *HOME)}
+    for a, b in (("h2", "h3"), ("h4", "h2"), ("h1", "h3"), ("h2", "h1")):
+        pinged = lab.ssh(a, f"for i in $(seq 20); do tailscale ping -c 1 --timeout 3s {ips[b]} && exit 0; "
+                            "sleep 1; done; exit 1", check=False)
+        assert pinged.returncode == 0, f"{a} -> {b}: {pinged.stdout[-500:]}"
+    _, body = tls(lab, standins, PUBLIC)  # the rebuilt entrance serves the public app again
+    assert f"sni={PUBLIC}" in body
+
+    again = pyinfra("--data", f"headscale_restore={archive}")  # still set: headscale has a database now
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == {}, again.changed()
