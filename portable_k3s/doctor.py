@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from portable_k3s.config import ENTRANCE, ClusterConfig, HostConfig
-from portable_k3s.facts.headscale import Headscale
+from portable_k3s.facts.headscale import Headscale, HeadscaleInfo
 from portable_k3s.facts.k3s import K3sNodes
 
 INGRESS_PORT = 443
@@ -113,9 +113,10 @@ def diagnose(config: ClusterConfig, probe: Probe, resolved: dict[str, list[str]]
     # The tailnet: headscale's view, then the entrance's own view of each k3s node.
     listed: dict[str, dict[str, Any]] = {}
     for server in headscale:
-        hop = path.add(f"headscale {server.name}", [f"ssh {server.name}"], lambda s=server: _headscale(probe, s))
+        info = _headscale_info(probe, server.name) if ssh_ok[server.name] else Headscale.default()
+        hop = path.add(f"headscale {server.name}", [f"ssh {server.name}"], lambda s=server, i=info: _headscale(s, i))
         if hop.ok:
-            listed = {n["name"]: n for n in _headscale_nodes(probe, server.name)}
+            listed = {n["name"]: n for n in info["nodes"]}
     tailnet_hosts = {h.name: h for h in config.hosts.values() if h.groups & {ENTRANCE, "k3s_servers", "k3s_agents",
                                                                             "exit_nodes", "headscale"}}
     for host in tailnet_hosts.values():
@@ -219,19 +220,17 @@ def _sni(probe: Probe, entrance: HostConfig, name: str, listed: set[str] | None)
     return True, "routed to the cluster; its certificate is valid", ""
 
 
-def _headscale(probe: Probe, server: HostConfig) -> Result:
-    ok, out = probe.run(server.name, str(Headscale().command()))
-    info = Headscale().process(out.splitlines()) if ok else Headscale.default()
+def _headscale_info(probe: Probe, server: str) -> HeadscaleInfo:
+    ok, out = probe.run(server, str(Headscale().command()))
+    return Headscale().process(out.splitlines()) if ok else Headscale.default()
+
+
+def _headscale(server: HostConfig, info: HeadscaleInfo) -> Result:
     if not info["running"]:
         return False, "headscale is not running or not answering", (
             f"on {server.name}: systemctl status headscale; journalctl -u headscale -n 50")
     online = sum(1 for n in info["nodes"] if n["online"])
     return True, f"running; {online} of {len(info['nodes'])} nodes online", ""
-
-
-def _headscale_nodes(probe: Probe, server: str) -> list[dict[str, Any]]:
-    ok, out = probe.run(server, str(Headscale().command()))
-    return Headscale().process(out.splitlines())["nodes"] if ok else []
 
 
 def _node(host: HostConfig, listed: dict[str, dict[str, Any]]) -> Result:

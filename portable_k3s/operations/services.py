@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
-from ..facts.services import ServiceStates
+from ..facts.services import ServiceState, ServiceStates
 from .util import forget, shared_fact
 
 # Unit file states that start the unit at boot (or that systemd manages without an [Install] section).
@@ -27,6 +27,17 @@ def start_command(verb: str, service: str, timeout: int | None) -> StringCommand
     )
 
 
+def _unit_state(service: str, batch: tuple[str, ...] | None) -> ServiceState:
+    """The unit's state, from the one read of its component's units; the name and batch checked first."""
+    if not service.endswith((".service", ".socket", ".timer")):
+        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
+    units = tuple(batch or (service,))
+    if service not in units:
+        raise OperationValueError(f"batch: does not include {service}")
+    state: ServiceState = shared_fact(host, ServiceStates, units=units).get(service, {"active": False, "enabled": ""})
+    return state
+
+
 @operation()
 def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = None, timeout: int | None = None):
     """
@@ -43,12 +54,7 @@ def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = 
 
         services.running(name="Run headscale", service="headscale.service")
     """
-    if not service.endswith((".service", ".socket", ".timer")):
-        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
-    units = tuple(batch or (service,))
-    if service not in units:
-        raise OperationValueError(f"batch: does not include {service}")
-    state = shared_fact(host, ServiceStates, units=units).get(service, {"active": False, "enabled": ""})
+    state = _unit_state(service, batch)
     commands = []
     if enabled and state["enabled"] not in STARTS_AT_BOOT:
         commands.append(StringCommand("systemctl enable", QuoteString(service)))
@@ -96,12 +102,7 @@ def stopped(service: str, batch: tuple[str, ...] | None = None):
 
         services.stopped(name="No app probes", service="portable-k3s-app-probe.timer")
     """
-    if not service.endswith((".service", ".socket", ".timer")):
-        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
-    units = tuple(batch or (service,))
-    if service not in units:
-        raise OperationValueError(f"batch: does not include {service}")
-    state = shared_fact(host, ServiceStates, units=units).get(service, {"active": False, "enabled": ""})
+    state = _unit_state(service, batch)
     if not state["active"] and state["enabled"] != "enabled":
         host.noop(f"{service} is stopped and disabled")
         return
