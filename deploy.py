@@ -3,18 +3,20 @@
 The whole inventory is validated first; a single problem stops the run before any operation is planned.
 """
 
+from functools import partial
+
 from pyinfra import host, inventory, state
 
 from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.alerts import downtime_alerts
 from portable_k3s.deploys.base import base_host
 from portable_k3s.deploys.cluster import cluster_addons
-from portable_k3s.deploys.entrance import entrance
+from portable_k3s.deploys.entrance import entrance, entrance_settings, render_entrance
 from portable_k3s.deploys.headscale import headscale_server
 from portable_k3s.deploys.k3s import k3s_node
 from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
-from portable_k3s.operations import headscale
+from portable_k3s.operations import headscale, nginx
 
 cluster = validate_state(state)
 groups = set(host.groups)
@@ -33,16 +35,25 @@ if "headscale" in groups:
 if groups & TAILNET_GROUPS:
     tailscale_node(headscale_host=headscale_host)
 
+k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]
+
 # k3s over the tailnet: the servers' operations run before the agents' (an upgrade goes servers first).
 if groups & {"k3s_servers", "k3s_agents"}:
     k3s_node(first_server=inventory.get_group("k3s_servers")[0], headscale_host=headscale_host)
+    # A node deployed on its own (--limit NODE): the entrances outside this run are pointed at it too.
+    for outside in [e for e in inventory.get_group("entrance") if not state.is_host_in_limit(e)]:
+        if entrance_settings(outside)["entrance_upstream"] == "nodes":
+            nginx.entrance_followed(
+                name=f"Point the entrance {outside.name} at this node too", entrance=outside,
+                render_config=partial(render_entrance, cluster.apps, entrance_settings(outside)),
+                backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host,
+            )
 
 # Cluster add-ons and the app catalog: manifests in k3s's auto-deploy directory, on the first server only.
 if host.name == inventory.get_group("k3s_servers")[0].name and host.data.get("k3s_state") != "absent":
     cluster_addons(config=cluster, entrances=inventory.get_group("entrance"))
 
 if "entrance" in groups:
-    k3s_nodes = [*cluster.hosts_in("k3s_servers"), *cluster.hosts_in("k3s_agents")]
     entrance(apps=cluster.apps, backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host)
     downtime_alerts(apps=cluster.apps)
 

@@ -26,6 +26,11 @@ ENTRANCE_DEFAULTS: dict[str, Any] = {
 }
 
 
+def entrance_settings(entrance_host: Host) -> dict[str, Any]:
+    """An entrance host's settings (its data over ``ENTRANCE_DEFAULTS``), also from another host's deploy."""
+    return {key: entrance_host.data.get(key, default) for key, default in ENTRANCE_DEFAULTS.items()}
+
+
 def render_entrance(apps: list[Any], settings: dict[str, Any], backends: list[str]) -> str:
     """The entrance's nginx.conf for these public apps (``App`` objects) and backend addresses."""
     public = [app for app in apps if app.public]
@@ -60,7 +65,7 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
         name="Read the entrance state in one command",
         reads=[(FileStates, {"paths": (nginx.NGINX_CONF,)}), (ServiceStates, {"units": ("nginx.service",)})],
     )
-    settings = {key: host.data.get(key) for key in ENTRANCE_DEFAULTS}
+    settings = entrance_settings(host)
     packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])
     upstream = settings["entrance_upstream"]
     config = nginx.entrance_config(

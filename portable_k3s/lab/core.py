@@ -276,8 +276,10 @@ class Lab:
         self._adopt_names(state)
         if state.get("hosts"):
             hosts = [LabHost(**h) for h in state["hosts"]]
-            if len(hosts) != count:
-                log(f"keeping the existing {len(hosts)} hosts (run 'down' first to change --hosts)")
+            if count > len(hosts):  # a new machine at home: the next agent, with a fresh disk
+                hosts += plan_hosts(count)[len(hosts):]
+            elif count < len(hosts):
+                log(f"keeping the existing {len(hosts)} hosts (run 'down' first to have fewer)")
         else:
             hosts = plan_hosts(count)
         state.setdefault("config", asdict(self.config))

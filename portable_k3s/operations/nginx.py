@@ -9,9 +9,11 @@ from pyinfra import host
 from pyinfra.api import Host, OperationError, OperationValueError, State, StringCommand, operation
 from pyinfra.api.command import FunctionCommand
 
+from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
+from ..render import sha256
 from . import files
-from .util import escalation, shared_fact
+from .util import escalation, forget, gate, shared_fact
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 TEST = "nginx -t -q"
@@ -79,3 +81,60 @@ def entrance_config(
             raise OperationError(output.stderr[-500:])
 
     yield FunctionCommand(write_when_joined, (), {})
+
+
+@operation()
+def entrance_followed(
+    entrance: Host,
+    render_config: Callable[[list[str]], str],
+    backends: list[str],
+    headscale_host: Host,
+    path: str = NGINX_CONF,
+):
+    """
+    Run on a k3s node deployed on its own (``--limit NODE``): point an entrance that is not part of this run at the
+    k3s nodes, this one included, with the very config the entrance's own deploy would write. The new config is
+    tested in place with ``nginx -t`` (a failing one is put back) and nginx is reloaded. Nothing happens when the
+    entrance's config already is that one.
+
+    + entrance: the entrance host (reached over its own connection)
+    + render_config: builds the entrance's config from the ingress addresses (see ``deploys.entrance``)
+    + backends: the tailnet names of the k3s nodes
+    + headscale_host: the inventory host running headscale (it knows the nodes' tailnet addresses)
+    + path: nginx's main config file on the entrance
+
+    **Example:**
+
+    .. code:: python
+
+        nginx.entrance_followed(
+            name="Point the entrance at this node", entrance=cloud, render_config=render,
+            backends=["master", "t420", "new-node"], headscale_host=cloud,
+        )
+    """
+    if not backends or headscale_host is None or entrance is None:
+        raise OperationValueError("entrance, backends, headscale_host: expected the entrance, the k3s nodes' "
+                                  "tailnet names and headscale")
+    addresses = _addresses(shared_fact(headscale_host, Headscale)["nodes"], backends)
+    if addresses is None:
+        raise OperationError(f"not every backend of {backends} is in the tailnet: {entrance.name} cannot point at it")
+    text = render_config(addresses)
+    current = shared_fact(entrance, FileStates, paths=(path,)).get(path)
+    if current is not None and current["sha256"] == sha256(text):
+        host.noop(f"the nginx of {entrance.name} already points at every k3s node")
+        return
+    forget(entrance, FileStates)
+    sudo = escalation(entrance)
+
+    def write(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        staged = f"{path}.portable-k3s-new"
+        with gate(entrance):
+            if not entrance.put_file(StringIO(text), staged, print_output=False, **sudo):
+                raise OSError(f"writing {staged} on {entrance.name} failed")
+            ok, output = entrance.run_shell_command(
+                StringCommand(*files.swap_in(path, staged, TEST), "&& systemctl reload nginx.service"), **sudo
+            )
+        if not ok:
+            raise OperationError(f"{entrance.name}: {output.stderr[-500:]}")
+
+    yield FunctionCommand(write, (), {})

@@ -132,6 +132,41 @@ def test_a_single_ingress_address_replaces_the_nodes() -> None:
     assert "server 192.168.1.240:443" in upload.src.getvalue() and "100.64." not in upload.src.getvalue()
 
 
+def _plan_followed(current_sha: str | None) -> tuple[list[Any], Any, Any]:
+    """nginx.entrance_followed planned on a new node (not the entrance) for an entrance outside the run."""
+    state = FakeState()
+    nodes = [{"name": f"node{i}", "ipv4": a} for i, a in enumerate(BACKENDS)]
+    headscale_host = create_host(state, facts={"headscale.Headscale": {"running": True, "users": {}, "nodes": nodes}})
+    current = {"sha256": current_sha, "mode": "644", "user": "root", "group": "root"} if current_sha else None
+    entrance = create_host(state, facts={"files.FileStates": {"paths=('/etc/nginx/nginx.conf',)": {
+        "/etc/nginx/nginx.conf": current}}})
+    entrance.name = "cloud"
+    new_node = create_host(state, facts={})
+    arguments: dict[str, Any] = {
+        "entrance": entrance, "render_config": lambda found: render_entrance(APPS, dict(ENTRANCE_DEFAULTS), found),
+        "backends": [f"node{i}" for i in range(len(BACKENDS))], "headscale_host": headscale_host,
+    }
+    with ctx_state.use(state), ctx_host.use(new_node):
+        return list(nginx.entrance_followed._inner(**arguments)), entrance, state
+
+
+def test_a_node_deployed_alone_points_the_entrance_at_it_and_reloads_it() -> None:
+    commands, entrance, state = _plan_followed(current_sha="0" * 64)
+    assert len(commands) == 1 and isinstance(commands[0], FunctionCommand)
+    uploads: list[tuple[str, str]] = []
+    ran: list[str] = []
+    entrance.put_file = lambda src, dest, **kw: uploads.append((src.getvalue(), dest)) or True
+    entrance.run_shell_command = lambda command, **kw: (ran.append(str(command)), (True, None))[1]
+    commands[0].function(state, entrance)
+    assert uploads == [(_config(), "/etc/nginx/nginx.conf.portable-k3s-new")]
+    assert len(ran) == 1 and "nginx -t -q" in ran[0] and ran[0].endswith("&& systemctl reload nginx.service")
+
+
+def test_an_entrance_that_already_points_at_every_node_is_left_alone() -> None:
+    commands, _, _ = _plan_followed(current_sha=sha256(_config()))
+    assert commands == []
+
+
 def _inventory(entrance_data: dict, node_data: dict) -> Any:
     from pyinfra.api import Inventory
 
