@@ -29,6 +29,7 @@ from ..facts.tailscale import Tailscale
 from ..render import render
 from . import files, release
 from .headscale import expire_preauth_key, mint_preauth_key
+from .services import start_command
 from .util import escalation, forget, gate, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
@@ -468,7 +469,8 @@ def binary(
             if not ok:
                 raise OperationError(f"installing k3s {version} failed; {node_name} stays cordoned: "
                                      f"{output.stderr[-500:]}")
-            ok, output = host.run_shell_command(StringCommand("systemctl restart", unit), **sudo)
+            # Bounded: k3s's units have no start timeout, and a node that cannot come back must not hang the run.
+            ok, output = host.run_shell_command(start_command("restart", unit, ready_timeout), **sudo)
             if not ok:
                 raise OperationError(f"restarting {unit} failed; {node_name} stays cordoned: {output.stderr[-500:]}")
             _wait_ready(via, node_name, version, ready_timeout)

@@ -269,7 +269,7 @@ def test_upgrade_drains_installs_restarts_waits_and_uncordons() -> None:
     assert log == [
         "master: k3s kubectl drain t420 --ignore-daemonsets --delete-emptydir-data --force --timeout=60s",
         "t420: set -e; tmp=$(mktemp -d /tmp/portable-k3",  # the verified download + install
-        "t420: systemctl restart k3s-agent.service",
+        "t420: systemctl restart --no-block k3s-agent.s",  # waits at most ready_timeout for it to be active
         "master: k3s kubectl get nodes -o json",  # not Ready yet
         "master: k3s kubectl get nodes -o json",  # Ready at the new version
         "master: k3s kubectl uncordon t420",
