@@ -42,10 +42,11 @@ if groups & {"k3s_servers", "k3s_agents"}:
     k3s_node(first_server=inventory.get_group("k3s_servers")[0], headscale_host=headscale_host)
     # A node deployed on its own (--limit NODE): the entrances outside this run are pointed at it too.
     for outside in [e for e in inventory.get_group("entrance") if not state.is_host_in_limit(e)]:
-        if entrance_settings(outside)["entrance_upstream"] == "nodes":
+        settings = entrance_settings(outside)
+        if settings["entrance_upstream"] == "nodes":
             nginx.entrance_followed(
                 name=f"Point the entrance {outside.name} at this node too", entrance=outside,
-                render_config=partial(render_entrance, cluster.apps, entrance_settings(outside)),
+                render_config=partial(render_entrance, cluster.apps, settings),
                 backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host,
             )
 

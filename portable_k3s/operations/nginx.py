@@ -26,6 +26,17 @@ def _addresses(nodes: list[dict], backends: list[str]) -> list[str] | None:
     return [a for a in found if a] if all(found) else None
 
 
+def _put_tested(target: Host, path: str, text: str, sudo: dict, *then: str) -> None:
+    """Write ``text`` to ``path`` on ``target`` at execution: staged, moved in, tested with ``nginx -t`` in place (a
+    failing config is put back), then the ``then`` shell words."""
+    staged = f"{path}.portable-k3s-new"
+    if not target.put_file(StringIO(text), staged, print_output=False, **sudo):
+        raise OSError(f"writing {staged} on {target.name} failed")
+    ok, output = target.run_shell_command(StringCommand(*files.swap_in(path, staged, TEST), *then), **sudo)
+    if not ok:
+        raise OperationError(f"{target.name}: {output.stderr[-500:]}")
+
+
 @operation()
 def entrance_config(
     render_config: Callable[[list[str]], str],
@@ -73,12 +84,7 @@ def entrance_config(
         found = _addresses(parse_nodes(output.stdout) if ok else [], backends)
         if found is None:
             raise OperationError(f"not every backend of {backends} is in the tailnet: the entrance cannot point at it")
-        staged = f"{path}.portable-k3s-new"
-        if not host.put_file(StringIO(render_config(found)), staged, print_output=False, **sudo):
-            raise OSError(f"writing {staged} failed")
-        ok, output = host.run_shell_command(StringCommand(*files.swap_in(path, staged, TEST)), **sudo)
-        if not ok:
-            raise OperationError(output.stderr[-500:])
+        _put_tested(host, path, render_config(found), sudo)
 
     yield FunctionCommand(write_when_joined, (), {})
 
@@ -127,14 +133,7 @@ def entrance_followed(
     sudo = escalation(entrance)
 
     def write(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        staged = f"{path}.portable-k3s-new"
         with gate(entrance):
-            if not entrance.put_file(StringIO(text), staged, print_output=False, **sudo):
-                raise OSError(f"writing {staged} on {entrance.name} failed")
-            ok, output = entrance.run_shell_command(
-                StringCommand(*files.swap_in(path, staged, TEST), "&& systemctl reload nginx.service"), **sudo
-            )
-        if not ok:
-            raise OperationError(f"{entrance.name}: {output.stderr[-500:]}")
+            _put_tested(entrance, path, text, sudo, "&& systemctl reload nginx.service")
 
     yield FunctionCommand(write, (), {})
