@@ -13,7 +13,7 @@ from portable_k3s.deploys.base import base_host
 from portable_k3s.deploys.cluster import cluster_addons
 from portable_k3s.deploys.entrance import entrance, entrance_settings, render_entrance
 from portable_k3s.deploys.headscale import headscale_server
-from portable_k3s.deploys.k3s import k3s_node
+from portable_k3s.deploys.k3s import k3s_node, retire_moved_server
 from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
 from portable_k3s.operations import headscale, nginx
@@ -49,6 +49,9 @@ if groups & {"k3s_servers", "k3s_agents"}:
                 render_config=partial(render_entrance, cluster.apps, settings),
                 backends=[node.hostname for node in k3s_nodes], headscale_host=headscale_host,
             )
+
+# A server move (k3s_move_from on the first server): k3s comes off the old server once every node follows the new.
+retire_moved_server(first_server=inventory.get_group("k3s_servers")[0])
 
 # Cluster add-ons and the app catalog: manifests in k3s's auto-deploy directory, on the first server only.
 if host.name == inventory.get_group("k3s_servers")[0].name and host.data.get("k3s_state") != "absent":

@@ -7,6 +7,9 @@ a host. Exit status 0 when the inventory is valid, 1 with one problem per line o
 Traefik's trusted entrance addresses are the ``--entrance-ip`` values, else a placeholder named after each entrance
 host; secrets are never read, a placeholder naming the secret's key stands in for each.
 
+``cloud-init INVENTORY --host NAME`` prints cloud-init user-data that joins a new k3s agent on its first boot, with a
+single-use tailnet key and a k3s join token minted for it over SSH (see portable_k3s.cloud_init).
+
 ``doctor INVENTORY`` walks the path a request takes (public DNS, the entrance, SNI routing, headscale, the tailnet,
 the ingress, k3s) and prints one line per hop, failing ones first, with the likely fix (see portable_k3s.doctor).
 """
@@ -123,6 +126,50 @@ def doctor(inventory_path: str, cwd: str | None, resolve: list[str], cafile: str
         probe.close()
 
 
+def cloud_init(inventory_path: str, cwd: str | None, name: str, expires: str, output: str | None) -> int:
+    """Validate the inventory, mint ``name``'s join credentials and write its cloud-init user-data."""
+    from portable_k3s.cloud_init import (
+        CloudInitError,
+        check_expires,
+        header,
+        joinable,
+        mint_credentials,
+        render_user_data,
+    )
+
+    try:
+        seconds = check_expires(expires)
+        inventory = load_inventory(inventory_path, cwd=cwd)
+        config = validate_inventory(inventory, require_secrets=False, cwd=cwd)
+        groups = joinable(config, name)
+    except CloudInitError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except ConfigError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
+    try:
+        credentials = mint_credentials(inventory, config, name, expires)
+    except (CloudInitError, ConfigError) as error:
+        print(f"cloud-init: {error}", file=sys.stderr)
+        return 1
+    data = inventory.get_host(name).data.dict()
+    text = render_user_data(name, groups, data, credentials,
+                            header(name, seconds, static_token=bool(data.get("k3s_token"))))
+    if output:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+    else:
+        sys.stdout.write(text)
+    where = output or "stdout"
+    print(f"ok: user-data for {name} ({', '.join(groups)}) written to {where}: it joins with a single-use "
+          f"tailnet key and a k3s join token that expire in {expires}; it holds them in clear: keep it private",
+          file=sys.stderr)
+    return 0
+
+
 def _is_ipv4(value: str) -> bool:
     import ipaddress
 
@@ -186,6 +233,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     doctor_parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                                help="per connection (default 5)")
 
+    cloud_parser = commands.add_parser(
+        "cloud-init",
+        help="print cloud-init user-data that joins a new k3s agent (e.g. a cloud VM) on its first boot",
+        description="Mint a single-use tailnet key on headscale and a k3s join token on the first server (both "
+        "expire after --expires; over SSH) and print #cloud-config user-data that installs tailscale and k3s "
+        "as deploy.py would and joins the host on its first boot.",
+    )
+    cloud_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    cloud_parser.add_argument("--host", required=True, metavar="NAME",
+                              help="the inventory host the new machine becomes (in k3s_agents or exit_nodes)")
+    cloud_parser.add_argument("--expires", default="1h", metavar="DURATION",
+                              help="how long the machine has to boot and join, e.g. 30m or 2h (default 1h)")
+    cloud_parser.add_argument("-o", "--output", metavar="FILE", default=None,
+                              help="write the user-data to FILE (mode 0600) instead of stdout")
+    cloud_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.inventory, args.cwd)
@@ -193,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return render_inventory(args.inventory, args.outdir, args.entrance_ip, args.cwd)
     if args.command == "doctor":
         return doctor(args.inventory, args.cwd, args.resolve, args.ca, args.timeout)
+    if args.command == "cloud-init":
+        return cloud_init(args.inventory, args.cwd, args.host, args.expires, args.output)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1002,9 +1002,16 @@ def _check_headscale_backup(inventory: Inventory, problems: _Problems) -> None:
         "headscale_restore": lambda v: [] if v is None else [
             (problem, "None, or the path of a backup archive made by the headscale deploy (headscale-….tar.gz)")
             for problem in (backup_problems(v) if isinstance(v, str) else [f"{_show(v)} is not a path"])],
+        "headscale_backup_s3": lambda v: _check_s3(v, "backups", ("insecure",)),
     }
     for key, check in checks.items():
         _check_per_source(inventory, key, check, problems)
+    for host in _group_hosts(inventory, HEADSCALE):
+        if _lookup(inventory, host, "headscale_backup_s3")[1] not in (None, _MISSING):
+            for key in ("s3_access_key", "s3_secret_key"):
+                if _lookup(inventory, host, key)[1] in (None, _MISSING):
+                    problems.add(f"{host.name}.{key}", "is missing while headscale_backup_s3 is set",
+                                 f"{_REFERENCE_SHAPES}, for the S3 bucket's key")
 
 
 def _check_public_ipv4(value: Any) -> Check:
@@ -1163,14 +1170,18 @@ _FLAG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _IFACE_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
 
 
-def _check_k3s_s3(value: Any) -> Check:
+def _check_s3(value: Any, bucket: str = "etcd", options: tuple[str, ...] = ()) -> Check:
+    """An S3 location: ``{"endpoint", "bucket", "region", "folder", *options}``, or None."""
     if value is None:
         return []
-    shape = '{"endpoint": "s3.example.org", "bucket": "etcd", "region": …, "folder": …} or None'
+    extra = "".join(f', "{option}": …' for option in options)
+    shape = f'{{"endpoint": "s3.example.org", "bucket": "{bucket}", "region": …, "folder": …{extra}}} or None'
     if not isinstance(value, dict):
         return [(_wrong_type(value), shape)]
     problems: Check = []
-    unknown = sorted(set(value) - {"endpoint", "bucket", "region", "folder"})
+    if not isinstance(value.get("endpoint", ""), str) or "://" in value.get("endpoint", ""):
+        problems.append((f"endpoint {_show(value.get('endpoint'))} is not a host name", shape + " (no https://)"))
+    unknown = sorted(set(value) - {"endpoint", "bucket", "region", "folder", *options})
     if unknown:
         problems.append((f"unknown keys {unknown}", shape))
     for key in ("endpoint", "bucket"):
@@ -1230,13 +1241,16 @@ def _k3s_checks() -> dict[str, Any]:
         "k3s_etcd_snapshot_schedule": lambda v: [] if v is None or (isinstance(v, str) and _CRON_RE.match(v))
         else [(f"{_show(v)} is not a cron schedule", "five cron fields like '0 */6 * * *', or None for no snapshots")],
         "k3s_etcd_snapshot_retention": lambda v: _check_int_range(v, 1, 1000, "a number of snapshots, 1-1000"),
-        "k3s_etcd_s3": _check_k3s_s3,
+        "k3s_etcd_s3": _check_s3,
         "k3s_extra_config": _check_k3s_extra,
         "k3s_drain_timeout": seconds,
         "k3s_ready_timeout": seconds,
         "k3s_state": lambda v: [] if v in ("present", "absent")
         else [(f"{_show(v)} is not a state", "'present' or 'absent' (uninstall k3s from the node)")],
         "k3s_remove_data": _check_bool,
+        "k3s_move_from": lambda v: [] if v is None or (isinstance(v, str) and v.strip())
+        else [(_show(v) + " is not a host name", "the inventory name of the server whose cluster the first server "
+               "takes over, or None")],
         "k3s_kubeconfig": lambda v: [] if v is None or (isinstance(v, str) and v.strip())
         else [(_show(v) + " is not a path", "a path on the machine running pyinfra, or None to not fetch it")],
     }
@@ -1309,6 +1323,7 @@ def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool,
             problems.add(f"{servers[0].name}.k3s_state", "'absent' on the first server while "
                          f"{', '.join(staying)} keep k3s", "the first of k3s_servers removed last (every other "
                          "node joins it), or another server listed first")
+    _check_server_move(inventory, servers, nodes, problems)
     if len(servers) > 1:
         # Embedded etcd needs low latency between its members: upstream does not support it across a VPN/WAN.
         lans = {host.name: _lookup(inventory, host, "k3s_lan")[1] for host in servers}
@@ -1321,6 +1336,30 @@ def _check_k3s(inventory: Inventory, problems: _Problems, require_secrets: bool,
                 "the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
                 "or k3s_etcd_across_vpn = True on every server to accept that risk",
             )
+
+
+def _check_server_move(inventory: Inventory, servers: list[Host], nodes: list[Host], problems: _Problems) -> None:
+    """``k3s_move_from``: set on the first server only, naming a host of the inventory that left the k3s groups."""
+    for source, (value, hosts) in _sources(inventory, "k3s_move_from").items():
+        if not isinstance(value, str) or not value.strip():
+            continue
+        elsewhere = [h.name for h in hosts if not servers or h is not servers[0]]
+        if elsewhere:
+            first = servers[0].name if servers else "none"
+            problems.add(f"{source}.k3s_move_from", f"applies to {', '.join(elsewhere)}, not only to the first "
+                         f"server ({first})", "k3s_move_from in the host data of the first of k3s_servers only")
+            continue
+        names = [h.name for h in inventory]
+        if value not in names:
+            problems.add(f"{source}.k3s_move_from", f"{value!r} is not a host of the inventory",
+                         f"the old server, kept in the inventory (out of the k3s groups) until the move is done: "
+                         f"one of {', '.join(n for n in names if n not in {h.name for h in nodes}) or 'none'}")
+        elif value in {h.name for h in nodes}:
+            problems.add(f"{source}.k3s_move_from", f"{value!r} is still a k3s node",
+                         f"{value} out of k3s_servers and k3s_agents: this run takes k3s off it")
+        elif _lookup(inventory, servers[0], "k3s_cluster_init")[1] is False:
+            problems.add(f"{source}.k3s_move_from", "needs k3s_cluster_init (embedded etcd): the move restores an "
+                         "etcd snapshot", "k3s_cluster_init = True on the old and the new server")
 
 
 # Downtime alerts (defaults in deploys.alerts.ALERTS_DEFAULTS)

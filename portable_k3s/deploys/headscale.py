@@ -33,6 +33,9 @@ HEADSCALE_DEFAULTS: dict[str, Any] = {
     "headscale_backup_keep": 14,  # archives kept (the newest)
     "headscale_backup_schedule": "daily",  # systemd OnCalendar= expression
     "headscale_restore": None,  # a backup archive on the deploying machine, restored onto a host with no database
+    # {"endpoint": "s3.example.org", "bucket": …, "region": …, "folder": …, "insecure": False}: every archive also
+    # to S3 (signed with s3_access_key / s3_secret_key, AWS Signature V4); None: local archives only
+    "headscale_backup_s3": None,
 }
 
 CONFIG = "/etc/headscale/config.yaml"
@@ -45,7 +48,9 @@ MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG)
 BACKUP_SCRIPT = "/usr/local/lib/portable-k3s/headscale-backup"
 BACKUP_SERVICE = "portable-k3s-headscale-backup.service"
 BACKUP_TIMER = "portable-k3s-headscale-backup.timer"
-BACKUP_FILES = (BACKUP_SCRIPT, f"/etc/systemd/system/{BACKUP_SERVICE}", f"/etc/systemd/system/{BACKUP_TIMER}")
+BACKUP_S3_AUTH = "/etc/portable-k3s/headscale-backup-s3"  # curl's config with the S3 key pair, 0600
+BACKUP_FILES = (BACKUP_SCRIPT, f"/etc/systemd/system/{BACKUP_SERVICE}", f"/etc/systemd/system/{BACKUP_TIMER}",
+                BACKUP_S3_AUTH)
 SYSUSERS_TEXT = 'u headscale - "headscale server" /var/lib/headscale /usr/sbin/nologin\n'
 # The MagicDNS records file exists from the start (headscale watches it); its content is headscale.dns_records'.
 TMPFILES_TEXT = (
@@ -190,6 +195,13 @@ def headscale_server(policy: dict[str, Any]) -> None:
     backups()
 
 
+def s3_url(s3: dict[str, Any]) -> str:
+    """The URL the archives go to (path style: ``https://ENDPOINT/BUCKET/FOLDER/``), from ``headscale_backup_s3``."""
+    scheme = "http" if s3.get("insecure") else "https"
+    folder = str(s3.get("folder") or "").strip("/")
+    return f"{scheme}://{s3['endpoint']}/{s3['bucket']}/" + (f"{folder}/" if folder else "")
+
+
 def backups() -> None:
     """The backup timer of the headscale host (or its removal when ``headscale_backup`` is False)."""
     data = host.data
@@ -198,15 +210,26 @@ def backups() -> None:
         for path in BACKUP_FILES:
             files.absent(name=f"Remove {path}", path=path, batch=BACKUP_FILES)
         return
+    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
+
     directory = data.headscale_backup_dir
-    packages.installed(name="sqlite3 for consistent headscale backups", packages=["sqlite3"])
+    s3 = data.headscale_backup_s3
+    packages.installed(name="sqlite3 for consistent headscale backups", packages=["sqlite3", "curl"])
     files.content(
         name="headscale backup script", path=BACKUP_SCRIPT, mode="0755", batch=BACKUP_FILES,
-        text=render("headscale-backup.sh.j2", dir=directory, keep=int(data.headscale_backup_keep)),
+        text=render("headscale-backup.sh.j2", dir=directory, keep=int(data.headscale_backup_keep),
+                    s3={"url": s3_url(s3), "region": s3.get("region") or "us-east-1"} if s3 else None),
     )
+    if s3:
+        key = resolve_secret(data.s3_access_key, "s3_access_key").unmask().strip()
+        secret = resolve_secret(data.s3_secret_key, "s3_secret_key").unmask().strip()
+        files.content(name="S3 key pair for the headscale backups", path=BACKUP_S3_AUTH, mode="0600",
+                      batch=BACKUP_FILES, text=f'user = "{key}:{secret}"\n')
+    else:
+        files.absent(name="No S3 key pair for the headscale backups", path=BACKUP_S3_AUTH, batch=BACKUP_FILES)
     unit = files.content(
         name="headscale backup service", path=BACKUP_FILES[1], batch=BACKUP_FILES,
-        text=render("headscale-backup.service.j2", script=BACKUP_SCRIPT),
+        text=render("headscale-backup.service.j2", script=BACKUP_SCRIPT, credential=BACKUP_S3_AUTH if s3 else None),
     )
     timer = files.content(
         name="headscale backup timer", path=BACKUP_FILES[2], batch=BACKUP_FILES,

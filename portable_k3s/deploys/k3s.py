@@ -44,6 +44,9 @@ K3S_DEFAULTS: dict[str, Any] = {
     "k3s_drain_timeout": 300,
     "k3s_ready_timeout": 300,
     "k3s_kubeconfig": "~/.kube/portable-k3s.yaml",  # on the machine running pyinfra; None: not fetched
+    # On the first server: the inventory host whose cluster it takes over (etcd snapshot there, restored here before
+    # k3s first starts here; every node follows it; k3s is taken off the old host at the end of the run)
+    "k3s_move_from": None,
     "k3s_state": "present",  # "absent": uninstall k3s from the node
     "k3s_remove_data": False,  # with k3s_state "absent": also its data, CNI interfaces and iptables rules
 }
@@ -68,6 +71,12 @@ def airgap_images(base: str, version: str, machine: str) -> tuple[str, str]:
     """The URL of the release's system images tarball and where k3s imports it from at start."""
     name = f"k3s-airgap-images-{_arch(machine)}.tar.zst"
     return f"{base.rstrip('/')}/{quote(version, safe='')}/{name}", f"{AIRGAP_DIR}/{name}"
+
+
+def k3s_version(data: Any) -> str:
+    """The k3s version a host's data asks for (``versions["k3s"]``, else the pinned one), with its ``v``."""
+    version = str((data.get("versions") or {}).get("k3s", VERSIONS["k3s"]))
+    return version if version.startswith("v") else f"v{version}"
 
 
 def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
@@ -110,13 +119,15 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         return
     label = role.capitalize()
     first = host.name == first_server.name
-    version = (data.get("versions") or {}).get("k3s", VERSIONS["k3s"])
-    version = version if version.startswith("v") else f"v{version}"
+    version = k3s_version(data)
     node_name = data.get("hostname") or default_hostname(host.name)
     machine = shared_fact(host, Arch, static=True)
     url, sums = release_urls(data.k3s_download_url, version, machine)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
-    managed = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # their states are read in one command
+    old_server = host.state.inventory.get_host(data.k3s_move_from) if first and data.k3s_move_from else None
+    managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # read in one command
+    if old_server is not None:
+        managed += (k3s.SERVER_TOKEN,)
     reads: list[tuple[Any, dict[str, Any]]] = [
         (InstalledRelease, {"component": "k3s", "paths": [k3s.BINARY]}), (FileStates, {"paths": managed}),
         (ServiceStates, {"units": (k3s.unit_name(role),)}), (Tailscale, {}),
@@ -126,6 +137,10 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [airgap[1]]}))
     prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads)
 
+    moved = None
+    if old_server is not None:  # before the token: the cluster's token comes with it
+        moved = k3s.moved_from(name=f"{label}: take over the cluster of {old_server.name}", source=old_server,
+                               batch=managed)
     images = None
     if airgap:  # before the binary: an upgrade's restart then imports the new images
         images_url, images_path = airgap
@@ -167,6 +182,9 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed
     )
     systemd.daemon_reload(name=f"{label}: reload systemd", _if=unit.did_change)
+    if old_server is not None and moved is not None:
+        k3s.cluster_reset(name=f"{label}: restore {old_server.name}'s snapshot before the first start",
+                          snapshot=k3s.moved_snapshot(old_server), _if=moved.did_change)
     # A fresh node starts here; a changed one restarts (an upgrade restarts in the binary operation, before this).
     # k3s's units have no start timeout (an agent waits for its server for ever): wait k3s_ready_timeout at most.
     services.restarted(
@@ -177,6 +195,24 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     services.running(name=f"{label}: run", service=k3s.unit_name(role), timeout=int(data.k3s_ready_timeout))
     if first and data.k3s_kubeconfig:
         k3s.kubeconfig(name="Fetch the admin kubeconfig", local_path=data.k3s_kubeconfig)
+
+
+def retire_moved_server(first_server: Host) -> None:
+    """On the host named by the first server's ``k3s_move_from``: take k3s off it once the first server runs the
+    cluster (call it after every k3s node's operations, see ``k3s.retired``)."""
+    old = first_server.data.get("k3s_move_from")
+    if not old:
+        return
+    if host.name == old or set(host.groups) & {"k3s_servers", "k3s_agents"}:
+        # pyinfra orders operations across hosts only through operations they share: this one, on the old server
+        # and every k3s node, puts the retirement after every node has moved to the new server.
+        k3s.nodes_done(name="Every k3s node follows the new server")
+    if host.name == old:
+        k3s.retired(
+            name=f"Retire the old k3s server (its cluster moved to {first_server.name})", successor=first_server,
+            node_name=host.data.get("hostname") or default_hostname(host.name),
+            remove_data=bool(host.data.get("k3s_remove_data")),
+        )
 
 
 @deploy("k3s", data_defaults=K3S_DEFAULTS)
@@ -191,7 +227,8 @@ def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
     ``k3s_airgap_images``, ``k3s_tailnet_iface``, ``k3s_tailnet_mode``, ``k3s_cluster_init``, ``k3s_disable``,
     ``k3s_node_labels``, ``k3s_node_taints``, ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``,
     ``k3s_etcd_s3`` (+ ``s3_access_key``, ``s3_secret_key``), ``k3s_extra_config``, ``k3s_drain_timeout``,
-    ``k3s_ready_timeout``, ``k3s_kubeconfig``, ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``,
+    ``k3s_ready_timeout``, ``k3s_kubeconfig``, ``k3s_move_from`` (the first server takes over that host's
+    cluster: see ``k3s.moved_from``), ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``,
     ``hostname``, ``tailnet_domain``, ``headscale_url`` (native mode), ``versions["k3s"]``.
 
     + first_server: the inventory host that starts the cluster (the first of ``k3s_servers``)

@@ -45,6 +45,24 @@ APT_KEYRING = "/usr/share/keyrings/tailscale-archive-keyring.gpg"
 APT_LIST = "/etc/apt/sources.list.d/tailscale.list"
 
 
+def tailscale_version(data: Any) -> str:
+    """The tailscale version a host's data asks for (``versions["tailscale"]``, else the pinned one), no ``v``."""
+    return str((data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"])).lstrip("v")
+
+
+def static_release(base: str, version: str, machine: str) -> tuple[str, dict[str, str]]:
+    """The static tarball's URL for ``machine`` (``uname -m``) and ``{member: installed path}`` of its binaries."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
+    stem = f"tailscale_{version}_{arch}"
+    return f"{base.rstrip('/')}/{stem}.tgz", {f"{stem}/{name.rsplit('/', 1)[1]}": name for name in STATIC_BINARIES}
+
+
+def apt_source(codename: str) -> tuple[str, str]:
+    """The tailscale package repository's signing key URL and ``sources.list`` line for a Debian ``codename``."""
+    key = f"https://pkgs.tailscale.com/stable/debian/{codename}.noarmor.gpg"
+    return key, f"deb [signed-by={APT_KEYRING}] https://pkgs.tailscale.com/stable/debian {codename} main"
+
+
 @deploy("Tailscale node", data_defaults=TAILSCALE_DEFAULTS)
 def tailscale_node(headscale_host: Host) -> None:
     """
@@ -58,7 +76,7 @@ def tailscale_node(headscale_host: Host) -> None:
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
-    version = (data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"]).lstrip("v")
+    version = tailscale_version(data)
     managed: tuple[str, ...] = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE)
     if data.tailscale_install == "static":
         managed = (STATIC_UNIT, *managed)
@@ -69,28 +87,19 @@ def tailscale_node(headscale_host: Host) -> None:
         reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
     prefetch.facts(name="Read the tailscale state in one command", reads=reads)
     if data.tailscale_install == "static":
-        machine = shared_fact(host, Arch, static=True)
-        arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, "amd64")
-        stem = f"tailscale_{version}_{arch}"
-        url = f"{data.tailscale_download_url.rstrip('/')}/{stem}.tgz"
+        url, members = static_release(data.tailscale_download_url, version, shared_fact(host, Arch, static=True))
         binary = release.installed(
             name="Install tailscale (static)", component="tailscale", version=version, url=url,
-            checksum_url=f"{url}.sha256",
-            files={f"{stem}/{name.rsplit('/', 1)[1]}": name for name in STATIC_BINARIES},
+            checksum_url=f"{url}.sha256", files=members,
         )
         unit = files.content(
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed
         )
     else:
         codename = (host.get_fact(LinuxDistribution).get("release_meta") or {}).get("VERSION_CODENAME", "bookworm")
-        pyinfra_files.download(
-            name="tailscale apt key", src=f"https://pkgs.tailscale.com/stable/debian/{codename}.noarmor.gpg",
-            dest=APT_KEYRING, mode="644",
-        )
-        source = pyinfra_files.line(
-            name="tailscale apt source", path=APT_LIST,
-            line=f"deb [signed-by={APT_KEYRING}] https://pkgs.tailscale.com/stable/debian {codename} main",
-        )
+        key_url, source_line = apt_source(codename)
+        pyinfra_files.download(name="tailscale apt key", src=key_url, dest=APT_KEYRING, mode="644")
+        source = pyinfra_files.line(name="tailscale apt source", path=APT_LIST, line=source_line)
         apt.update(name="apt lists with tailscale", _if=source.did_change)
         binary = apt.packages(name="Install tailscale (apt)", packages=[f"tailscale={version}"])
         unit = binary

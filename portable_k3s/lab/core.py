@@ -132,6 +132,7 @@ class LabHost:
     groups: list[str] = field(default_factory=list)
     address: str = ""
     pid: int = 0
+    data: dict = field(default_factory=dict)  # more inventory data for this host (see ``assign``)
 
 
 def plan_hosts(count: int) -> list[LabHost]:
@@ -613,9 +614,34 @@ class Lab:
         self.config.validate()
         return self.up(len(hosts), timeout)
 
+    def reboot(self, name: str, timeout: float = 90.0) -> LabHost:
+        """Shut ``name`` down and boot it again (same disk): what a power cycle does."""
+        count = self._shut_down(name)
+        self.up(count, timeout)
+        return next(h for h in self.hosts() if h.name == name)
+
     def reset_host(self, name: str, timeout: float = 90.0) -> LabHost:
         """A dead disk replaced: shut ``name`` down, throw its disk away (its overlay upper dir) and boot it again
         as a fresh host (new host keys and machine-id, same name and address)."""
+        count = self._shut_down(name)
+        for sub in ("upper", "work"):
+            shutil.rmtree(self.host_dir(name) / sub, ignore_errors=True)
+        self.up(count, timeout)
+        return next(h for h in self.hosts() if h.name == name)
+
+    def assign(self, name: str, groups: list[str], data: dict | None = None) -> None:
+        """Give lab host ``name`` other inventory groups (in this order) and data, as an owner edits the
+        inventory: ``inventories/lab.py`` reads them from the lab's state."""
+        state = self.load_state()
+        hosts = state.get("hosts", [])
+        host = next((h for h in hosts if h["name"] == name), None)
+        if host is None:
+            raise LabError(f"{name}: no such lab host (hosts: {', '.join(h['name'] for h in hosts) or 'none'})")
+        host["groups"], host["data"] = list(groups), dict(data or {})
+        self.save_state(state)
+
+    def _shut_down(self, name: str) -> int:
+        """Shut lab host ``name`` down, keeping its disk; returns the number of hosts in the lab."""
         state = self.load_state()
         self.adopt(state)
         hosts = [LabHost(**h) for h in state.get("hosts", [])]
@@ -623,12 +649,9 @@ class Lab:
         if host is None:
             raise LabError(f"{name}: no such lab host (hosts: {', '.join(h.name for h in hosts) or 'none'})")
         self._stop([host], 20.0)
-        for sub in ("upper", "work"):
-            shutil.rmtree(self.host_dir(name) / sub, ignore_errors=True)
         state["hosts"] = [asdict(h) for h in hosts]
         self.save_state(state)
-        self.up(len(hosts), timeout)
-        return next(h for h in self.hosts() if h.name == name)
+        return len(hosts)
 
     def _firewall_down(self, state: dict) -> None:
         c = self.config

@@ -62,6 +62,7 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
             "lab_site": host.site,
             "lab_artifact_url": lab.artifact_url,
             **tailnet,
+            **host.data,
         }
         for group in host.groups:
             groups.setdefault(group, []).append((host.name, data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from io import StringIO
+from io import BytesIO, StringIO
 from typing import Any
 
 import gevent
@@ -23,7 +23,7 @@ from pyinfra.api import (
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.files import FileStates
-from ..facts.k3s import CNI_INTERFACES, K3S_DATA, K3S_FILES, K3sFootprint, parse_nodes
+from ..facts.k3s import CNI_INTERFACES, K3S_DATA, K3S_FILES, K3sFootprint, K3sFootprintInfo, parse_nodes
 from ..facts.release import InstalledRelease
 from ..facts.tailscale import Tailscale
 from ..render import render
@@ -37,6 +37,8 @@ KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
 TOKEN = "/etc/rancher/k3s/token"  # noqa: S105 - a path: the cluster token every node starts with
 VPN_AUTH = "/etc/rancher/k3s/vpn-auth"  # the "native" tailnet mode's join settings (holds a pre-auth key)
 SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"  # noqa: S105 - a path: K10<CA hash>::server:<token>
+SNAPSHOT_DIR = "/var/lib/rancher/k3s/server/db/snapshots"
+MOVE_SNAPSHOT = "portable-k3s-move"  # the on-demand etcd snapshot a server move takes on the old server
 BINARY = "/usr/local/bin/k3s"
 KUBECTL = "k3s kubectl"
 SUPERVISOR_PORT = 6443
@@ -58,6 +60,26 @@ def config_text(settings: dict[str, Any], iface: str = "tailscale0", mode: str =
     """``/etc/rancher/k3s/config.yaml`` for ``settings`` (keys in k3s's flag names, without ``--``)."""
     body = yaml.safe_dump(settings, default_flow_style=False, sort_keys=True).rstrip("\n")
     return render("k3s/config.yaml.j2", mode=mode, iface=iface, settings=body)
+
+
+def config_settings(
+    role: str, node_name: str, settings: dict[str, Any], ipv4: str | None, server_ipv4: str | None,
+    tailnet_domain: str | None = None, iface: str = "tailscale0", mode: str = "manual",
+) -> dict[str, Any]:
+    """Every ``config.yaml`` key of a node: ``settings`` plus the ones set from the tailnet (see ``config``)."""
+    full: dict[str, Any] = {**settings, "node-name": node_name, "token-file": TOKEN}
+    if mode == "native":
+        full["vpn-auth-file"] = VPN_AUTH
+    else:
+        full.update({"node-ip": ipv4, "flannel-iface": iface})
+    if server_ipv4:
+        full["server"] = f"https://{server_ipv4}:{SUPERVISOR_PORT}"
+    if role == "server":
+        if mode == "manual":
+            full["advertise-address"] = ipv4
+        full["tls-san"] = [ipv4, node_name, *([f"{node_name}.{tailnet_domain}"] if tailnet_domain else [])]
+        full["write-kubeconfig-mode"] = "0600"
+    return full
 
 
 def vpn_auth_text(key: str, login_server: str) -> str:
@@ -133,18 +155,7 @@ def config(
             host.noop(f"{path}: written once {' and '.join(missing)} has a tailnet address")
             return
         raise OperationError(f"{' and '.join(missing)} has no tailnet IPv4: join the tailnet before k3s")
-    full: dict[str, Any] = {**settings, "node-name": node_name, "token-file": TOKEN}
-    if mode == "native":
-        full["vpn-auth-file"] = VPN_AUTH
-    else:
-        full.update({"node-ip": ipv4, "flannel-iface": iface})
-    if server_ipv4:
-        full["server"] = f"https://{server_ipv4}:{SUPERVISOR_PORT}"
-    if role == "server":
-        if mode == "manual":
-            full["advertise-address"] = ipv4
-        full["tls-san"] = [ipv4, node_name, *([f"{node_name}.{tailnet_domain}"] if tailnet_domain else [])]
-        full["write-kubeconfig-mode"] = "0600"
+    full = config_settings(role, node_name, settings, ipv4, server_ipv4, tailnet_domain, iface, mode)
     yield from files.content._inner(path=path, text=config_text(full, iface, mode), mode="0600", batch=batch)
 
 
@@ -359,12 +370,20 @@ def uninstalled(remove_data: bool = False):
         k3s.uninstalled(name="Remove k3s", remove_data=True)
     """
     found = host.get_fact(K3sFootprint)
+    if not _leftovers(found, remove_data):
+        host.noop("k3s is not installed" + (" and left no data" if remove_data else ""))
+        return
+    yield from _uninstall_commands(remove_data)
+
+
+def _leftovers(found: K3sFootprintInfo, remove_data: bool) -> list[str]:
     leftovers = found["files"] + (found["data"] + found["interfaces"] if remove_data else [])
     if remove_data and found["iptables_rules"]:
         leftovers.append(f"{found['iptables_rules']} iptables rules")
-    if not leftovers:
-        host.noop("k3s is not installed" + (" and left no data" if remove_data else ""))
-        return
+    return leftovers
+
+
+def _uninstall_commands(remove_data: bool) -> Any:
     yield StringCommand(
         "for unit in k3s.service k3s-agent.service; do systemctl disable --now \"$unit\" 2>/dev/null || true;",
         "done; pkill -f 'k3s/data/[^/]+/bin/containerd-shim' 2>/dev/null || true",
@@ -381,6 +400,125 @@ def uninstalled(remove_data: bool = False):
         )
 
 
+def moved_snapshot(source: Host) -> str:
+    """Where ``moved_from`` puts the snapshot of ``source``'s cluster on the new server."""
+    return f"{SNAPSHOT_DIR}/{MOVE_SNAPSHOT}-from-{source.name}"
+
+
+@operation()
+def moved_from(source: Host, batch: tuple[str, ...] | None = None):
+    """
+    Make this new server take over the cluster of ``source``, the server it replaces: unless this host already
+    has a cluster (k3s's server token), take an etcd snapshot on ``source`` (``k3s etcd-snapshot save``) and copy
+    it and ``source``'s cluster token here (0600; the token is never printed). ``cluster_reset`` then restores
+    the snapshot before k3s first starts here; ``retired`` takes k3s off ``source`` at the end of the run.
+
+    + source: the inventory host that runs the cluster's first server now
+    + batch: all files of the component, read in one remote command (see ``files.content``)
+
+    **Example:**
+
+    .. code:: python
+
+        moved = k3s.moved_from(name="Take over the cluster", source=inventory.get_host("master"))
+    """
+    if shared_fact(host, FileStates, paths=tuple(batch or (SERVER_TOKEN,))).get(SERVER_TOKEN) is not None:
+        host.noop(f"this server runs a cluster already ({SERVER_TOKEN} exists)")
+        return
+    forget(host, FileStates)
+    sudo = escalation(host, use_current_op=True)
+    target = moved_snapshot(source)
+
+    def fetch_snapshot(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        theirs = escalation(source)
+        with gate(source):
+            ok, output = source.run_shell_command(
+                StringCommand("k3s etcd-snapshot save --name", MOVE_SNAPSHOT, ">/dev/null 2>&1 && ls -t",
+                              f"{SNAPSHOT_DIR}/{MOVE_SNAPSHOT}-*", "| head -n 1"), print_output=False, **theirs,
+            )
+        snapshot = output.stdout.strip() if ok else ""
+        if not snapshot:
+            raise OperationError(f"the etcd snapshot on {source.name} failed (is k3s running there, with "
+                                 f"k3s_cluster_init?): {output.stderr[-300:]}")
+        with gate(source):
+            ok, token = source.run_shell_command(
+                StringCommand("cat", QuoteString(TOKEN)), print_output=False, print_input=False, **theirs
+            )
+            data = BytesIO()
+            fetched = source.get_file(snapshot, data, print_output=False, print_input=False, **theirs)
+        if not ok or not token.stdout.strip() or not fetched:
+            raise OperationError(f"copying the snapshot and cluster token from {source.name} failed")
+        ok, _ = host.run_shell_command(
+            StringCommand("install -d -m 0700", SNAPSHOT_DIR, "&& install -m 0600 /dev/null", QuoteString(target)),
+            **sudo,
+        )
+        if not ok or not host.put_file(BytesIO(data.getvalue()), target, print_output=False, **sudo):
+            raise OperationError(f"writing {target} on {host.name} failed")
+        put_secret(host, TOKEN, token.stdout.strip() + "\n", sudo)
+        _log(host, f"{snapshot} of {source.name} ({len(data.getvalue())} bytes) is {target} here")
+
+    yield FunctionCommand(fetch_snapshot, (), {})
+
+
+@operation()
+def cluster_reset(snapshot: str):
+    """
+    Restore an etcd ``snapshot`` into this server's datastore before k3s starts (``k3s server --cluster-reset
+    --cluster-reset-restore-path``, which reads ``config.yaml`` and its token, restores, and exits). Call it
+    with ``_if=`` the snapshot's arrival (see ``moved_from``), with k3s stopped.
+
+    + snapshot: the snapshot file on this host
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.cluster_reset(name="Restore", snapshot=k3s.moved_snapshot(old), _if=moved.did_change)
+    """
+    yield StringCommand(
+        "systemctl stop k3s.service 2>/dev/null; out=$(k3s server --cluster-reset",
+        QuoteString(f"--cluster-reset-restore-path={snapshot}"),
+        "2>&1) || { printf '%s\\n' \"$out\" | tail -n 20 >&2; exit 1; }",
+    )
+
+
+@operation()
+def retired(successor: Host, node_name: str, remove_data: bool = False):
+    """
+    Take k3s off the old server once ``successor`` runs its cluster (see ``moved_from``): checked first, over
+    ``successor``'s connection; then k3s is removed here as ``uninstalled`` does, and this server's node object is
+    deleted from the cluster. A host without k3s is left alone.
+
+    + successor: the new first server
+    + node_name: this server's node name in k3s
+    + remove_data: also remove the old cluster's data here (without it, the old datastore stays for a way back)
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.retired(name="Retire the old server", successor=inventory.get_host("master2"), node_name="master")
+    """
+    if not _leftovers(host.get_fact(K3sFootprint), remove_data):
+        host.noop("k3s is not installed" + (" and left no data" if remove_data else ""))
+        return
+
+    def successor_runs_the_cluster(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        ok, out = _kubectl(successor, "get nodes -o json")
+        if not ok or not any(node["ready"] for node in parse_nodes(out) if node["name"] != node_name):
+            raise OperationError(f"not retiring k3s on {host.name}: {successor.name} does not run the cluster "
+                                 f"({out.strip()[-200:] or 'no Ready node'})")
+
+    def forget_node(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
+        ok, out = _kubectl(successor, "delete node", QuoteString(node_name), "--ignore-not-found")
+        if not ok:
+            raise OperationError(f"deleting the node {node_name} on {successor.name} failed: {out[-300:]}")
+
+    yield FunctionCommand(successor_runs_the_cluster, (), {})
+    yield from _uninstall_commands(remove_data)
+    yield FunctionCommand(forget_node, (), {})
+
+
 @operation()
 def servers_first():
     """
@@ -394,6 +532,24 @@ def servers_first():
         k3s.servers_first(name="Servers before agents")
     """
     host.noop("the servers' operations come before the agents'")
+    return
+    yield  # an operation is a generator
+
+
+@operation()
+def nodes_done():
+    """
+    Nothing on the host: an ordering point, like ``servers_first``. Called from one place on every k3s node and on
+    a host that acts after them (the old server of a move, see ``retired``), it makes pyinfra run every k3s node's
+    operations before that host's next ones.
+
+    **Example:**
+
+    .. code:: python
+
+        k3s.nodes_done(name="Every k3s node follows the new server")
+    """
+    host.noop("every k3s node's operations come before what follows")
     return
     yield  # an operation is a generator
 

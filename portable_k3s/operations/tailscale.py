@@ -34,7 +34,7 @@ def wanted_prefs(
     return prefs
 
 
-def _settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool,
+def settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool,
                     routes: list[str], routes_by_k3s: bool = False) -> list[str]:
     flags = [f"--hostname={hostname}", f"--accept-dns={str(accept_dns).lower()}"]
     if not routes_by_k3s:
@@ -93,7 +93,7 @@ def joined(
     info = shared_fact(host, Tailscale)  # later operations (k3s's config) read the same answer
     server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
     known_keys = {node["node_key"] for node in server["nodes"]}
-    flags = _settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
+    flags = settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
     wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
     # "Starting": logged in, waiting for a relay or a peer (e.g. right after a reboot that also restarted
     # headscale): still this tailnet's node. A re-join would not help it and would cost it its node key.

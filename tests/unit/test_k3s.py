@@ -520,6 +520,37 @@ K3S_BAD_CASES: list[tuple[str, Any, str]] = [
 ]
 
 
+def _moved(move_from: Any = "master", on: str = "awow2", **server_data: Any) -> Any:
+    """The first server moved to a new machine: master out of k3s_servers into a group of its own."""
+    groups = good_groups()
+    groups["k3s_servers"] = ([("awow2", {**({"k3s_move_from": move_from} if on == "awow2" else {}),
+                                         **server_data})], {})
+    groups["retired"] = ([("master", {"k3s_move_from": move_from} if on == "master" else {})], {})
+    if on == "t420":
+        groups["k3s_agents"] = ([("t420", {"k3s_move_from": move_from}), "t410"], {})
+    return make_inventory(groups=groups)
+
+
+def test_a_server_move_names_the_old_server_kept_out_of_the_k3s_groups() -> None:
+    assert problems_of(_moved(), require_secrets=False) == []
+
+
+@pytest.mark.parametrize(("inventory", "problem"), [
+    (lambda: _moved("mastr"), "awow2.k3s_move_from: 'mastr' is not a host of the inventory (expected the old "
+     "server, kept in the inventory (out of the k3s groups) until the move is done: one of cloud, pi, master)"),
+    (lambda: _moved("t420"), "awow2.k3s_move_from: 't420' is still a k3s node (expected t420 out of k3s_servers "
+     "and k3s_agents: this run takes k3s off it)"),
+    (lambda: _moved(on="t420"), "t420.k3s_move_from: applies to t420, not only to the first server (awow2) "
+     "(expected k3s_move_from in the host data of the first of k3s_servers only)"),
+    (lambda: _moved(k3s_cluster_init=False), "awow2.k3s_move_from: needs k3s_cluster_init (embedded etcd): the "
+     "move restores an etcd snapshot (expected k3s_cluster_init = True on the old and the new server)"),
+    (lambda: _moved(5), "awow2.k3s_move_from: 5 is not a host name"),
+], ids=["unknown host", "still a node", "not the first server", "no etcd", "not a name"])
+def test_a_bad_server_move_is_named_before_anything_runs(inventory: Any, problem: str) -> None:
+    problems = problems_of(inventory(), require_secrets=False)
+    assert any(p.startswith(problem) for p in problems), problems
+
+
 @pytest.mark.parametrize(("inventory", "problem"), [pytest.param(i, p, id=n) for n, i, p in K3S_BAD_CASES])
 def test_bad_k3s_value_is_named_with_what_is_valid(inventory: Any, problem: str) -> None:
     assert problem in problems_of(inventory(), require_secrets=False)

@@ -1,0 +1,92 @@
+"""Lab tier: moving the k3s server to another machine (the seed's master became unstable), with the lab's K3S
+STAND-IN: its etcd snapshots are a JSON file of its node list and CA, restored by `k3s server --cluster-reset
+--cluster-reset-restore-path` as k3s restores an etcd snapshot; real etcd is not exercised here.
+
+The owner takes the old server out of k3s_servers (into a group of its own), lists the new machine first in
+k3s_servers with `k3s_move_from` naming the old one, and runs the deploy once: snapshot on the old server, copy,
+restore on the new one before its first start, every agent and the entrance pointed at it, k3s taken off the old
+one. Runs last: it moves the server every other lab test talks to."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .standin import PUBLIC, tls
+
+
+def _nodes(lab, server: str) -> dict[str, dict]:
+    items = json.loads(lab.ssh(server, "k3s kubectl get nodes -o json").stdout)["items"]
+    return {item["metadata"]["name"]: item for item in items}
+
+
+def _started(lab, name: str, unit: str) -> int:
+    """When ``unit`` last became active on ``name`` (µs since the epoch), 0 if it is not active."""
+    out = lab.ssh(name, f"systemctl show -p ActiveState -p ActiveEnterTimestamp --timestamp=unix {unit}").stdout
+    fields = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    if fields.get("ActiveState") != "active":
+        return 0
+    return int(float(fields["ActiveEnterTimestamp"].lstrip("@")) * 1_000_000)
+
+
+@pytest.mark.moves_lab
+def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, standins):
+    lab.up(len(lab.hosts()) + 1, timeout=120)
+    new = lab.hosts()[-1].name
+    old = next(h.name for h in lab.hosts() if "k3s_servers" in h.groups)
+    agents = [h.name for h in lab.hosts() if "k3s_agents" in h.groups and h.name != new]
+    before = _nodes(lab, old)
+    assert set(agents) <= set(before)
+    lab.ssh(old, f"k3s kubectl cordon {agents[0]}")  # cluster state that only the snapshot can carry over
+    token = lab.ssh(old, "cat /var/lib/rancher/k3s/server/token").stdout
+    agent_tokens = {a: lab.ssh(a, "sha256sum /etc/rancher/k3s/token").stdout.split()[0] for a in agents}
+
+    lab.assign(old, ["retired"])
+    lab.assign(new, ["k3s_servers"], {"k3s_move_from": old})
+    run = pyinfra()
+    assert run.returncode == 0, run.stderr[-4000:]
+    changed = {name.rsplit(" | ", 1)[-1]: hosts for name, hosts in run.changed().items()}  # without the deploy
+    order = [op["name"].rsplit(" | ", 1)[-1] for op in run.results["operations"] if op["success"]]
+    steps = [f"Server: take over the cluster of {old}", f"Server: restore {old}'s snapshot before the first start",
+             "Server: restart after a config, token or unit change", "Agent config",
+             "Agent: restart after a config, token or unit change",
+             f"Retire the old k3s server (its cluster moved to {new})"]
+    assert [order.index(step) for step in steps] == sorted(order.index(step) for step in steps), order
+    assert changed[steps[0]] == [new] and changed[steps[1]] == [new] and changed[steps[5]] == [old]
+    assert sorted(changed["Agent config"]) == sorted(agents)
+    assert "Agent cluster token" not in changed  # the restored cluster has the old CA and token
+
+    # Files: the snapshot the old server saved is the one restored; the cluster token came with it.
+    saved = lab.ssh(old, "grep ' save ' /var/lib/rancher/k3s/standin/snapshots.log | tail -n 1").stdout.split()
+    restored = lab.ssh(new, "grep ' restore ' /var/lib/rancher/k3s/standin/snapshots.log | tail -n 1").stdout.split()
+    assert lab.ssh(old, f"sha256sum {saved[2]}").stdout.split()[0] == \
+        lab.ssh(new, f"sha256sum {restored[2]}").stdout.split()[0]
+    assert lab.ssh(new, f"stat -c %a {restored[2]} /etc/rancher/k3s/token").stdout.split() == ["600", "600"]
+    assert lab.ssh(new, "cat /var/lib/rancher/k3s/server/token").stdout == token
+    assert {a: lab.ssh(a, "sha256sum /etc/rancher/k3s/token").stdout.split()[0] for a in agents} == agent_tokens
+    # Order on the hosts themselves: restored before the new server started, agents restarted after it.
+    server_start = _started(lab, new, "k3s.service")
+    assert server_start > 0
+    assert all(_started(lab, a, "k3s-agent.service") > server_start for a in agents)
+
+    new_ip = lab.ssh(new, "tailscale ip -4").stdout.strip()
+    for agent in agents:
+        config = lab.ssh(agent, "cat /etc/rancher/k3s/config.yaml").stdout
+        assert f"server: https://{new_ip}:6443" in config, config
+    lab.ssh(new, "for i in $(seq 60); do k3s kubectl get nodes | grep -q ' Ready ' && exit 0; sleep 0.5; done; exit 1")
+    after = _nodes(lab, new)
+    assert old not in after and new in after and set(agents) <= set(after)  # the old node is deleted
+    assert after[agents[0]]["spec"].get("unschedulable") is True  # the cordon came through the snapshot
+    assert lab.ssh(old, "systemctl is-active k3s.service", check=False).stdout.strip() != "active"
+    assert lab.ssh(old, "test -e /usr/local/bin/k3s", check=False).returncode != 0
+    nginx = lab.ssh("h1", "nginx -T 2>/dev/null").stdout
+    old_ip = lab.ssh(old, "tailscale ip -4").stdout.strip()
+    assert f"server {new_ip}:443" in nginx and f"server {old_ip}:443" not in nginx
+    _, body = tls(lab, standins, PUBLIC)  # still served, by the agents' ingress
+    assert f"sni={PUBLIC}" in body
+    lab.ssh(new, f"k3s kubectl uncordon {agents[0]}")
+
+    again = pyinfra()
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.changed() == {}, again.changed()
