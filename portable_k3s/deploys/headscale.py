@@ -124,8 +124,9 @@ def headscale_server(policy: dict[str, Any]) -> None:
     """
     Install and run headscale. Data keys (defaults in ``HEADSCALE_DEFAULTS``): ``headscale_url`` (its public URL),
     ``tailnet_domain`` (MagicDNS base domain), ``headscale_listen_addr``, ``headscale_download_url``,
-    ``headscale_sha256``, ``tailnet_admins``, ``tailnet_derp``, ``tailnet_nameservers``,
-    ``versions["headscale"]``.
+    ``headscale_sha256``, ``tailnet_admins``, ``tailnet_derp``, ``tailnet_nameservers``, ``headscale_backup``,
+    ``headscale_backup_dir``, ``headscale_backup_keep``, ``headscale_backup_schedule``, ``headscale_backup_s3``
+    (+ ``s3_access_key``, ``s3_secret_key``), ``headscale_restore``, ``versions["headscale"]``.
 
     + policy: the ACL policy (see ``tailnet_policy``); a policy-only change reloads headscale, no restart
     """

@@ -51,6 +51,12 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         # ingress logs.
         "alerts_interval": 86400,
         "alerts_ntfy_token": {"file": str(lab_ntfy_token(lab.state_dir))},
+        # Headscale's backups are also copied to an S3 URL on this machine, where the backup test runs an S3
+        # STAND-IN that checks AWS Signature V4 (no S3-compatible server is served here); plain http, lab keys.
+        "headscale_backup_s3": {"endpoint": f"{lab.gateway('cloud')}:{lab_s3_port(lab.config)}",
+                                "bucket": "lab-backups", "folder": "headscale", "region": "lab-1", "insecure": True},
+        "s3_access_key": {"file": str(lab_secret(lab.state_dir, "s3-access-key", "LAB"))},
+        "s3_secret_key": {"file": str(lab_secret(lab.state_dir, "s3-secret-key"))},
     }
     for host in lab.hosts():
         data = {
@@ -74,13 +80,23 @@ def lab_ntfy_port(config: LabConfig) -> int:
     return config.artifact_port + 10
 
 
+def lab_s3_port(config: LabConfig) -> int:
+    """The port of the lab's S3 URL, on the cloud gateway (next to the artifact server's)."""
+    return config.artifact_port + 11
+
+
 def lab_ntfy_token(state_dir: Path) -> Path:
     """A throwaway ntfy token for the lab, made once per lab in ``<state_dir>/ntfy-token`` (0600)."""
-    file = state_dir / "ntfy-token"
+    return lab_secret(state_dir, "ntfy-token", "tk_lab")
+
+
+def lab_secret(state_dir: Path, name: str, prefix: str = "") -> Path:
+    """A throwaway secret for the lab, made once per lab in ``<state_dir>/<name>`` (0600)."""
+    file = state_dir / name
     if not file.exists():
         fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
-            out.write(f"tk_lab{secrets.token_hex(14)}\n")
+            out.write(f"{prefix}{secrets.token_hex(14)}\n")
     return file
 
 

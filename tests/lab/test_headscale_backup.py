@@ -1,18 +1,24 @@
-"""Lab tier: headscale backup and restore with the real headscale. The backup timer's service makes an archive;
-the headscale host is destroyed (a fresh disk at the same address, as a replacement VM behind the same server
-URL); the deploy restores the archive there. The other nodes stay joined and keep talking, with no re-join.
+"""Lab tier: headscale backup and restore with the real headscale. The backup timer's service makes an archive and
+copies it to S3 (the S3 STAND-IN of s3_standin.py, which checks AWS Signature V4); the headscale host is destroyed
+(a fresh disk at the same address, as a replacement VM behind the same server URL); the deploy restores the archive
+there. The other nodes stay joined and keep talking, with no re-join.
 
 Runs after the other lab tests (it rebuilds a lab host), before the move-house test.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
+from portable_k3s.lab.inventory import lab_s3_port, lab_secret
+
+from .s3_standin import S3Standin
 from .standin import PUBLIC, tls
 
 HOME = ("h2", "h3", "h4")
@@ -27,10 +33,42 @@ def _node_key(lab, name: str) -> str:
     return json.loads(lab.ssh(name, "tailscale status --json").stdout)["Self"]["PublicKey"]
 
 
-@pytest.mark.moves_lab
-def test_restore_onto_a_fresh_headscale_host_keeps_every_node_joined(lab, pyinfra, standins, tmp_path):
+@pytest.fixture
+def s3(lab) -> Iterator[S3Standin]:
+    """The S3 STAND-IN (AWS Signature V4 checked) at the lab's S3 URL, with the lab's key pair."""
+    keys = {lab_secret(lab.state_dir, "s3-access-key", "LAB").read_text().strip():
+            lab_secret(lab.state_dir, "s3-secret-key").read_text().strip()}
+    with S3Standin((lab.gateway("cloud"), lab_s3_port(lab.config)), keys, "lab-1") as server:
+        yield server
+
+
+def test_a_backup_is_copied_to_s3_signed_with_the_key_pair_it_never_shows(lab, converged_entrance, s3):
+    keys = dict(s3.keys)
     made = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service && "
-                         "ls /var/backups/headscale && stat -c %a /var/backups/headscale/headscale-*.tar.gz")
+                         "ls -t /var/backups/headscale | head -n 1")
+    name = made.stdout.split()[-1]
+    local = lab.ssh("h1", f"sha256sum /var/backups/headscale/{name}").stdout.split()[0]
+    assert list(s3.objects) == [f"lab-backups/headscale/{name}"] and not s3.refused, (s3.objects, s3.refused)
+    assert hashlib.sha256(s3.objects[f"lab-backups/headscale/{name}"]).hexdigest() == local
+    (access, secret), = keys.items()
+    unit = lab.ssh("h1", "systemctl cat portable-k3s-headscale-backup.service; "
+                         "cat /usr/local/lib/portable-k3s/headscale-backup; "
+                         "stat -c %a /etc/portable-k3s/headscale-backup-s3").stdout
+    assert secret not in unit and access not in unit and unit.rstrip().endswith("600")
+    log = lab.ssh("h1", "journalctl -u portable-k3s-headscale-backup.service --no-pager").stdout
+    assert secret not in log and f"copied to http://{lab.gateway('cloud')}" in log
+
+    s3.keys = {access: "not-the-secret"}  # the check can fail: the same request under another secret is refused
+    failed = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service", check=False)
+    assert failed.returncode != 0 and s3.refused and s3.refused[-1].startswith("SignatureDoesNotMatch"), s3.refused
+    assert len(s3.objects) == 1
+
+
+@pytest.mark.moves_lab
+def test_restore_onto_a_fresh_headscale_host_keeps_every_node_joined(lab, pyinfra, standins, tmp_path, s3):
+    made = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service && "
+                         "name=$(ls -t /var/backups/headscale | head -n 1) && echo $name && "
+                         "stat -c %a /var/backups/headscale/$name")
     archive_name, mode = made.stdout.split()[-2:]
     assert archive_name.startswith("headscale-") and mode == "600", made.stdout
     archive = tmp_path / archive_name

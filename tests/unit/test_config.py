@@ -267,6 +267,24 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
         "all.headscale_restore: tests/unit/data/headscale-backup-no-key.tar.gz: has no noise_private.key (expected "
         "None, or the path of a backup archive made by the headscale deploy (headscale-….tar.gz))",
     ]),
+    ("headscale backups to S3 without keys",
+     lambda: with_data(headscale_backup_s3={"endpoint": "s3.example.org", "bucket": "backups"}), [
+        'cloud.s3_access_key: is missing while headscale_backup_s3 is set (expected {"env": "NAME"} or {"file": '
+        '"PATH"}; never a literal secret in group_data, for the S3 bucket\'s key)',
+        'cloud.s3_secret_key: is missing while headscale_backup_s3 is set (expected {"env": "NAME"} or {"file": '
+        '"PATH"}; never a literal secret in group_data, for the S3 bucket\'s key)',
+    ]),
+    ("headscale backups to a malformed S3 location",
+     lambda: with_data(headscale_backup_s3={"endpoint": "https://s3.example.org", "bucket": "", "tls": False},
+                       s3_access_key={"env": "S3_KEY"}, s3_secret_key={"env": "S3_SECRET"}), [
+        "all.headscale_backup_s3: endpoint 'https://s3.example.org' is not a host name (expected {\"endpoint\": "
+        "\"s3.example.org\", \"bucket\": \"backups\", \"region\": …, \"folder\": …, \"insecure\": …} or None (no "
+        "https://))",
+        "all.headscale_backup_s3: unknown keys ['tls'] (expected {\"endpoint\": \"s3.example.org\", \"bucket\": "
+        "\"backups\", \"region\": …, \"folder\": …, \"insecure\": …} or None)",
+        "all.headscale_backup_s3: bucket is missing (expected {\"endpoint\": \"s3.example.org\", \"bucket\": "
+        "\"backups\", \"region\": …, \"folder\": …, \"insecure\": …} or None)",
+    ]),
     # groups
     ("two headscale hosts", lambda: with_groups(headscale=(["cloud", "pi"], {})), [
         "headscale: 2 hosts (cloud, pi) (expected exactly one headscale host)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import shlex
+import subprocess
 from typing import Any
 
 import jinja2
@@ -388,3 +389,21 @@ def test_tailscaled_defaults_with_extra_environment() -> None:
     text = render("tailscaled.defaults.j2", port=0, env=env, flags="")
     assert _env_file(text) == {"PORT": "0", "FLAGS": "", **env}
     assert text.endswith('HTTPS_PROXY="http://proxy.lan:3128"\n')
+
+
+def test_headscale_backup_copies_each_archive_to_s3_signed_and_without_the_keys_in_argv() -> None:
+    from portable_k3s.deploys.headscale import s3_url
+
+    url = s3_url({"endpoint": "s3.example.org", "bucket": "backups", "folder": "/cluster/headscale/"})
+    assert url == "https://s3.example.org/backups/cluster/headscale/"
+    assert s3_url({"endpoint": "10.0.0.1:9000", "bucket": "b", "insecure": True}) == "http://10.0.0.1:9000/b/"
+    script = render("headscale-backup.sh.j2", dir="/var/backups/headscale", keep=14,
+                    s3={"url": url, "region": "eu-central-1"})
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
+    upload = script[script.index("curl "):]
+    assert "--aws-sigv4 'aws:amz:eu-central-1:s3'" in upload and '-K "$CREDENTIALS_DIRECTORY/s3"' in upload
+    assert '-H "x-amz-content-sha256: $sha"' in upload  # the payload is signed, not sent as UNSIGNED-PAYLOAD
+    assert script.index("mv ") < script.index("curl ")  # the local archive exists whatever S3 answers
+    service = render("headscale-backup.service.j2", script="/x", credential="/etc/portable-k3s/headscale-backup-s3")
+    assert "LoadCredential=s3:/etc/portable-k3s/headscale-backup-s3" in service
+    assert "curl" not in render("headscale-backup.sh.j2", dir="/d", keep=1, s3=None)
