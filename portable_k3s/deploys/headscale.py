@@ -13,6 +13,7 @@ from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
 from ..facts.files import FileStates
+from ..facts.headscale import Headscale
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
@@ -133,18 +134,19 @@ def headscale_server(policy: dict[str, Any]) -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("headscale", VERSIONS["headscale"]).lstrip("v")
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(shared_fact(host, Arch, static=True), "amd64")
-    base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
     reads: list[tuple[Any, dict[str, Any]]] = [
         (FileStates, {"paths": MANAGED}), (ServiceStates, {"units": ("headscale.service",)}),
         (InstalledRelease, {"component": "headscale", "paths": ["/usr/local/bin/headscale"]}),
         (FileStates, {"paths": (EXTRA_RECORDS,)}),  # the MagicDNS records, written by headscale.dns_records
+        (Headscale, {}),  # its users and nodes (the joining nodes read the same answer)
     ]
     if data.headscale_backup:
         reads += [(FileStates, {"paths": BACKUP_FILES}), (ServiceStates, {"units": (BACKUP_TIMER,)})]
     if data.headscale_restore:
         reads.append((FileStates, {"paths": (headscale.DATABASE,)}))
-    prefetch.facts(name="Read the headscale state in one command", reads=reads)
+    prefetch.facts(name="Read the headscale state in one command", reads=reads, static=[(Arch, {})])
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(shared_fact(host, Arch, static=True), "amd64")
+    base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
     # The system user and its directories, declared to systemd (sysusers.d, tmpfiles.d): two files that the
     # component's one FileStates read covers, instead of a user, a group and three paths read one by one.
     accounts = files.content(name="headscale system user", path=SYSUSERS, text=SYSUSERS_TEXT, batch=MANAGED)

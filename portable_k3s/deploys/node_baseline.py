@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from ..connection import tcp_nodelay
-from ..facts.hardware import PanicSysctl, Watchdog
+from ..facts.hardware import Firmware, PanicSysctl, Watchdog
 from ..operations import hardware, prefetch
 
 # The inventory groups whose hosts are nodes and get this baseline.
@@ -42,9 +42,10 @@ def firmware_policy_levels(value: Any) -> dict[str, str]:
 @deploy("Node baseline", data_defaults=DEFAULTS)
 def node_baseline() -> None:
     """
-    Converge the hardware baseline of a node. The firmware policy check is its first operation: call this
-    before anything else for the host, and a host whose policy says ``fail`` fails there, so pyinfra deploys
-    nothing else to it while the other hosts carry on. Data keys (defaults in ``DEFAULTS``):
+    Converge the hardware baseline of a node. After one read of the host's state, the firmware policy check is
+    its first operation: call this before anything else for the host, and a host whose policy says ``fail``
+    fails there, so pyinfra deploys nothing else to it while the other hosts carry on. Data keys (defaults in
+    ``DEFAULTS``):
 
     + firmware_policy: ``{"require_coreboot": "off|warn|fail", "require_me_disabled": "off|warn|fail"}``
     + laptop: the host is a laptop that runs as a server: logind ignores the lid and the sleep keys, sleep
@@ -56,6 +57,10 @@ def node_baseline() -> None:
     + kernel_panic_on_oops: an oops panics (and so reboots)
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    # One command reads the firmware (for the policy check) and the watchdog and panic settings.
+    prefetch.facts(name="Read the firmware, watchdog and panic settings in one command", reads=[
+        (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
+    ], static=[(Firmware, {})])
     policy = firmware_policy_levels(host.data.firmware_policy)
     checked = hardware.firmware_policy(
         name="Check the firmware policy",
@@ -76,9 +81,6 @@ def node_baseline() -> None:
             )
         hardware.console_blanking(name="Blank the idle console", minutes=host.data.console_blank_minutes)
 
-    prefetch.facts(name="Read the watchdog and panic settings in one command", reads=[
-        (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
-    ])
     hardware.watchdog(name="Arm the systemd watchdog", runtime_sec=host.data.watchdog_sec)
     hardware.panic_reboot(
         name="Reboot after a kernel panic",

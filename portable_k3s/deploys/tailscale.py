@@ -83,9 +83,12 @@ def tailscale_node(headscale_host: Host) -> None:
     reads: list[tuple[Any, dict[str, Any]]] = [
         (FileStates, {"paths": managed}), (ServiceStates, {"units": ("tailscaled.service",)}), (Tailscale, {}),
     ]
+    static: list[tuple[Any, dict[str, Any]]] = [(Arch, {})]  # the static release's, and k3s's, architecture
     if data.tailscale_install == "static":
         reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
-    prefetch.facts(name="Read the tailscale state in one command", reads=reads)
+    else:
+        static = [(LinuxDistribution, {})]  # the package repository's release
+    prefetch.facts(name="Read the tailscale state in one command", reads=reads, static=static)
     if data.tailscale_install == "static":
         url, members = static_release(data.tailscale_download_url, version, shared_fact(host, Arch, static=True))
         binary = release.installed(
@@ -96,7 +99,8 @@ def tailscale_node(headscale_host: Host) -> None:
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed
         )
     else:
-        codename = (host.get_fact(LinuxDistribution).get("release_meta") or {}).get("VERSION_CODENAME", "bookworm")
+        release_meta = shared_fact(host, LinuxDistribution, static=True).get("release_meta") or {}
+        codename = release_meta.get("VERSION_CODENAME", "bookworm")
         key_url, source_line = apt_source(codename)
         pyinfra_files.download(name="tailscale apt key", src=key_url, dest=APT_KEYRING, mode="644")
         source = pyinfra_files.line(name="tailscale apt source", path=APT_LIST, line=source_line)

@@ -82,7 +82,7 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
 PREFETCH_MARK = "#portable-k3s-prefetch#"
 
 
-def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]]) -> int:
+def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[str, Any]]] = ()) -> int:  # noqa: E501
     """
     Read several facts of ``host`` in ONE remote command into the ``shared_fact`` store, so the operations that
     ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
@@ -91,14 +91,16 @@ def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]]) -> int:
     facts were read.
 
     + reads: ``[(FactClass, {argument: value}), …]``, the facts and arguments the operations will ask for
+    + static: the same, for facts the operations read with ``shared_fact(…, static=True)`` (read once per run)
     """
     from gevent.lock import Semaphore
     from pyinfra.api import StringCommand
 
     executing = bool(getattr(host.state, "is_executing", False))
     shared = _shared_reads(host)
-    wanted = [(fact(), kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads
-              if not (shared.get((fact.__name__, _frozen(kwargs), executing)) or {}).get("read")]
+    keyed = [(fact, kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads]
+    keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static]
+    wanted = [(fact(), kwargs, key) for fact, kwargs, key in keyed if not (shared.get(key) or {}).get("read")]
     if not wanted:
         return 0
     parts: list[Any] = []

@@ -508,16 +508,16 @@ FACT_PATTERNS = {
 }
 FACT_RE = re.compile("|".join(FACT_PATTERNS.values()))
 LAPTOP_OPS = [
+    "Node baseline | Read the firmware, watchdog and panic settings in one command",
     "Node baseline | Check the firmware policy",
     "Node baseline | Ignore the lid switch",
     "Node baseline | Disable sleep and hibernation",
     "Node baseline | Set battery charge thresholds",
     "Node baseline | Blank the idle console",
-    "Node baseline | Read the watchdog and panic settings in one command",
     "Node baseline | Arm the systemd watchdog",
     "Node baseline | Reboot after a kernel panic",
 ]
-SERVER_OPS = [LAPTOP_OPS[0], *LAPTOP_OPS[-3:]]
+SERVER_OPS = [*LAPTOP_OPS[:2], *LAPTOP_OPS[-2:]]
 AFTER = "Deployed after the baseline"
 
 
@@ -731,7 +731,7 @@ def test_fail_policy_stops_only_that_host(fake: type[FakeConnector], caplog: pyt
         patch.setattr(inventory_mod, "get_all_connectors", lambda: {**original_exec(), "fake": PerHost})
         patch.setattr(inventory_mod, "get_execution_connectors", lambda: {**original_exec(), "fake": PerHost})
         state = plan(fake, groups, {})
-        assert op_names(state, "@fake/t410") == [LAPTOP_OPS[0], AFTER]
+        assert op_names(state, "@fake/t410") == [*LAPTOP_OPS[:2], AFTER]
         assert op_names(state, "@fake/t420") == [*LAPTOP_OPS, AFTER]
         planned = [r.getMessage() for r in caplog.records]
         assert len(planned) == 1 and 'firmware_policy.require_coreboot is "fail"' in planned[0]

@@ -134,3 +134,17 @@ def test_prefetch_reads_several_facts_in_one_real_command_as_each_would_alone(tm
     assert [name for name, _ in host.reads] == ["_Failing", "_Missing"]
     # Read already: a second prefetch sends nothing.
     assert prefetch(host, [(FileStates, {"paths": paths}), (Hostname, {})]) == 0 and len(host.commands) == 1
+
+
+def test_prefetch_reads_static_facts_in_the_same_command_for_the_whole_run() -> None:
+    from pyinfra.facts.server import Arch
+
+    host = LocalShellHost()
+    host.state.is_executing = False  # planning
+    assert prefetch(host, [(Hostname, {})], static=[(Arch, {})]) == 2 and len(host.commands) == 1
+    host.state.is_executing = True  # the execution phase: a static read is not read again
+    assert shared_fact(host, Arch, static=True) == subprocess.run(["uname", "-m"], capture_output=True,
+                                                                   text=True).stdout.strip()
+    assert host.reads == []
+    shared_fact(host, Hostname)  # a per-phase read is
+    assert [name for name, _ in host.reads] == ["Hostname"]
