@@ -82,7 +82,9 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
 PREFETCH_MARK = "#portable-k3s-prefetch#"
 
 
-def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[str, Any]]] = ()) -> int:  # noqa: E501
+def prefetch(
+    host: Host, reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[str, Any]]] | None = None
+) -> int:
     """
     Read several facts of ``host`` in ONE remote command into the ``shared_fact`` store, so the operations that
     ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
@@ -98,8 +100,10 @@ def prefetch(host: Host, reads: list[tuple[Any, dict[str, Any]]], static: list[t
 
     executing = bool(getattr(host.state, "is_executing", False))
     shared = _shared_reads(host)
-    keyed = [(fact, kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads]
-    keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static]
+    keyed: list[tuple[Any, dict[str, Any], tuple[Any, Any, bool | None]]] = [
+        (fact, kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads
+    ]
+    keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static or []]
     wanted = [(fact(), kwargs, key) for fact, kwargs, key in keyed if not (shared.get(key) or {}).get("read")]
     if not wanted:
         return 0
