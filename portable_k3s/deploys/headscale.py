@@ -13,7 +13,6 @@ from pyinfra.operations.util import any_changed
 
 from ..connection import tcp_nodelay
 from ..facts.files import FileStates
-from ..facts.headscale import Headscale
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
@@ -138,8 +137,9 @@ def headscale_server(policy: dict[str, Any]) -> None:
         (FileStates, {"paths": MANAGED}), (ServiceStates, {"units": ("headscale.service",)}),
         (InstalledRelease, {"component": "headscale", "paths": ["/usr/local/bin/headscale"]}),
         (FileStates, {"paths": (EXTRA_RECORDS,)}),  # the MagicDNS records, written by headscale.dns_records
-        (Headscale, {}),  # its users and nodes (the joining nodes read the same answer)
     ]
+    # Not headscale's users and nodes: read here, before a restore or a (re)start, the answer would be stale for the
+    # joining nodes (a restored database's registrations were then missed, and a rebuilt host joined as h1-abc123).
     if data.headscale_backup:
         reads += [(FileStates, {"paths": BACKUP_FILES}), (ServiceStates, {"units": (BACKUP_TIMER,)})]
     if data.headscale_restore:
