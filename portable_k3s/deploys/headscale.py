@@ -7,7 +7,6 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Arch
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
@@ -16,7 +15,6 @@ from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
-from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 
@@ -74,6 +72,7 @@ def host_tags(groups: set[str], extra: list[str] | None = None) -> list[str]:
     return sorted(tags)
 
 
+RELEASE_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}  # uname -m: headscale's release name
 BUILTIN_TAGS = ("tag:k3s", "tag:entrance", "tag:exit", "tag:infra")
 
 
@@ -144,8 +143,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
         reads += [(FileStates, {"paths": BACKUP_FILES}), (ServiceStates, {"units": (BACKUP_TIMER,)})]
     if data.headscale_restore:
         reads.append((FileStates, {"paths": (headscale.DATABASE,)}))
-    prefetch.facts(name="Read the headscale state in one command", reads=reads, static=[(Arch, {})])
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armv7"}.get(shared_fact(host, Arch, static=True), "amd64")
+    prefetch.facts(name="Read the headscale state in one command", reads=reads)
     base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
     # The system user and its directories, declared to systemd (sysusers.d, tmpfiles.d): two files that the
     # component's one FileStates read covers, instead of a user, a group and three paths read one by one.
@@ -160,7 +158,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
         name="Install headscale",
         component="headscale",
         version=version,
-        url=f"{base}/headscale_{version}_linux_{arch}",
+        machines={m: {"url": f"{base}/headscale_{version}_linux_{arch}"} for m, arch in RELEASE_ARCH.items()},
         checksum_url=None if data.headscale_sha256 else f"{base}/checksums.txt",
         sha256=data.headscale_sha256,
         files={"": "/usr/local/bin/headscale"},

@@ -8,7 +8,6 @@ from urllib.parse import quote
 from pyinfra import host
 from pyinfra.api import Host, deploy
 from pyinfra.api.exceptions import DeployError
-from pyinfra.facts.server import Arch
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
@@ -18,7 +17,6 @@ from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, k3s, prefetch, release, services
-from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 from .base import default_hostname
@@ -53,6 +51,7 @@ K3S_DEFAULTS: dict[str, Any] = {
 
 UNIT_DIR = "/etc/systemd/system"
 AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"  # k3s imports the image tarballs found here when it starts
+AIRGAP_IMAGES = f"{AIRGAP_DIR}/k3s-airgap-images.tar.zst"
 
 
 def _arch(machine: str) -> str:
@@ -68,9 +67,20 @@ def release_urls(base: str, version: str, machine: str) -> tuple[str, str]:
 
 
 def airgap_images(base: str, version: str, machine: str) -> tuple[str, str]:
-    """The URL of the release's system images tarball and where k3s imports it from at start."""
+    """The URL of the release's system images tarball and where k3s imports it from at start (the same path on
+    every machine: the deploy plans it before the host's architecture is read)."""
     name = f"k3s-airgap-images-{_arch(machine)}.tar.zst"
-    return f"{base.rstrip('/')}/{quote(version, safe='')}/{name}", f"{AIRGAP_DIR}/{name}"
+    return f"{base.rstrip('/')}/{quote(version, safe='')}/{name}", AIRGAP_IMAGES
+
+
+def releases(data: Any, version: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """``machines`` for ``release.installed``/``k3s.binary``: the binary's, and the airgap images', per machine."""
+    binary, images = {}, {}
+    for machine in release.MACHINES:
+        url, sums = release_urls(data.k3s_download_url, version, machine)
+        binary[machine] = {"url": url, **({} if data.k3s_sha256 else {"checksum_url": sums})}
+        images[machine] = {"url": airgap_images(data.k3s_download_url, version, machine)[0], "checksum_url": sums}
+    return binary, images
 
 
 def k3s_version(data: Any) -> str:
@@ -121,8 +131,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     first = host.name == first_server.name
     version = k3s_version(data)
     node_name = data.get("hostname") or default_hostname(host.name)
-    machine = shared_fact(host, Arch, static=True)
-    url, sums = release_urls(data.k3s_download_url, version, machine)
+    binary_releases, image_releases = releases(data, version)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
     old_server = host.state.inventory.get_host(data.k3s_move_from) if first and data.k3s_move_from else None
     managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # read in one command
@@ -132,9 +141,8 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         (InstalledRelease, {"component": "k3s", "paths": [k3s.BINARY]}), (FileStates, {"paths": managed}),
         (ServiceStates, {"units": (k3s.unit_name(role),)}), (Tailscale, {}),
     ]
-    airgap = airgap_images(data.k3s_download_url, version, machine) if data.k3s_airgap_images else None
-    if airgap:
-        reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [airgap[1]]}))
+    if data.k3s_airgap_images:
+        reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [AIRGAP_IMAGES]}))
     prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads)
 
     moved = None
@@ -142,14 +150,13 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         moved = k3s.moved_from(name=f"{label}: take over the cluster of {old_server.name}", source=old_server,
                                batch=managed)
     images = None
-    if airgap:  # before the binary: an upgrade's restart then imports the new images
-        images_url, images_path = airgap
+    if data.k3s_airgap_images:  # before the binary: an upgrade's restart then imports the new images
         images = release.installed(
-            name=f"{label} airgap images", component="k3s-airgap-images", version=version, url=images_url,
-            checksum_url=sums, files={"": images_path},
+            name=f"{label} airgap images", component="k3s-airgap-images", version=version,
+            files={"": AIRGAP_IMAGES}, machines=image_releases,
         )
     k3s.binary(
-        name=f"{label} binary", version=version, url=url, checksum_url=None if data.k3s_sha256 else sums,
+        name=f"{label} binary", version=version, machines=binary_releases,
         sha256=data.k3s_sha256, node_name=node_name, role=role, via=first_server,
         drain_timeout=int(data.k3s_drain_timeout), ready_timeout=int(data.k3s_ready_timeout),
     )

@@ -57,20 +57,20 @@ def node_baseline() -> None:
     + kernel_panic_on_oops: an oops panics (and so reboots)
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
-    # One command reads the firmware (for the policy check) and the watchdog and panic settings.
+    policy = firmware_policy_levels(host.data.firmware_policy)
+    # One command reads the firmware (for the policy check, unless every check is off) and the watchdog and
+    # panic settings.
     prefetch.facts(name="Read the firmware, watchdog and panic settings in one command", reads=[
         (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
-    ], static=[(Firmware, {})])
-    policy = firmware_policy_levels(host.data.firmware_policy)
-    checked = hardware.firmware_policy(
+    ], static=[(Firmware, {})] if set(policy.values()) != {"off"} else [])
+    # Its only command, on a host that fails the policy, is the one that fails the host: pyinfra then runs
+    # nothing more there. (Asking for its outcome here would read the firmware while planning: a command per
+    # host, one host after another.)
+    hardware.firmware_policy(
         name="Check the firmware policy",
         require_coreboot=policy["require_coreboot"],
         require_me_disabled=policy["require_me_disabled"],
     )
-    if checked.will_change:
-        # Its only command is the one that fails this host: plan nothing more for it.
-        return
-
     if host.data.laptop:
         hardware.lid_switch_ignored(name="Ignore the lid switch")
         hardware.sleep_masked(name="Disable sleep and hibernation")

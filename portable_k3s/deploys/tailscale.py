@@ -6,7 +6,7 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import Host, deploy
-from pyinfra.facts.server import Arch, LinuxDistribution
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, systemd
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
@@ -83,17 +83,19 @@ def tailscale_node(headscale_host: Host) -> None:
     reads: list[tuple[Any, dict[str, Any]]] = [
         (FileStates, {"paths": managed}), (ServiceStates, {"units": ("tailscaled.service",)}), (Tailscale, {}),
     ]
-    static: list[tuple[Any, dict[str, Any]]] = [(Arch, {})]  # the static release's, and k3s's, architecture
+    static: list[tuple[Any, dict[str, Any]]] = []
     if data.tailscale_install == "static":
         reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
     else:
         static = [(LinuxDistribution, {})]  # the package repository's release
     prefetch.facts(name="Read the tailscale state in one command", reads=reads, static=static)
     if data.tailscale_install == "static":
-        url, members = static_release(data.tailscale_download_url, version, shared_fact(host, Arch, static=True))
+        machines = {}
+        for machine in release.MACHINES:
+            url, members = static_release(data.tailscale_download_url, version, machine)
+            machines[machine] = {"url": url, "checksum_url": f"{url}.sha256", "files": members}
         binary = release.installed(
-            name="Install tailscale (static)", component="tailscale", version=version, url=url,
-            checksum_url=f"{url}.sha256", files=members,
+            name="Install tailscale (static)", component="tailscale", version=version, machines=machines,
         )
         unit = files.content(
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed

@@ -6,7 +6,7 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase, StringCommand
 
-from .util import checksum, first_lines, next_section, sha256_of
+from .util import checksum, first_lines, next_section, sections, sha256_of
 
 
 class TimesyncdInfo(TypedDict):
@@ -37,16 +37,16 @@ class Timesyncd(FactBase[TimesyncdInfo]):
             next_section(),
             sha256_of(path),
             next_section(),
-            "systemctl is-enabled systemd-timesyncd.service 2>/dev/null || true;",
-            next_section(),
-            "systemctl is-active systemd-timesyncd.service 2>/dev/null || true",
+            # One systemctl for both (ActiveState=…, UnitFileState=…, in systemd's order)
+            "systemctl show -p UnitFileState -p ActiveState systemd-timesyncd.service 2>/dev/null || true",
         )
 
     def process(self, output: list[str]) -> TimesyncdInfo:
-        container, sha, enabled, active = first_lines(output, 4)
+        container, sha = first_lines(output, 2)
+        unit = dict(line.split("=", 1) for line in sections(output, 3)[2] if "=" in line)
         return {
             "container": None if container in ("", "none") else container,
             "config_sha256": checksum(sha),
-            "enabled": enabled == "enabled",
-            "active": active == "active",
+            "enabled": unit.get("UnitFileState") == "enabled",
+            "active": unit.get("ActiveState") == "active",
         }

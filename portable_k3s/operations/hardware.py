@@ -184,8 +184,8 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
     A check set to ``warn`` that the host does not comply with is reported as a warning and the deploy
     carries on. One set to ``fail`` makes this operation fail on that host with a message naming the policy
     key and what was found: make it the host's first operation, and pyinfra runs nothing after it on that
-    host while the other hosts carry on. The message is also logged when the operation is planned, so
-    ``--dry`` shows it.
+    host while the other hosts carry on. ``--dry`` shows the message too. With both checks ``off`` the
+    firmware is not read at all.
 
     + require_coreboot: ``off``, ``warn`` or ``fail``: the host must run coreboot (SMBIOS vendor, or the ACPI
       device ``BOOT0000``); unknown firmware (no DMI) does not comply
@@ -199,16 +199,20 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
         hardware.firmware_policy(name="Check the firmware policy", require_coreboot="fail")
     """
     _check_levels(require_coreboot, require_me_disabled)
-    info = shared_fact(host, Firmware, static=True)  # read at planning, reused to execute
+    if require_coreboot == require_me_disabled == "off":
+        host.noop("every firmware check is off: the firmware is not read")
+        return
+    info = shared_fact(host, Firmware, static=True)  # read once per run (a --dry run reads it when planning)
     findings = firmware_findings(info, require_coreboot, require_me_disabled)
     failures = [f for f in findings if f.level == "fail" and not f.complies]
-    planning = not host.state.is_executing  # report once, when planning (operations are re-run to execute)
+    first = not getattr(host, "_portable_k3s_firmware_reported", False)  # planned with --dry/--diff, then run
+    host._portable_k3s_firmware_reported = True  # type: ignore[attr-defined]
     for finding in findings:
-        if planning and finding.level == "warn" and not finding.complies:
+        if first and finding.level == "warn" and not finding.complies:
             logger.warning(f"{host.print_prefix}{finding.message()}")
     if failures:
         message = "; ".join(f.message() for f in failures)
-        if planning:
+        if not host.state.is_executing:  # --dry: the command below never runs to print it
             logger.error(f"{host.print_prefix}{message}")
         yield StringCommand("echo", QuoteString(message), ">&2; exit 1")
         return

@@ -565,14 +565,15 @@ def _kubectl(server: Host, *args: object) -> tuple[bool, str]:
 @operation()
 def binary(
     version: str,
-    url: str,
     node_name: str,
     role: str,
     via: Host,
+    url: str = "",
     checksum_url: str | None = None,
     sha256: str | None = None,
     drain_timeout: int = 300,
     ready_timeout: int = 300,
+    machines: dict[str, dict[str, Any]] | None = None,
 ):
     """
     Install the pinned k3s binary; on a node that runs another version, upgrade it one node at a time across
@@ -581,7 +582,7 @@ def binary(
     their operation comes first (deploy k3s_server before k3s_agent).
 
     + version: the k3s version, e.g. ``v1.35.3+k3s1``
-    + url, checksum_url, sha256: the release binary and how to verify it (see ``release.installed``)
+    + url, checksum_url, sha256, machines: the release binary and how to verify it (see ``release.installed``)
     + node_name: this node's name in k3s
     + role: ``server`` or ``agent`` (which unit to restart)
     + via: a server whose ``k3s kubectl`` drains, waits and uncordons (the first server)
@@ -596,12 +597,12 @@ def binary(
     """
     if role not in ROLES:
         raise OperationValueError(f"role: {role!r} (expected 'server' or 'agent')")
-    files_ = {"": BINARY}
-    release.check_arguments(url, files_, checksum_url, sha256)
+    release.check_arguments(url, {"": BINARY}, checksum_url, sha256, machines)
     current = shared_fact(host, InstalledRelease, component="k3s", paths=[BINARY])
     if current.get("version") == version:
         host.noop(f"k3s {version} is installed")
         return
+    url, files_, checksum_url = release.for_machine("k3s", url, {"": BINARY}, checksum_url, machines)
     forget(host, InstalledRelease)
     if not current:  # a new node: nothing runs yet, nothing to drain
         yield release.install_command("k3s", version, url, files_, checksum_url, sha256)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import posixpath
 import re
+from typing import Any
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.facts.server import Arch
 
 from ..facts.release import RELEASE_STATE_DIR, InstalledRelease
 from .util import forget, shared_fact
@@ -14,14 +16,18 @@ from .util import forget, shared_fact
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+MACHINES = ("x86_64", "aarch64", "armv7l")  # the ``uname -m`` of the machines the releases are published for
+
+
 @operation()
 def installed(
     component: str,
     version: str,
-    url: str,
-    files: dict[str, str],
+    url: str = "",
+    files: dict[str, str] | None = None,
     checksum_url: str | None = None,
     sha256: str | None = None,
+    machines: dict[str, dict[str, Any]] | None = None,
 ):
     """
     Download a release, verify its sha256, and install its files atomically (mode 0755).
@@ -37,6 +43,8 @@ def installed(
     + files: ``{source: destination}``: for an archive, the member path; for a single binary, ``""``
     + checksum_url: where the release's checksums are published
     + sha256: the expected checksum, instead of ``checksum_url``
+    + machines: ``{uname -m: {"url": …, "checksum_url": …, "files": …}}``: the release of each machine
+      architecture, instead of ``url``/``checksum_url``/``files`` (see ``for_machine``)
 
     **Example:**
 
@@ -51,17 +59,61 @@ def installed(
             files={"": "/usr/local/bin/headscale"},
         )
     """
-    check_arguments(url, files, checksum_url, sha256)
-    current = shared_fact(host, InstalledRelease, component=component, paths=list(files.values()))
+    paths = check_arguments(url, files, checksum_url, sha256, machines)
+    current = shared_fact(host, InstalledRelease, component=component, paths=paths)
     if current.get("version") == version:
         host.noop(f"{component} {version} is installed")
         return
+    url, files, checksum_url = for_machine(component, url, files, checksum_url, machines)
     forget(host, InstalledRelease)
     yield install_command(component, version, url, files, checksum_url, sha256)
 
 
-def check_arguments(url: str, files: dict[str, str], checksum_url: str | None, sha256: str | None) -> None:
-    """Raise ``OperationValueError`` for arguments ``installed`` cannot act on."""
+def for_machine(
+    component: str, url: str, files: dict[str, str] | None, checksum_url: str | None,
+    machines: dict[str, dict[str, Any]] | None,
+) -> tuple[str, dict[str, str], str | None]:
+    """
+    ``(url, files, checksum_url)`` for the host being deployed: with ``machines``, its architecture's entry.
+    The architecture is read when the operation executes, with the component's other facts (``static`` in
+    its ``prefetch.facts``), so planning sends no command; a machine with no entry is an ``OperationError``
+    naming the ones that have one.
+    """
+    if not machines:
+        return url, files or {}, checksum_url
+    machine = shared_fact(host, Arch, static=True)
+    entry = machines.get(machine)
+    if entry is None:
+        raise OperationError(f"{component}: no release for this host's machine {machine!r} "
+                             f"(published for: {', '.join(sorted(machines))})")
+    return entry["url"], entry.get("files", files) or {}, entry.get("checksum_url", checksum_url)
+
+
+def check_arguments(
+    url: str, files: dict[str, str] | None, checksum_url: str | None, sha256: str | None,
+    machines: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
+    """Raise ``OperationValueError`` for arguments ``installed`` cannot act on; return the installed paths."""
+    if machines:
+        paths = None
+        for machine, entry in machines.items():
+            unknown = sorted(set(entry) - {"url", "files", "checksum_url"})
+            if unknown or not entry.get("url"):
+                raise OperationValueError(f"machines[{machine!r}]: expected url and optionally files, checksum_url"
+                                          f"{f' (unknown: {unknown})' if unknown else ''}")
+            mine = entry.get("files", files) or {}
+            _check_one(entry["url"], mine, entry.get("checksum_url", checksum_url), sha256)
+            if paths is not None and sorted(mine.values()) != paths:
+                raise OperationValueError(f"machines[{machine!r}]: installs other files than the other machines")
+            paths = sorted(mine.values())
+        return list((next(iter(machines.values())).get("files", files) or {}).values())
+    _check_one(url, files or {}, checksum_url, sha256)
+    return list((files or {}).values())
+
+
+def _check_one(url: str, files: dict[str, str], checksum_url: str | None, sha256: str | None) -> None:
+    if not url:
+        raise OperationValueError("url: empty (give url, or machines)")
     if not files:
         raise OperationValueError("files: empty (expected {source: destination})")
     if sha256 is not None and not _SHA256.match(sha256):

@@ -71,7 +71,7 @@ def _fresh_responses(hostname: str = "debian", keys: int = 1, user: str = "root"
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg(["ca-certificates", "gnupg", "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer("none", "-", [], "inactive"),
+        FACT_COMMANDS["timesyncd"]: _answer("none", "-", "ActiveState=inactive\nUnitFileState="),
         FACT_COMMANDS["sshd"]: _answer("-", "yes", user, str(keys)),
     }
 
@@ -84,7 +84,7 @@ def _converged_responses(hostname: str) -> dict[str, str]:
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg([*ALL_PACKAGES, "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer("none", sha256(timesyncd), "enabled", "active"),
+        FACT_COMMANDS["timesyncd"]: _answer("none", sha256(timesyncd), "ActiveState=active\nUnitFileState=enabled"),
         FACT_COMMANDS["sshd"]: _answer(sha256(sshd), "yes", "root", "2"),
     }
 

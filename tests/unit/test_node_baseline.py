@@ -116,6 +116,10 @@ def test_firmware_policy_outcome(machine: str, check: str, level: str, caplog: p
         return
     assert commands == []
     assert errors == []
+    if level == "off":  # and the other check too (its default): nothing to check, nothing read
+        assert noop == "every firmware check is off: the firmware is not read"
+        assert warnings == []
+        return
     assert noop is not None and f"firmware_policy.{check}" in noop and found in noop
     if level == "warn" and not complies:
         assert len(warnings) == 1 and warnings[0].startswith(f'firmware_policy.{check} is "warn": '), warnings
@@ -155,18 +159,29 @@ def test_both_failing_checks_are_in_one_message() -> None:
     assert message.index("require_coreboot") < message.index("require_me_disabled")
 
 
-def test_warnings_are_logged_when_planning_only(caplog: pytest.LogCaptureFixture) -> None:
-    """pyinfra runs an operation's body again to execute it: the warning is not repeated then."""
+def test_warnings_are_logged_once_per_run_and_a_failure_by_its_command(caplog: pytest.LogCaptureFixture) -> None:
+    """A normal run evaluates the check once, to execute it: the warning is logged then. A --diff run evaluates
+    it twice (planning, then executing): still one warning. The failure's message is the failing command's
+    stderr (pyinfra prints it); only when planning (--dry, nothing executes) is it logged."""
     info = captured(hw.Firmware, "t410_stock_bios")
     caplog.set_level(logging.WARNING, logger="pyinfra")
     state = FakeState()
-    state.is_executing = True
     fake = create_host(state, facts={"hardware.Firmware": info})
     with ctx_state.use(state), ctx_host.use(fake):
+        state.is_executing = False
         assert list(hardware.firmware_policy._inner(require_coreboot="warn")) == []
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "not coreboot" in caplog.records[0].getMessage()
+        state.is_executing = True
+        assert list(hardware.firmware_policy._inner(require_coreboot="warn")) == []
+        assert len(caplog.records) == 1
         (command,) = list(hardware.firmware_policy._inner(require_coreboot="fail"))
-    assert caplog.records == []
-    assert text_of(command).endswith("exit 1")
+        assert len(caplog.records) == 1
+        assert text_of(command).endswith("exit 1")
+        state.is_executing = False
+        list(hardware.firmware_policy._inner(require_coreboot="fail"))
+    assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]
+    assert 'require_coreboot is "fail"' in caplog.records[1].getMessage()
 
 
 def test_hfsts1_decoding() -> None:
@@ -707,8 +722,8 @@ def test_converged_laptop_changes_nothing(fake: type[FakeConnector]) -> None:
 
 
 def test_fail_policy_stops_only_that_host(fake: type[FakeConnector], caplog: pytest.LogCaptureFixture) -> None:
-    """The failing policy check is the stopped host's first and only baseline operation; it fails there, and
-    pyinfra runs nothing after it on that host while the other host converges."""
+    """The failing policy check is the stopped host's first change; it fails there, and pyinfra runs nothing
+    after it on that host while the other host converges."""
     caplog.set_level(logging.ERROR, logger="pyinfra")
     responses = fresh_t420_responses()
     t410_firmware = output_text("Firmware", "t410_stock_bios")
@@ -731,7 +746,8 @@ def test_fail_policy_stops_only_that_host(fake: type[FakeConnector], caplog: pyt
         patch.setattr(inventory_mod, "get_all_connectors", lambda: {**original_exec(), "fake": PerHost})
         patch.setattr(inventory_mod, "get_execution_connectors", lambda: {**original_exec(), "fake": PerHost})
         state = plan(fake, groups, {})
-        assert op_names(state, "@fake/t410") == [*LAPTOP_OPS[:2], AFTER]
+        # Both planned in full (planning reads nothing); the check stops t410 when it runs.
+        assert op_names(state, "@fake/t410") == [*LAPTOP_OPS, AFTER]
         assert op_names(state, "@fake/t420") == [*LAPTOP_OPS, AFTER]
         planned = [r.getMessage() for r in caplog.records]
         assert len(planned) == 1 and 'firmware_policy.require_coreboot is "fail"' in planned[0]

@@ -356,3 +356,71 @@ def test_release_tarball_members_verified_by_a_bare_digest(tmp_path: Path, monke
     assert stat.S_IMODE((sbin_dir / "tailscaled").stat().st_mode) == 0o755
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert (tmp_path / "state" / "tailscale").read_text() == f"1.98.10 {digest}\n"
+
+
+def _on_machine(monkeypatch: pytest.MonkeyPatch, machine: str) -> None:
+    """The host's ``uname -m`` as ``release`` reads it (pyinfra_testing wraps facts in a type that is unhashable)."""
+    from pyinfra.facts.server import Arch
+
+    from portable_k3s.operations import release
+
+    real = release.shared_fact
+    monkeypatch.setattr(
+        release, "shared_fact", lambda host, fact, **kw: machine if fact is Arch else real(host, fact, **kw)
+    )
+
+
+def _machines(base: str) -> dict:
+    return {
+        machine: {"url": f"{base}/headscale_linux_{arch}", "checksum_url": f"{base}/checksums.txt"}
+        for machine, arch in (("x86_64", "amd64"), ("aarch64", "arm64"))
+    }
+
+
+@pytest.mark.parametrize(("machine", "arch"), [("x86_64", "amd64"), ("aarch64", "arm64")])
+def test_release_machines_installs_the_hosts_architecture(
+    machine: str, arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The architecture is read only when something is to be installed (a converged host reads none)."""
+    from portable_k3s.operations import release
+
+    _on_machine(monkeypatch, machine)
+    key = "component=headscale, paths=['/usr/local/bin/headscale']"
+    facts = {"release.InstalledRelease": {key: {}}}
+    (command,) = _run_operation(release.installed, facts, component="headscale", version="0.29.2",
+                                files={"": "/usr/local/bin/headscale"}, machines=_machines("https://r"))
+    assert f"https://r/headscale_linux_{arch}" in command.get_raw_value()
+    converged = {"release.InstalledRelease": {key: {"version": "0.29.2", "sha256": "0" * 64}}}
+    assert _run_operation(release.installed, converged, component="headscale", version="0.29.2",
+                          files={"": "/usr/local/bin/headscale"}, machines=_machines("https://r")) == []
+
+
+def test_release_machines_names_the_published_ones_for_another_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyinfra.api import OperationError
+
+    from portable_k3s.operations import release
+
+    _on_machine(monkeypatch, "riscv64")
+    key = "component=headscale, paths=['/usr/local/bin/headscale']"
+    facts = {"release.InstalledRelease": {key: {}}}
+    with pytest.raises(OperationError, match=r"machine 'riscv64' \(published for: aarch64, x86_64\)"):
+        _run_operation(release.installed, facts, component="headscale", version="0.29.2",
+                       files={"": "/usr/local/bin/headscale"}, machines=_machines("https://r"))
+
+
+@pytest.mark.parametrize(("machines", "error"), [
+    ({"x86_64": {"url": "https://r/a"}}, r"give checksum_url or sha256"),
+    ({"x86_64": {"checksum_url": "https://r/s"}}, r"machines\['x86_64'\]: expected url"),
+    ({"x86_64": {"url": "https://r/a", "sha": "x"}}, r"unknown: \['sha'\]"),
+    ({"x86_64": {"url": "https://r/a.tgz", "checksum_url": "https://r/s", "files": {"a/t": "/usr/bin/t"}},
+      "aarch64": {"url": "https://r/b.tgz", "checksum_url": "https://r/s", "files": {"b/t": "/usr/sbin/t"}}},
+     r"machines\['aarch64'\]: installs other files"),
+])
+def test_release_machines_are_checked_when_planned(machines: dict, error: str) -> None:
+    from pyinfra.api import OperationValueError
+
+    from portable_k3s.operations import release
+
+    with pytest.raises(OperationValueError, match=error):
+        _run_operation(release.installed, {}, component="t", version="1", files={"": "/usr/bin/t"},
+                       machines=machines)
