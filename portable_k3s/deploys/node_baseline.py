@@ -64,8 +64,8 @@ def node_baseline() -> None:
         (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
     ], static=[(Firmware, {})] if set(policy.values()) != {"off"} else [])
     # Its only command, on a host that fails the policy, is the one that fails the host: pyinfra then runs
-    # nothing more there. (Asking for its outcome here would read the firmware while planning: a command per
-    # host, one host after another.)
+    # nothing more there. (Asking for its outcome here would read the firmware while planning: a round trip of
+    # its own, before the one read above.)
     hardware.firmware_policy(
         name="Check the firmware policy",
         require_coreboot=policy["require_coreboot"],

@@ -49,7 +49,7 @@ class Tailscale(FactBase[TailscaleInfo]):
 
     def command(self) -> StringCommand:
         return StringCommand(
-            "tailscale status --json 2>/dev/null || true;",
+            "tailscale status --json --peers=false 2>/dev/null || true;",
             next_section(),
             "tailscale debug prefs 2>/dev/null || true",
         )
