@@ -700,9 +700,10 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
             next_section(),
             "systemd-detect-virt --container 2>/dev/null || true;",
             next_section(),
-            "cat /proc/sys/kernel/panic 2>/dev/null;",
+            # read, not cat: no program run (its status is 1 on /proc files, which end at EOF for it)
+            "v=; read -r v 2>/dev/null </proc/sys/kernel/panic; echo \"$v\";",
             next_section(),
-            "cat /proc/sys/kernel/panic_on_oops 2>/dev/null;",
+            "v=; read -r v 2>/dev/null </proc/sys/kernel/panic_on_oops; echo \"$v\";",
             next_section(),
             "[ -w /proc/sys/kernel/panic ] && echo yes || echo no",
         )

@@ -14,8 +14,9 @@ def next_section() -> str:
 
 
 def sha256_of(path: str) -> StringCommand:
-    """Print the sha256 of ``path``, or ``-`` when it does not exist."""
-    return StringCommand("(sha256sum", QuoteString(path), "2>/dev/null || echo -) | cut -d' ' -f1;")
+    """Print ``sha256sum``'s line for ``path`` (one program run: ``checksum`` takes the first word), or ``-`` when
+    it does not exist."""
+    return StringCommand("sha256sum", QuoteString(path), "2>/dev/null || echo -;")
 
 
 def sections(output: list[str], count: int) -> list[list[str]]:
@@ -36,4 +37,5 @@ def first_lines(output: list[str], count: int) -> list[str]:
 
 def checksum(value: str) -> str | None:
     """A ``sha256_of`` answer as a checksum, or None for a missing file."""
-    return None if value in ("", "-") else value
+    digest = value.split(maxsplit=1)[0] if value.strip() else ""
+    return None if digest in ("", "-") else digest

@@ -41,7 +41,7 @@ FACT_COMMANDS = {
     "dpkg": r"\( dpkg -l \)",
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
     "timesyncd": r"^systemd-detect-virt --container",
-    "sshd": r"^\(sha256sum /etc/ssh/sshd_config\.d/",
+    "sshd": r"^sha256sum /etc/ssh/sshd_config\.d/",
 }
 
 

@@ -516,10 +516,10 @@ FACT_PATTERNS = {
     "Battery": r"^for p in /sys/class/power_supply/",
     "SleepTargets": r"^systemctl show -p Id -p LoadState",
     "Console": r"^\[ -e /dev/tty1 \]",
-    "LidSwitch": r"^\(sha256sum /etc/systemd/logind\.conf\.d/",
-    "Watchdog": r"^\(sha256sum /etc/systemd/system\.conf\.d/",
-    "PanicSysctl": r"^\(sha256sum /etc/sysctl\.d/",
-    "ManagedUnit": r"^\(sha256sum /etc/systemd/system/portable-k3s-",
+    "LidSwitch": r"^sha256sum /etc/systemd/logind\.conf\.d/",
+    "Watchdog": r"^sha256sum /etc/systemd/system\.conf\.d/",
+    "PanicSysctl": r"^sha256sum /etc/sysctl\.d/",
+    "ManagedUnit": r"^sha256sum /etc/systemd/system/portable-k3s-",
 }
 FACT_RE = re.compile("|".join(FACT_PATTERNS.values()))
 LAPTOP_OPS = [
@@ -705,9 +705,9 @@ def test_converged_laptop_changes_nothing(fake: type[FakeConnector]) -> None:
         FACT_PATTERNS["LidSwitch"]: output_text("LidSwitch", "t420_converged"),
         FACT_PATTERNS["Watchdog"]: output_text("Watchdog", "t420_converged"),
         FACT_PATTERNS["PanicSysctl"]: output_text("PanicSysctl", "bare_metal_converged"),
-        r"^\(sha256sum /etc/systemd/system/portable-k3s-battery": "\n".join([sha256(battery_unit), "", SEP,
+        r"^sha256sum /etc/systemd/system/portable-k3s-battery": "\n".join([sha256(battery_unit), "", SEP,
                                                                                "enabled", "", SEP, "active"]),
-        r"^\(sha256sum /etc/systemd/system/portable-k3s-console": "\n".join([sha256(console_unit), "", SEP,
+        r"^sha256sum /etc/systemd/system/portable-k3s-console": "\n".join([sha256(console_unit), "", SEP,
                                                                                "enabled", "", SEP, "active"]),
     }
     assert sha256(logind) in responses[FACT_PATTERNS["LidSwitch"]]
