@@ -52,6 +52,7 @@ def downtime_alerts(apps: list[Any]) -> None:
     prefetch.facts(
         name="Read the downtime alerts' state in one command",
         reads=[(FileStates, {"paths": FILES}), (ServiceStates, {"units": (TIMER,)})],
+        early=True,
     )
     if not data.alerts_ntfy_url:
         services.stopped(name="No app probes", service=TIMER)

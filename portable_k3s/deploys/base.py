@@ -43,7 +43,7 @@ def base_host() -> None:
     prefetch.facts(name="Read the base state in one command", reads=[
         (Hostname, {}), (DebPackages, {}), (Timesyncd, {"path": timesync.TIMESYNCD_DROPIN}),
         (SshdHardening, {"path": ssh.HARDENING_DROPIN}),
-    ])
+    ], early=True)
     hostname.named(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(
         name="Install base packages",

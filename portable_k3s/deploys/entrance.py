@@ -64,6 +64,7 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
     prefetch.facts(
         name="Read the entrance state in one command",
         reads=[(FileStates, {"paths": (nginx.NGINX_CONF,)}), (ServiceStates, {"units": ("nginx.service",)})],
+        early=True,
     )
     settings = entrance_settings(host)
     packages.installed(name="Install nginx with the stream module", packages=["nginx", "libnginx-mod-stream"])

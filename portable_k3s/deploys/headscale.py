@@ -143,7 +143,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
         reads += [(FileStates, {"paths": BACKUP_FILES}), (ServiceStates, {"units": (BACKUP_TIMER,)})]
     if data.headscale_restore:
         reads.append((FileStates, {"paths": (headscale.DATABASE,)}))
-    prefetch.facts(name="Read the headscale state in one command", reads=reads)
+    prefetch.facts(name="Read the headscale state in one command", reads=reads, early=True)
     base = f"{data.headscale_download_url.rstrip('/')}/v{version}"
     # The system user and its directories, declared to systemd (sysusers.d, tmpfiles.d): two files that the
     # component's one FileStates read covers, instead of a user, a group and three paths read one by one.

@@ -143,7 +143,8 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     ]
     if data.k3s_airgap_images:
         reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [AIRGAP_IMAGES]}))
-    prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads)
+    # Early: read with the host's first prefetch, all but tailscale's state (its own prefetch reads that).
+    prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads, early=True)
 
     moved = None
     if old_server is not None:  # before the token: the cluster's token comes with it

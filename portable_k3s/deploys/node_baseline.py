@@ -62,7 +62,7 @@ def node_baseline() -> None:
     # panic settings.
     prefetch.facts(name="Read the firmware, watchdog and panic settings in one command", reads=[
         (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
-    ], static=[(Firmware, {})] if set(policy.values()) != {"off"} else [])
+    ], static=[(Firmware, {})] if set(policy.values()) != {"off"} else [], early=True)
     # Its only command, on a host that fails the policy, is the one that fails the host: pyinfra then runs
     # nothing more there. (Asking for its outcome here would read the firmware while planning: a round trip of
     # its own, before the one read above.)

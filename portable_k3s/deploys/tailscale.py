@@ -88,6 +88,7 @@ def tailscale_node(headscale_host: Host) -> None:
         reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
     else:
         static = [(LinuxDistribution, {})]  # the package repository's release
+    # Not early: a headscale restart or restore earlier in the run (on another host) changes this node's state.
     prefetch.facts(name="Read the tailscale state in one command", reads=reads, static=static)
     if data.tailscale_install == "static":
         machines = {}

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, operation
+from pyinfra.api import Host, OperationValueError, operation
 
-from .util import prefetch
+from .util import _frozen, prefetch
+
+Reads = list[tuple[Any, dict[str, Any]]]
 
 
-@operation()
-def facts(reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[str, Any]]] | None = None):
+def facts(reads: Reads, static: Reads | None = None, early: bool = False, **arguments: Any) -> Any:
     """
     Read these facts of the host in ONE remote command (see ``util.prefetch``); the operations that follow and
     ask for the same facts with the same arguments (through ``shared_fact``) then send no command of their own.
@@ -20,6 +21,11 @@ def facts(reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[
     + reads: ``[(FactClass, {argument: value}), …]``
     + static: facts that cannot change during a run (``shared_fact(…, static=True)``: the architecture, the
       firmware), read in the same command once per run
+    + early: these facts may be read sooner, by the host's first ``prefetch.facts`` in this run, so the whole
+      host's state comes in one command: no operation planned before this one changes them (an operation that
+      changes a fact ``forget``s it, and it is read again). Facts that some other prefetch on the host reads
+      with ``early=False`` (a state that another host's operations change, e.g. tailscale's after a headscale
+      restart) are never read ahead.
 
     **Example:**
 
@@ -30,12 +36,50 @@ def facts(reads: list[tuple[Any, dict[str, Any]]], static: list[tuple[Any, dict[
             reads=[(Tailscale, {}), (ServiceStates, {"units": ("tailscaled.service",)})],
         )
     """
-    static = list(static or [])
-    for key, value in (("reads", reads), ("static", static)):
+    return _read(reads=list(reads), static=list(static or []), index=_plan(reads, static, early), **arguments)
+
+
+def _plan(reads: Reads, static: Reads | None, early: bool) -> int:
+    """Check ``facts``' arguments while planning and remember the call; its index among the host's calls."""
+    for key, value in (("reads", reads), ("static", static or [])):
         if not all(isinstance(read, tuple) and len(read) == 2 and isinstance(read[1], dict) for read in value):
             raise OperationValueError(f"{key}: expected a list of (FactClass, {{argument: value}}) pairs")
-    count = prefetch(host, list(reads), static)
-    total = len(reads) + len(static)
-    host.noop(f"read {count} of {total} facts in one command" if count else "nothing to read")
+    planned = _planned(host)
+    planned.append({"reads": list(reads), "static": list(static or []), "early": early})
+    return len(planned) - 1
+
+
+def _facts_inner(reads: Reads, static: Reads | None = None, early: bool = False) -> Any:
+    """``facts`` as pyinfra's ``_inner`` of an operation: planned and read in one go (for the operation tests)."""
+    return _read._inner(reads=list(reads), static=list(static or []), index=_plan(reads, static, early))
+
+
+facts._inner = _facts_inner  # type: ignore[attr-defined]
+
+
+@operation()
+def _read(reads: Reads, static: Reads, index: int):
+    """The operation of ``facts``: this prefetch's facts, and the later ``early`` ones of the host."""
+    later = _planned(host)[index + 1:]
+    never = {_key(read) for entry in _planned(host) if not entry["early"] for read in entry["reads"] + entry["static"]}
+    ahead = [read for entry in later if entry["early"] for read in entry["reads"] if _key(read) not in never]
+    ahead_static = [read for entry in later if entry["early"] for read in entry["static"] if _key(read) not in never]
+    count = prefetch(host, [*reads, *ahead], [*static, *ahead_static])
+    total = len(reads) + len(static) + len(ahead) + len(ahead_static)
+    note = f" (with {len(ahead) + len(ahead_static)} for later operations)" if ahead or ahead_static else ""
+    host.noop(f"read {count} of {total} facts in one command{note}" if count else "nothing to read")
     return
     yield  # an operation is a generator; this one only reads
+
+
+def _key(read: tuple[Any, dict[str, Any]]) -> tuple[str, Any]:
+    return read[0].__name__, _frozen(read[1])
+
+
+def _planned(on: Host) -> list[dict[str, Any]]:
+    """The host's ``facts`` calls in planning order, kept on the host object (it lives for one run)."""
+    planned = getattr(on, "_portable_k3s_prefetches", None)
+    if planned is None:
+        planned = []
+        on._portable_k3s_prefetches = planned  # type: ignore[attr-defined]
+    return planned

@@ -22,12 +22,13 @@ def _nodes(lab, server: str) -> dict[str, dict]:
 
 
 def _started(lab, name: str, unit: str) -> int:
-    """When ``unit`` last became active on ``name`` (µs since the epoch), 0 if it is not active."""
-    out = lab.ssh(name, f"systemctl show -p ActiveState -p ActiveEnterTimestamp --timestamp=unix {unit}").stdout
+    """When ``unit`` last became active on ``name``, in µs of the kernel's monotonic clock (the lab's hosts share
+    the kernel, so it compares across hosts; ``--timestamp=unix`` has whole seconds only), 0 if it is not active."""
+    out = lab.ssh(name, f"systemctl show -p ActiveState -p ActiveEnterTimestampMonotonic {unit}").stdout
     fields = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     if fields.get("ActiveState") != "active":
         return 0
-    return int(float(fields["ActiveEnterTimestamp"].lstrip("@")) * 1_000_000)
+    return int(fields["ActiveEnterTimestampMonotonic"])
 
 
 @pytest.mark.moves_lab

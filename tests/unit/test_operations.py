@@ -46,7 +46,8 @@ def test_every_operation_has_cases() -> None:
     for module_info in pkgutil.iter_modules(operations_pkg.__path__):
         module = importlib.import_module(f"{BASE_IMPORT_PATH}.{module_info.name}")
         for name, func in inspect.getmembers(module, callable):
-            if hasattr(func, "_inner") and getattr(func, "__module__", None) == module.__name__:
+            if (hasattr(func, "_inner") and getattr(func, "__module__", None) == module.__name__
+                    and not name.startswith("_")):  # a private one is tested through its public caller
                 expected.add(f"{module_info.name}.{name}")
     assert expected, "no operations found"
     with_cases = {d.name for d in TESTS_BASE.iterdir() if d.is_dir() and any(d.glob("*.yaml"))}
@@ -424,3 +425,35 @@ def test_release_machines_are_checked_when_planned(machines: dict, error: str) -
     with pytest.raises(OperationValueError, match=error):
         _run_operation(release.installed, {}, component="t", version="1", files={"": "/usr/bin/t"},
                        machines=machines)
+
+
+def test_prefetch_reads_the_later_early_facts_of_the_host_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's first prefetch also reads what its later ``early`` prefetches ask for, except facts that a
+    prefetch without ``early`` reads (another host's operations change those); the later ones then read
+    nothing themselves."""
+    from pyinfra.context import ctx_host, ctx_state
+    from pyinfra.facts.server import Arch, Hostname, LinuxDistribution
+    from pyinfra_testing.util import FakeState, create_host
+
+    from portable_k3s.facts.files import FileStates
+    from portable_k3s.facts.services import ServiceStates
+    from portable_k3s.facts.tailscale import Tailscale
+    from portable_k3s.operations import prefetch
+
+    asked: list[tuple[list, list]] = []
+    monkeypatch.setattr(prefetch, "prefetch", lambda host, reads, static: asked.append((reads, static)) or 0)
+    state = FakeState()
+    host = create_host(state, facts={})
+    first = [(Hostname, {})]
+    tailscale = [(Tailscale, {}), (ServiceStates, {"units": ("tailscaled.service",)})]
+    k3s = [(FileStates, {"paths": ("/etc/rancher/k3s/config.yaml",)}), (Tailscale, {})]
+    with ctx_state.use(state), ctx_host.use(host):
+        planned = [(first, [(LinuxDistribution, {})], True), (tailscale, [], False), (k3s, [(Arch, {})], True)]
+        indexes = [prefetch._plan(reads, static, early) for reads, static, early in planned]
+        for index, (reads, static, _) in zip(indexes, planned, strict=True):
+            list(prefetch._read._inner(reads=reads, static=static, index=index))
+    k3s_files = (FileStates, {"paths": ("/etc/rancher/k3s/config.yaml",)})
+    # Not Tailscale: the tailscale prefetch is not early.
+    assert asked[0] == ([(Hostname, {}), k3s_files], [(LinuxDistribution, {}), (Arch, {})])
+    assert asked[1] == ([*tailscale, k3s_files], [(Arch, {})])  # (util.prefetch skips what was read)
+    assert asked[2] == (k3s, [(Arch, {})])
