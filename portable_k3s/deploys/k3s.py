@@ -143,7 +143,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     ]
     if data.k3s_airgap_images:
         reads.append((InstalledRelease, {"component": "k3s-airgap-images", "paths": [AIRGAP_IMAGES]}))
-    # Early: read with the host's first prefetch, all but tailscale's state (its own prefetch reads that).
+    # Early: read with the host's first prefetch.
     prefetch.facts(name=f"{label}: read the k3s state in one command", reads=reads, early=True)
 
     moved = None

@@ -88,8 +88,10 @@ def tailscale_node(headscale_host: Host) -> None:
         reads.append((InstalledRelease, {"component": "tailscale", "paths": list(STATIC_BINARIES)}))
     else:
         static = [(LinuxDistribution, {})]  # the package repository's release
-    # Not early: a headscale restart or restore earlier in the run (on another host) changes this node's state.
-    prefetch.facts(name="Read the tailscale state in one command", reads=reads, static=static)
+    # Early, too: a headscale restart or restore earlier in the run (on another host) can leave the status saying
+    # Running for a key headscale no longer knows, but joining checks the key against headscale's node list,
+    # read when the node joins.
+    prefetch.facts(name="Read the tailscale state in one command", reads=reads, static=static, early=True)
     if data.tailscale_install == "static":
         machines = {}
         for machine in release.MACHINES:

@@ -24,8 +24,8 @@ def facts(reads: Reads, static: Reads | None = None, early: bool = False, **argu
     + early: these facts may be read sooner, by the host's first ``prefetch.facts`` in this run, so the whole
       host's state comes in one command: no operation planned before this one changes them (an operation that
       changes a fact ``forget``s it, and it is read again). Facts that some other prefetch on the host reads
-      with ``early=False`` (a state that another host's operations change, e.g. tailscale's after a headscale
-      restart) are never read ahead.
+      with ``early=False`` (a state that operations on other hosts change, and that its operations rely on)
+      are never read ahead.
 
     **Example:**
 
