@@ -75,9 +75,8 @@ def for_machine(
 ) -> tuple[str, dict[str, str], str | None]:
     """
     ``(url, files, checksum_url)`` for the host being deployed: with ``machines``, its architecture's entry.
-    The architecture is read when the operation executes, with the component's other facts (``static`` in
-    its ``prefetch.facts``), so planning sends no command; a machine with no entry is an ``OperationError``
-    naming the ones that have one.
+    Called only when something is to be installed, so a converged host (and planning) reads no architecture;
+    a machine with no entry is an ``OperationError`` naming the ones that have one.
     """
     if not machines:
         return url, files or {}, checksum_url
@@ -94,21 +93,22 @@ def check_arguments(
     machines: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
     """Raise ``OperationValueError`` for arguments ``installed`` cannot act on; return the installed paths."""
-    if machines:
-        paths = None
-        for machine, entry in machines.items():
-            unknown = sorted(set(entry) - {"url", "files", "checksum_url"})
-            if unknown or not entry.get("url"):
-                raise OperationValueError(f"machines[{machine!r}]: expected url and optionally files, checksum_url"
-                                          f"{f' (unknown: {unknown})' if unknown else ''}")
-            mine = entry.get("files", files) or {}
-            _check_one(entry["url"], mine, entry.get("checksum_url", checksum_url), sha256)
-            if paths is not None and sorted(mine.values()) != paths:
-                raise OperationValueError(f"machines[{machine!r}]: installs other files than the other machines")
-            paths = sorted(mine.values())
-        return list((next(iter(machines.values())).get("files", files) or {}).values())
-    _check_one(url, files or {}, checksum_url, sha256)
-    return list((files or {}).values())
+    if not machines:
+        _check_one(url, files or {}, checksum_url, sha256)
+        return list((files or {}).values())
+    paths: list[str] | None = None
+    for machine, entry in machines.items():
+        unknown = sorted(set(entry) - {"url", "files", "checksum_url"})
+        if unknown or not entry.get("url"):
+            raise OperationValueError(f"machines[{machine!r}]: expected url and optionally files, checksum_url"
+                                      f"{f' (unknown: {unknown})' if unknown else ''}")
+        mine = entry.get("files", files) or {}
+        _check_one(entry["url"], mine, entry.get("checksum_url", checksum_url), sha256)
+        if paths is None:
+            paths = list(mine.values())  # in the first entry's order (the InstalledRelease read's arguments)
+        elif sorted(mine.values()) != sorted(paths):
+            raise OperationValueError(f"machines[{machine!r}]: installs other files than the other machines")
+    return paths or []
 
 
 def _check_one(url: str, files: dict[str, str], checksum_url: str | None, sha256: str | None) -> None:
