@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 from pyinfra.api import Host, deploy
 
 from ..connection import tcp_nodelay
-from ..manifests import MANIFEST_DIR, file_name, render_manifests
+from ..facts.cluster import ManifestFiles
+from ..facts.files import FileStates
+from ..manifests import MANIFEST_DIR, PREFIX, file_name, render_manifests
 from ..manifests.traefik import render_traefik
-from ..operations import cluster, files
+from ..operations import cluster, files, prefetch
 
 if TYPE_CHECKING:
     from ..config import ClusterConfig
@@ -63,6 +65,11 @@ def cluster_addons(config: ClusterConfig, entrances: list[Host]) -> None:
     traefik = file_name("traefik-config")
     names = list(manifests)
     paths = tuple(f"{MANIFEST_DIR}/{name}" for name in names)
+    # Early: only these operations change the manifests (k3s's own start writes none of this library's).
+    prefetch.facts(
+        name="Read the manifests' state in one command", early=True,
+        reads=[(FileStates, {"paths": paths}), (ManifestFiles, {"directory": MANIFEST_DIR, "prefix": PREFIX})],
+    )
     for name, text in manifests.items():
         if name == traefik:
             cluster.traefik_config(

@@ -87,7 +87,8 @@ def pruned(keep: list[str], directory: str = MANIFEST_DIR, prefix: str = PREFIX)
 
         cluster.pruned(name="Remove dropped manifests", keep=["portable-k3s-cert-manager.yaml"])
     """
-    found = host.get_fact(ManifestFiles, directory=directory, prefix=prefix)
+    # Read once (maybe before this run wrote its manifests: those are all in keep).
+    found = shared_fact(host, ManifestFiles, directory=directory, prefix=prefix)
     stale = sorted({*(name for name in found["files"] if name not in keep), *found["removing"]}, key=_removal_order)
     if not stale:
         host.noop(f"no {prefix}* manifest to remove")

@@ -30,6 +30,7 @@ from portable_k3s.deploys.cluster import cluster_addons, read_secret
 from portable_k3s.facts.util import SEPARATOR
 from portable_k3s.manifests import MANIFEST_DIR, render_manifests
 from portable_k3s.operations import cluster
+from portable_k3s.operations.util import PREFETCH_MARK
 from portable_k3s.render import sha256
 from tests.callbacks import named_host
 from tests.fake_connector import FakeConnector
@@ -162,10 +163,15 @@ def test_second_run_changes_nothing(fake_connector: type[FakeConnector]) -> None
                                    r"portable-k3s-\*\.yaml": listing})
     (master,) = [h for h in state.inventory if h.name == "@fake/master"]
     meta = state.get_meta_for_host(master)
-    assert meta.ops_change == 0 and meta.ops == len(expected) + 1
+    assert meta.ops_change == 0 and meta.ops == 1 + len(expected) + 1  # the read, the manifests, the pruning
     fake_connector.log.clear()
     run_ops(state)
     assert not any(isinstance(entry, tuple) or "kubectl" in entry for entry in fake_connector.log["@fake/master"])
+    # The manifests' states and the listing are asked for in one command first (the fake connector does not
+    # answer that combined command, so the operations then read them one by one).
+    first = fake_connector.log["@fake/master"][0]
+    assert PREFETCH_MARK in first and "for f in portable-k3s-*.yaml" in first
+    assert all(f"{MANIFEST_DIR}/{name}" in first for name in expected)
 
 
 def test_removing_an_app_from_the_catalog_removes_its_manifest(fake_connector: type[FakeConnector]) -> None:
