@@ -11,7 +11,7 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from .util import checksum, first_lines, next_section, sections, sha256_of
+from .util import CONTAINER, checksum, first_lines, next_section, sections, sha256_of, shared_value
 
 DMI_DIR = "/sys/class/dmi/id"
 DMI_FIELDS = (
@@ -640,6 +640,8 @@ class Watchdog(FactBase[WatchdogInfo]):
          "devices": ["watchdog0 iTCO_wdt"]}
     """
 
+    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+
     @staticmethod
     def default() -> WatchdogInfo:
         return {"dropin_sha256": None, "container": None, "runtime_watchdog_sec": None, "devices": []}
@@ -648,7 +650,7 @@ class Watchdog(FactBase[WatchdogInfo]):
         return StringCommand(
             sha256_of(path),
             next_section(),
-            "systemd-detect-virt --container 2>/dev/null || true;",
+            shared_value(CONTAINER),
             next_section(),
             "systemctl show -p RuntimeWatchdogUSec --value 2>/dev/null || true;",
             next_section(),
@@ -690,6 +692,8 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
         {"config_sha256": "1f0e…", "container": None, "panic": 10, "panic_on_oops": 1, "writable": True}
     """
 
+    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+
     @staticmethod
     def default() -> PanicSysctlInfo:
         return {"config_sha256": None, "container": None, "panic": None, "panic_on_oops": None, "writable": False}
@@ -698,7 +702,7 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
         return StringCommand(
             sha256_of(path),
             next_section(),
-            "systemd-detect-virt --container 2>/dev/null || true;",
+            shared_value(CONTAINER),
             next_section(),
             # read, not cat: no program run (its status is 1 on /proc files, which end at EOF for it)
             "v=; read -r v 2>/dev/null </proc/sys/kernel/panic; echo \"$v\";",

@@ -6,7 +6,7 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase, StringCommand
 
-from .util import checksum, first_lines, next_section, sections, sha256_of
+from .util import CONTAINER, checksum, first_lines, next_section, sections, sha256_of, shared_value
 
 
 class TimesyncdInfo(TypedDict):
@@ -27,13 +27,15 @@ class Timesyncd(FactBase[TimesyncdInfo]):
         {"container": None, "config_sha256": "9a0e…", "enabled": True, "active": True}
     """
 
+    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+
     @staticmethod
     def default() -> TimesyncdInfo:  # no output at all: nothing there yet
         return {"container": None, "config_sha256": None, "enabled": False, "active": False}
 
     def command(self, path: str) -> StringCommand:
         return StringCommand(
-            "systemd-detect-virt --container 2>/dev/null || true;",
+            shared_value(CONTAINER),
             next_section(),
             sha256_of(path),
             next_section(),

@@ -13,6 +13,18 @@ def next_section() -> str:
     return f"echo; echo {SEPARATOR};"
 
 
+# Answers that several facts print, worked out once when they are read together: ``util.prefetch`` sets the
+# variables its facts name in ``shared_values`` before their commands; a fact read alone runs the command itself.
+CONTAINER = "PORTABLE_K3S_CONTAINER"
+SHARED_VALUES = {CONTAINER: "systemd-detect-virt --container 2>/dev/null"}
+
+
+def shared_value(name: str) -> str:
+    """The shell fragment that prints the ``SHARED_VALUES`` answer ``name`` on a line: the variable when a
+    prefetch has set it, else its command's output."""
+    return f'echo "${{{name}-$({SHARED_VALUES[name]})}}";'
+
+
 def sha256_of(path: str) -> StringCommand:
     """Print ``sha256sum``'s line for ``path`` (one program run: ``checksum`` takes the first word), or ``-`` when
     it does not exist."""

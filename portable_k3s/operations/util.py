@@ -6,6 +6,8 @@ from typing import Any
 
 from pyinfra.api import Host
 
+from ..facts.util import SHARED_VALUES
+
 ESCALATION_ARGUMENTS = ("_sudo", "_sudo_user", "_use_sudo_login", "_su_user", "_doas", "_doas_user")
 
 
@@ -110,7 +112,9 @@ def prefetch(
             wanted.append((fact(), kwargs, key))
     if not wanted:
         return 0
-    parts: list[Any] = []
+    # The answers several of these facts print, once (see facts.util.SHARED_VALUES).
+    names = dict.fromkeys(name for instance, _, _ in wanted for name in getattr(instance, "shared_values", ()))
+    parts: list[Any] = [f"{name}=$({SHARED_VALUES[name]});" for name in names]
     for index, (instance, kwargs, _) in enumerate(wanted):
         command = instance.command(**kwargs) if callable(instance.command) else instance.command
         requires = instance.requires_command

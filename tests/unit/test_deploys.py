@@ -40,7 +40,7 @@ FACT_COMMANDS = {
     "os": r"^uname -s$",
     "dpkg": r"\( dpkg -l \)",
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
-    "timesyncd": r"^systemd-detect-virt --container",
+    "timesyncd": r"^echo \"\$\{PORTABLE_K3S_CONTAINER-",
     "sshd": r"^sha256sum /etc/ssh/sshd_config\.d/",
 }
 

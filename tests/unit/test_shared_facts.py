@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import gevent
-from pyinfra.api import FactBase
+import pytest
+from pyinfra.api import FactBase, StringCommand
 from pyinfra.connectors.util import CommandOutput, OutputLine
 from pyinfra.facts.server import Hostname
 
@@ -157,3 +158,29 @@ def test_prefetch_runs_a_fact_asked_for_twice_once() -> None:
     assert prefetch(host, [(Hostname, {}), (_Failing, {}), (Hostname, {})]) == 1
     assert host.commands[0].count("uname -n") == 1 and host.commands[0].count("exit 3") == 1, host.commands
     assert shared_fact(host, Hostname) == socket.gethostname() and host.reads == []
+
+
+def test_prefetch_runs_a_shared_answer_once_for_all_its_facts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watchdog, panic and timesyncd facts all print the container type: read together, one
+    ``systemd-detect-virt`` runs (a real shell, with a stand-in detect-virt that counts its runs); each fact
+    gets the same answer as when read alone."""
+    from portable_k3s.facts.hardware import PanicSysctl, Watchdog
+    from portable_k3s.facts.timesync import Timesyncd
+
+    runs = tmp_path / "runs"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemd-detect-virt").write_text(f"#!/bin/sh\necho run >> {runs}\necho systemd-nspawn\n")
+    (bin_dir / "systemd-detect-virt").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    reads = [(Watchdog, {"path": str(tmp_path / "w.conf")}), (PanicSysctl, {"path": str(tmp_path / "p.conf")}),
+             (Timesyncd, {"path": str(tmp_path / "t.conf")})]
+    host = LocalShellHost()
+    assert prefetch(host, reads) == 3 and len(host.commands) == 1
+    assert runs.read_text().splitlines() == ["run"]
+    for fact, kwargs in reads:
+        assert shared_fact(host, fact, **kwargs)["container"] == "systemd-nspawn"
+        alone = subprocess.run(["sh", "-c", StringCommand(fact().command(**kwargs)).get_raw_value()],
+                               capture_output=True, text=True).stdout.splitlines()
+        assert fact().process(alone)["container"] == "systemd-nspawn"
+    assert host.reads == [] and len(runs.read_text().splitlines()) == 4  # then once per fact read alone
