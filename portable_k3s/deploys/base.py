@@ -10,6 +10,7 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Hostname
 
 from ..connection import tcp_nodelay
+from ..facts.services import ServiceStates
 from ..facts.ssh import SshdHardening
 from ..facts.timesync import Timesyncd
 from ..operations import hostname, packages, prefetch, ssh, timesync
@@ -42,7 +43,7 @@ def base_host() -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     prefetch.facts(name="Read the base state in one command", reads=[
         (Hostname, {}), (DebPackages, {}), (Timesyncd, {"path": timesync.TIMESYNCD_DROPIN}),
-        (SshdHardening, {"path": ssh.HARDENING_DROPIN}),
+        (ServiceStates, {"units": (timesync.TIMESYNCD_UNIT,)}), (SshdHardening, {"path": ssh.HARDENING_DROPIN}),
     ], early=True)
     hostname.named(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(

@@ -25,9 +25,16 @@ class FileStates(FactBase[dict[str, FileState | None]]):
          "/etc/headscale/policy.hujson": None}
     """
 
+    merge_by = "paths"  # several FileStates reads in one prefetch are one command (see operations.util.prefetch)
+
     @staticmethod
     def default() -> dict[str, FileState | None]:
         return {}
+
+    @staticmethod
+    def pick(states: dict[str, FileState | None], paths: tuple[str, ...]) -> dict[str, FileState | None]:
+        """The part of a read of more paths that a read of ``paths`` alone gives."""
+        return {path: state for path, state in states.items() if path in paths}
 
     def command(self, paths: tuple[str, ...]) -> StringCommand:
         # Two processes for all the paths (not a few per path): on a busy host every fork counts.

@@ -22,9 +22,18 @@ class ServiceStates(FactBase[dict[str, ServiceState]]):
         {"nginx.service": {"active": True, "enabled": "enabled"}, "headscale.service": {...}}
     """
 
+    merge_by = "units"  # several ServiceStates reads in one prefetch are one command (see operations.util.prefetch)
+
     @staticmethod
     def default() -> dict[str, ServiceState]:
         return {}
+
+    @staticmethod
+    def pick(states: dict[str, ServiceState], units: tuple[str, ...]) -> dict[str, ServiceState] | None:
+        """The part of a read of more units that a read of ``units`` alone gives; None when a unit is not in it
+        (``systemctl show`` names an alias by its unit's name)."""
+        picked = {unit: states[unit] for unit in units if unit in states}
+        return picked if len(picked) == len(set(units)) else None
 
     def command(self, units: tuple[str, ...]) -> StringCommand:
         return StringCommand(

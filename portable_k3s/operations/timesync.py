@@ -9,11 +9,13 @@ from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
+from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..render import render, sha256
 from .util import forget, shared_fact
 
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
+TIMESYNCD_UNIT = "systemd-timesyncd.service"
 
 
 @operation()
@@ -43,31 +45,38 @@ def timesyncd(
         raise OperationValueError("servers: empty (expected at least one NTP server)")
     info = shared_fact(host, Timesyncd, path=path)
     forget(host, Timesyncd)  # read again by whoever asks next: this operation may change it
+    unit = shared_fact(host, ServiceStates, units=(TIMESYNCD_UNIT,)).get(TIMESYNCD_UNIT, {"active": False,
+                                                                                        "enabled": ""})
+    active, enabled = unit["active"], unit["enabled"] == "enabled"
     if not present:
         if info["config_sha256"] is None:
             host.noop("timesyncd drop-in is absent")
             return
         yield StringCommand("rm -f", QuoteString(path))
-        if info["active"]:
-            yield "systemctl restart systemd-timesyncd.service"
+        if active:
+            forget(host, ServiceStates)
+            yield f"systemctl restart {TIMESYNCD_UNIT}"
         return
     content = render("timesyncd.conf.j2", servers=servers, fallback=fallback or [])
     changed = info["config_sha256"] != sha256(content)
     if changed:
         yield StringCommand("mkdir -p", QuoteString(os.path.dirname(path) or "."))
         yield FileUploadCommand(StringIO(content), path)
-    if not info["enabled"]:
-        yield "systemctl enable systemd-timesyncd.service"
+    if not enabled:
+        forget(host, ServiceStates)
+        yield f"systemctl enable {TIMESYNCD_UNIT}"
     if info["container"]:
-        if not changed and info["enabled"]:
+        if not changed and enabled:
             host.noop(
                 f"timesyncd is configured; this host is a container ({info['container']}): "
                 "its clock is the container host's, so timesyncd does not run here"
             )
         return
-    if changed and info["active"]:
-        yield "systemctl restart systemd-timesyncd.service"
-    elif not info["active"]:
-        yield "systemctl start systemd-timesyncd.service"
-    elif not changed and info["enabled"]:
+    if changed and active:
+        forget(host, ServiceStates)
+        yield f"systemctl restart {TIMESYNCD_UNIT}"
+    elif not active:
+        forget(host, ServiceStates)
+        yield f"systemctl start {TIMESYNCD_UNIT}"
+    elif not changed and enabled:
         host.noop("timesyncd is configured and running")

@@ -112,10 +112,26 @@ def prefetch(
             wanted.append((fact(), kwargs, key))
     if not wanted:
         return 0
+    # Facts that take a list of items (FileStates' paths, ServiceStates' units: their ``merge_by`` argument) are
+    # read once for all the items asked for; each read keeps its own items' part (the fact's ``pick``).
+    commands: list[tuple[Any, dict[str, Any], list[tuple[tuple[Any, Any, bool | None], Any]]]] = []
+    groups: dict[tuple[Any, Any], int] = {}
+    for instance, kwargs, key in wanted:
+        by = getattr(instance, "merge_by", None)
+        if by is None or not isinstance(kwargs.get(by), list | tuple):
+            commands.append((instance, kwargs, [(key, None)]))
+            continue
+        group = (type(instance), _frozen({name: value for name, value in kwargs.items() if name != by}))
+        if group not in groups:
+            groups[group] = len(commands)
+            commands.append((instance, {**kwargs, by: ()}, []))
+        _, merged, members = commands[groups[group]]
+        merged[by] = tuple(dict.fromkeys([*merged[by], *kwargs[by]]))
+        members.append((key, tuple(kwargs[by])))
     # The answers several of these facts print, once (see facts.util.SHARED_VALUES).
-    names = dict.fromkeys(name for instance, _, _ in wanted for name in getattr(instance, "shared_values", ()))
+    names = dict.fromkeys(name for instance, _, _ in commands for name in getattr(instance, "shared_values", ()))
     parts: list[Any] = [f"{name}=$({SHARED_VALUES[name]});" for name in names]
-    for index, (instance, kwargs, _) in enumerate(wanted):
+    for index, (instance, kwargs, _) in enumerate(commands):
         command = instance.command(**kwargs) if callable(instance.command) else instance.command
         requires = instance.requires_command
         requires = requires(**kwargs) if callable(requires) else requires
@@ -149,7 +165,7 @@ def prefetch(
         elif current >= 0:
             sections[current].append(line)
     count = 0
-    for index, (instance, _, key) in enumerate(wanted):
+    for index, (instance, _, members) in enumerate(commands):
         if results.get(index) != "0":
             continue  # missing, failed or cut short: the operation reads it itself
         lines = sections.get(index, [])
@@ -157,8 +173,11 @@ def prefetch(
             value = instance.process(lines) if lines else instance.default()
         except Exception:  # noqa: BLE001, S112 - the operation's own read reports it the way pyinfra does
             continue
-        shared[key] = {"lock": Semaphore(), "read": True, "value": value}
-        count += 1
+        for key, items in members:
+            part = value if items is None else instance.pick(value, items)
+            if part is not None:  # None: this part cannot be told apart (the operation reads it itself)
+                shared[key] = {"lock": Semaphore(), "read": True, "value": part}
+                count += 1
     return count
 
 

@@ -100,9 +100,12 @@ def test_timesyncd_quotes_the_drop_in_directory() -> None:
 
     path = "/etc/systemd/timesyncd.conf.d/site a/portable-k3s.conf"
     facts = {
-        "timesync.Timesyncd": {
-            f"path={path}": {"container": None, "config_sha256": None, "enabled": True, "active": True}
-        }
+        "timesync.Timesyncd": {f"path={path}": {"container": None, "config_sha256": None}},
+        "services.ServiceStates": {
+            "units=('systemd-timesyncd.service',)": {
+                "systemd-timesyncd.service": {"active": True, "enabled": "enabled"},
+            },
+        },
     }
     first = _run_operation(timesync.timesyncd, facts, servers=["ntp.example"], path=path)[0]
     text = first if isinstance(first, str) else first.get_raw_value()

@@ -184,3 +184,43 @@ def test_prefetch_runs_a_shared_answer_once_for_all_its_facts(tmp_path, monkeypa
                                capture_output=True, text=True).stdout.splitlines()
         assert fact().process(alone)["container"] == "systemd-nspawn"
     assert host.reads == [] and len(runs.read_text().splitlines()) == 4  # then once per fact read alone
+
+
+def test_prefetch_reads_the_file_and_unit_states_of_several_components_in_one_go(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two components' FileStates and ServiceStates reads: one ``stat``/``sha256sum`` and one ``systemctl show``
+    for all of them (a real shell; systemctl is a stand-in that counts its runs and names an alias by its
+    unit's name, as systemd does). Each read gets what it would get alone; a read whose part cannot be told
+    apart (the alias) is left to its operation."""
+    from portable_k3s.facts.services import ServiceStates
+
+    runs = tmp_path / "runs"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/sh\necho run >> {runs}\nfor u in \"$@\"; do case $u in -*|Id|ActiveState|UnitFileState) continue;; "
+        "esac; [ \"$u\" = alias.service ] && u=b.service; printf 'Id=%s\\nActiveState=active\\nUnitFileState=enabled"
+        "\\n\\n' \"$u\"; done\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for name in ("a.conf", "b.conf"):
+        (tmp_path / name).write_text(name)
+    first, second = (str(tmp_path / "a.conf"), str(tmp_path / "gone.conf")), (str(tmp_path / "b.conf"),)
+    reads = [(FileStates, {"paths": first}), (ServiceStates, {"units": ("a.service",)}),
+             (FileStates, {"paths": second}), (ServiceStates, {"units": ("b.service",)}),
+             (ServiceStates, {"units": ("alias.service",)})]
+    host = LocalShellHost()
+    assert prefetch(host, reads) == 4 and len(host.commands) == 1
+    assert host.commands[0].count("sha256sum") == 1 and runs.read_text().splitlines() == ["run"]
+    for paths in (first, second):
+        alone = subprocess.run(["sh", "-c", FileStates().command(paths=paths).get_raw_value()],
+                               capture_output=True, text=True).stdout.splitlines()
+        assert shared_fact(host, FileStates, paths=paths) == FileStates().process(alone)
+    assert shared_fact(host, ServiceStates, units=("a.service",)) == {"a.service": {"active": True,
+                                                                                    "enabled": "enabled"}}
+    assert list(shared_fact(host, ServiceStates, units=("b.service",))) == ["b.service"]
+    assert host.reads == []
+    shared_fact(host, ServiceStates, units=("alias.service",))
+    assert [name for name, _ in host.reads] == ["ServiceStates"]

@@ -57,8 +57,9 @@ def _sshd_facts(path: str = SSHD_PATH) -> dict:
 
 
 def _timesyncd_facts(path: str = TIMESYNCD_PATH) -> dict:
-    info = {"container": None, "config_sha256": None, "enabled": False, "active": False}
-    return {"timesync.Timesyncd": {f"path={path}": info}}
+    unit = {"systemd-timesyncd.service": {"active": False, "enabled": "disabled"}}
+    return {"timesync.Timesyncd": {f"path={path}": {"container": None, "config_sha256": None}},
+            "services.ServiceStates": {"units=('systemd-timesyncd.service',)": unit}}
 
 
 # One entry per (operation call): the template it renders and the context it passes.
