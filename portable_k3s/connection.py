@@ -78,4 +78,11 @@ def tcp_nodelay(state: State | None = None) -> list[Host]:
     if not any(isinstance(handler, NoDelayCallback) for handler in state.callback_handlers):
         state.add_callback_handler(NoDelayCallback())
     hosts: Any = getattr(state, "inventory", None) or []
-    return [host for host in hosts if host.connected and set_host_nodelay(host)]
+    done = []
+    for host in hosts:
+        # Every deploy calls this for every host it plans: each socket is set once, not once per call and host.
+        if host.connected and getattr(host, "_portable_k3s_nodelay", None) is not connection_socket(host):
+            if set_host_nodelay(host):
+                host._portable_k3s_nodelay = connection_socket(host)
+                done.append(host)
+    return done

@@ -62,6 +62,21 @@ def test_sets_nodelay_on_a_tcp_socket(tcp_pair: socket.socket) -> None:
     assert _nodelay(tcp_pair) != 0
 
 
+def test_each_socket_is_set_once_however_often_the_deploys_ask(tcp_pair: socket.socket) -> None:
+    """Every deploy calls ``tcp_nodelay()`` while it is planned on every host: a socket it set already is left
+    alone (one call per host and deploy would be quadratic in the number of hosts); a new one is set."""
+    host = _ssh_like_host(tcp_pair)
+    handlers: list[Any] = []
+    state: Any = SimpleNamespace(inventory=[host], callback_handlers=handlers, add_callback_handler=handlers.append)
+    assert tcp_nodelay(state) == [host] and _nodelay(tcp_pair) != 0
+    tcp_pair.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # (to see whether it is set again)
+    assert tcp_nodelay(state) == [] and _nodelay(tcp_pair) == 0
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_connection(server.getsockname()) as new:
+        host.connector.client.get_transport().sock = new  # reconnected: a new socket
+        assert tcp_nodelay(state) == [host] and _nodelay(new) != 0
+        server.accept()[0].close()
+
+
 def test_no_socket_to_set_it_on() -> None:
     unix_a, unix_b = socket.socketpair()
     try:
