@@ -24,7 +24,11 @@ class InstalledRelease(FactBase[dict]):
         checks: list[object] = []
         for path in paths:
             checks += ["[ -x", QuoteString(path), "] &&"]
-        return StringCommand(*checks, "cat", QuoteString(f"{RELEASE_STATE_DIR}/{component}"), "2>/dev/null || true")
+        # The record's one line, read by the shell (no program run)
+        return StringCommand(
+            *checks, "{ v=; read -r v <", QuoteString(f"{RELEASE_STATE_DIR}/{component}"), '; echo "$v"; }',
+            "2>/dev/null || true",
+        )
 
     def process(self, output: list[str]) -> dict:
         fields = output[0].split() if output else []
