@@ -47,6 +47,25 @@ def test_every_node_joined_with_its_tags(lab, converged):
         assert status["BackendState"] == "Running", host.name
 
 
+def test_the_tailscale_fact_reads_the_same_through_the_localapi_as_through_the_cli(lab, converged):
+    """The Tailscale fact asks tailscaled's LocalAPI with one curl, and the CLI when that fails: on live nodes
+    both ways give the same fact (each forced: the CLI's programs renamed away, or curl pointed at a socket
+    that does not exist)."""
+    from pyinfra.api import StringCommand
+
+    from portable_k3s.facts.tailscale import TAILSCALED_SOCKET, Tailscale
+
+    command = StringCommand(Tailscale().command()).get_raw_value()
+    assert command.count("tailscale status") == 1 and command.count("tailscale debug prefs") == 1
+    localapi_only = command.replace("tailscale status", "no-cli status").replace("tailscale debug", "no-cli debug")
+    cli_only = command.replace(TAILSCALED_SOCKET, "/nonexistent/tailscaled.sock")
+    for name in ("h1", "h3"):
+        local = Tailscale().process(lab.ssh(name, localapi_only).stdout.splitlines())
+        cli = Tailscale().process(lab.ssh(name, cli_only).stdout.splitlines())
+        assert local == cli, name
+        assert local["backend_state"] == "Running" and local["ipv4"] and local["prefs"]["ControlURL"], local
+
+
 def test_every_pair_pings_over_the_tailnet(lab, converged):
     """Every pair, including the entrance (cloud) ↔ home nodes behind NAT with no port forwarding."""
     ips = _tailnet_ips(lab)
