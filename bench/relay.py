@@ -27,6 +27,7 @@ class DelayRelay:
         self._thread = threading.Thread(target=self._loop.run_forever, name="delay-relay", daemon=True)
         self._servers: list[asyncio.base_events.Server] = []
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
 
     def start(self) -> dict[tuple[str, int], int]:
         """Listen for every target; return ``{(address, port): local port}``."""
@@ -66,9 +67,16 @@ class DelayRelay:
             writer.close()
         for server in self._servers:
             await server.wait_closed()
+        # The relayed connections end here (their sockets are closed), not when the loop is closed under them.
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=5)
 
     async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter,
                      target: tuple[str, int]) -> None:
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         try:
             upstream_r, upstream_w = await asyncio.open_connection(*target)
         except OSError:
