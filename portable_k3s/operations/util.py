@@ -91,8 +91,10 @@ def prefetch(
     Read several facts of ``host`` in ONE remote command into the ``shared_fact`` store, so the operations that
     ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
     subshell of its own, after its ``requires_command`` check; a fact whose command is missing or fails is left
-    out, and its operation reads it the usual way (with pyinfra's own handling of that case). Returns how many
-    facts were read.
+    out, and its operation reads it the usual way (with pyinfra's own handling of that case). Nothing runs
+    twice: a read asked for twice is one; reads of a fact with a ``merge_by`` argument (``FileStates``,
+    ``ServiceStates``) are one command for all their items; an answer several facts print is worked out once
+    (``facts.util.SHARED_VALUES``). Returns how many facts were read.
 
     + reads: ``[(FactClass, {argument: value}), …]``, the facts and arguments the operations will ask for
     + static: the same, for facts the operations read with ``shared_fact(…, static=True)`` (read once per run)
@@ -107,8 +109,10 @@ def prefetch(
     ]
     keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static or []]
     wanted: list[tuple[Any, dict[str, Any], tuple[Any, Any, bool | None]]] = []
+    seen: set[tuple[Any, Any, bool | None]] = set()
     for fact, kwargs, key in keyed:  # a fact asked for twice (two components need it) is read once
-        if key not in {key for _, _, key in wanted} and not (shared.get(key) or {}).get("read"):
+        if key not in seen and not (shared.get(key) or {}).get("read"):
+            seen.add(key)
             wanted.append((fact(), kwargs, key))
     if not wanted:
         return 0
