@@ -25,6 +25,8 @@ class FileStates(FactBase[dict[str, FileState | None]]):
          "/etc/headscale/policy.hujson": None}
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     merge_by = "paths"  # several FileStates reads in one prefetch are one command (see operations.util.prefetch)
 
     @staticmethod

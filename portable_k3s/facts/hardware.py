@@ -640,6 +640,8 @@ class Watchdog(FactBase[WatchdogInfo]):
          "devices": ["watchdog0 iTCO_wdt"]}
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
 
     @staticmethod
@@ -691,6 +693,8 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
 
         {"config_sha256": "1f0e…", "container": None, "panic": 10, "panic_on_oops": 1, "writable": True}
     """
+
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
 
     shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
 

@@ -16,6 +16,8 @@ class InstalledRelease(FactBase[dict]):
         {"version": "0.29.2", "sha256": "5f2a…"}   # or {} when absent or incomplete
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     @staticmethod
     def default() -> dict:
         return {}

@@ -22,6 +22,8 @@ class ServiceStates(FactBase[dict[str, ServiceState]]):
         {"nginx.service": {"active": True, "enabled": "enabled"}, "headscale.service": {...}}
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     merge_by = "units"  # several ServiceStates reads in one prefetch are one command (see operations.util.prefetch)
 
     @staticmethod

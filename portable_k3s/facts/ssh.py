@@ -29,6 +29,8 @@ class SshdHardening(FactBase[SshdHardeningInfo]):
         {"dropin_sha256": "3f1c…", "includes_dropins": True, "login_user": "root", "authorized_keys": 1}
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     @staticmethod
     def default() -> SshdHardeningInfo:  # no output at all: nothing there yet
         return {"dropin_sha256": None, "includes_dropins": False, "login_user": "", "authorized_keys": 0}

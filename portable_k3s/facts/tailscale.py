@@ -43,6 +43,8 @@ class Tailscale(FactBase[TailscaleInfo]):
         }
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     @staticmethod
     def default() -> TailscaleInfo:
         return {

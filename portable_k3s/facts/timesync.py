@@ -26,6 +26,8 @@ class Timesyncd(FactBase[TimesyncdInfo]):
         {"container": None, "config_sha256": "9a0e…"}
     """
 
+    needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
+
     shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
 
     @staticmethod

@@ -91,7 +91,8 @@ def prefetch(
     Read several facts of ``host`` in ONE remote command into the ``shared_fact`` store, so the operations that
     ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
     subshell of its own, after its ``requires_command`` check; a fact whose command is missing or fails is left
-    out, and its operation reads it the usual way (with pyinfra's own handling of that case). Nothing runs
+    out, and its operation reads it the usual way (with pyinfra's own handling of that case); a fact with
+    ``needs_subshell = False`` runs without a subshell. Nothing runs
     twice: a read asked for twice is one; reads of a fact with a ``merge_by`` argument (``FileStates``,
     ``ServiceStates``) are one command for all their items; an answer several facts print is worked out once
     (``facts.util.SHARED_VALUES``). Returns how many facts were read.
@@ -140,12 +141,15 @@ def prefetch(
         requires = instance.requires_command
         requires = requires(**kwargs) if callable(requires) else requires
         status = f'echo "{PREFETCH_MARK} rc $?";'
+        # A subshell keeps a command's cd, exit or variables to itself; a fact whose command leaves nothing
+        # behind says so (``needs_subshell = False``) and runs in the shell itself: one fork fewer each.
+        opening, closing = ("(", ");") if getattr(instance, "needs_subshell", True) else ("{", "\n};")
         parts += [f"echo '{PREFETCH_MARK} {index}';"]
         if requires:
-            parts += ["if command -v", requires, ">/dev/null 2>&1; then (", command, ");", status,
+            parts += ["if command -v", requires, ">/dev/null 2>&1; then", opening, command, closing, status,
                       f"else echo '{PREFETCH_MARK} missing'; fi;"]
         else:
-            parts += ["(", command, ");", status]
+            parts += [opening, command, closing, status]
     with gate(host):
         ok, output = host.run_shell_command(
             StringCommand(*parts), print_output=host.state.print_fact_output,

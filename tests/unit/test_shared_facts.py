@@ -224,3 +224,28 @@ def test_prefetch_reads_the_file_and_unit_states_of_several_components_in_one_go
     assert host.reads == []
     shared_fact(host, ServiceStates, units=("alias.service",))
     assert [name for name, _ in host.reads] == ["ServiceStates"]
+
+
+class _Cd(FactBase):
+    """A fact whose command changes the shell's directory (it needs its subshell)."""
+
+    def command(self) -> str:
+        return "cd / && pwd"
+
+    def process(self, output: list[str]) -> list[str]:
+        return output
+
+
+def test_prefetch_runs_facts_without_a_subshell_only_where_nothing_outlives_them(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FileStates says it needs no subshell and runs in the shell itself; a fact that does not say so keeps its
+    subshell, so its ``cd`` does not move the FileStates read after it (relative paths, a real shell)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.conf").write_text("x")
+    os.chmod(tmp_path / "here.conf", 0o640)
+    host = LocalShellHost()
+    assert prefetch(host, [(_Cd, {}), (FileStates, {"paths": ("here.conf",)})]) == 2
+    assert "( cd / && pwd );" in host.commands[0] and "{ stat -c" in host.commands[0]
+    assert shared_fact(host, _Cd) == ["/"]
+    assert shared_fact(host, FileStates, paths=("here.conf",))["here.conf"]["mode"] == "640"
