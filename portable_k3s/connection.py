@@ -81,8 +81,8 @@ def tcp_nodelay(state: State | None = None) -> list[Host]:
     done = []
     for host in hosts:
         # Every deploy calls this for every host it plans: each socket is set once, not once per call and host.
-        if host.connected and getattr(host, "_portable_k3s_nodelay", None) is not connection_socket(host):
-            if set_host_nodelay(host):
-                host._portable_k3s_nodelay = connection_socket(host)
-                done.append(host)
+        sock = connection_socket(host) if host.connected else None
+        if sock is not None and getattr(host, "_portable_k3s_nodelay", None) is not sock and set_host_nodelay(host):
+            host._portable_k3s_nodelay = sock
+            done.append(host)
     return done
