@@ -22,6 +22,7 @@ proposing upstream (a cache on that function).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 from types import FrameType
@@ -72,15 +73,14 @@ def global_arguments_once() -> bool:
     original: Any = arguments.__dict__.get("all_global_arguments")
     if getattr(original, "__wrapped__", None) is not None:
         return True
-    if original is None or getattr(facts, "all_global_arguments", None) is not original:
+    if original is None or getattr(facts, "all_global_arguments", None) != original:
         return False  # another pyinfra: leave it as it is
-    hints = tuple(arguments.all_global_arguments())
+    hints = tuple(original())
 
+    @functools.wraps(original)
     def all_global_arguments() -> list[tuple[str, type]]:
         return list(hints)
 
-    all_global_arguments.__wrapped__ = original  # type: ignore[attr-defined]
-    all_global_arguments.__doc__ = original.__doc__
     setattr(arguments, "all_global_arguments", all_global_arguments)  # noqa: B010 - the same signature
     setattr(facts, "all_global_arguments", all_global_arguments)  # noqa: B010
     return True

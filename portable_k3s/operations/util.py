@@ -92,10 +92,10 @@ def prefetch(
     ask for them next (with the same arguments) need no command of their own. Each fact's command runs in a
     subshell of its own, after its ``requires_command`` check; a fact whose command is missing or fails is left
     out, and its operation reads it the usual way (with pyinfra's own handling of that case); a fact with
-    ``needs_subshell = False`` runs without a subshell. Nothing runs
-    twice: a read asked for twice is one; reads of a fact with a ``merge_by`` argument (``FileStates``,
-    ``ServiceStates``) are one command for all their items; an answer several facts print is worked out once
-    (``facts.util.SHARED_VALUES``). Returns how many facts were read.
+    ``needs_subshell = False`` runs without a subshell. Nothing runs twice: a read asked for twice is one; reads
+    of a fact with a ``merge_by`` argument (``FileStates``, ``ServiceStates``) are one command for all their
+    items; an answer several facts print is worked out once (``facts.util.SHARED_VALUES``). Returns how many
+    facts were read.
 
     + reads: ``[(FactClass, {argument: value}), …]``, the facts and arguments the operations will ask for
     + static: the same, for facts the operations read with ``shared_fact(…, static=True)`` (read once per run)
