@@ -11,7 +11,17 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from .util import CONTAINER, checksum, first_lines, next_section, sections, sha256_of, shared_value
+from .util import (
+    MANAGER,
+    checksum,
+    container_of,
+    first_lines,
+    manager_property,
+    next_section,
+    sections,
+    sha256_of,
+    shared_value,
+)
 
 DMI_DIR = "/sys/class/dmi/id"
 DMI_FIELDS = (
@@ -642,7 +652,7 @@ class Watchdog(FactBase[WatchdogInfo]):
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
 
-    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+    shared_values = (MANAGER,)  # one systemctl show per prefetch: the container type and the watchdog
 
     @staticmethod
     def default() -> WatchdogInfo:
@@ -652,20 +662,19 @@ class Watchdog(FactBase[WatchdogInfo]):
         return StringCommand(
             sha256_of(path),
             next_section(),
-            shared_value(CONTAINER),
-            next_section(),
-            "systemctl show -p RuntimeWatchdogUSec --value 2>/dev/null || true;",
+            shared_value(MANAGER),
             next_section(),
             'for w in /sys/class/watchdog/watchdog*; do [ -e "$w" ] &&',
             'echo "${w##*/} $(cat "$w/identity" 2>/dev/null)"; done; true',
         )
 
     def process(self, output: list[str]) -> WatchdogInfo:
-        sha, container, runtime, devices = sections(output, 4)
+        sha, manager, devices = sections(output, 3)
+        runtime = manager_property(manager, "RuntimeWatchdogUSec")
         return {
             "dropin_sha256": checksum(sha[0] if sha else ""),
-            "container": _virt(container[0] if container else ""),
-            "runtime_watchdog_sec": timespan_seconds(runtime[0]) if runtime else None,
+            "container": container_of(manager),
+            "runtime_watchdog_sec": timespan_seconds(runtime) if runtime else None,
             "devices": [line for line in devices if line],
         }
 
@@ -696,7 +705,7 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
 
-    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+    shared_values = (MANAGER,)  # one systemctl show per prefetch, for the container type
 
     @staticmethod
     def default() -> PanicSysctlInfo:
@@ -706,21 +715,21 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
         return StringCommand(
             sha256_of(path),
             next_section(),
-            shared_value(CONTAINER),
-            next_section(),
             # read, not cat: no program run (its status is 1 on /proc files, which end at EOF for it)
             "v=; read -r v 2>/dev/null </proc/sys/kernel/panic; echo \"$v\";",
             next_section(),
             "v=; read -r v 2>/dev/null </proc/sys/kernel/panic_on_oops; echo \"$v\";",
             next_section(),
-            "[ -w /proc/sys/kernel/panic ] && echo yes || echo no",
+            "[ -w /proc/sys/kernel/panic ] && echo yes || echo no;",
+            next_section(),
+            shared_value(MANAGER),
         )
 
     def process(self, output: list[str]) -> PanicSysctlInfo:
-        sha, container, panic, on_oops, writable = first_lines(output, 5)
+        sha, panic, on_oops, writable = first_lines(output, 4)
         return {
             "config_sha256": checksum(sha),
-            "container": _virt(container),
+            "container": container_of(sections(output, 5)[4]),
             "panic": _int(panic),
             "panic_on_oops": _int(on_oops),
             "writable": writable == "yes",

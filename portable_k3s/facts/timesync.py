@@ -6,7 +6,7 @@ from typing import TypedDict
 
 from pyinfra.api import FactBase, StringCommand
 
-from .util import CONTAINER, checksum, first_lines, next_section, sha256_of, shared_value
+from .util import MANAGER, checksum, container_of, next_section, sections, sha256_of, shared_value
 
 
 class TimesyncdInfo(TypedDict):
@@ -28,7 +28,7 @@ class Timesyncd(FactBase[TimesyncdInfo]):
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
 
-    shared_values = (CONTAINER,)  # systemd-detect-virt once per prefetch
+    shared_values = (MANAGER,)  # one systemctl show per prefetch, for the container type
 
     @staticmethod
     def default() -> TimesyncdInfo:  # no output at all: nothing there yet
@@ -36,11 +36,11 @@ class Timesyncd(FactBase[TimesyncdInfo]):
 
     def command(self, path: str) -> StringCommand:
         return StringCommand(
-            shared_value(CONTAINER),
-            next_section(),
             sha256_of(path),
+            next_section(),
+            shared_value(MANAGER),
         )
 
     def process(self, output: list[str]) -> TimesyncdInfo:
-        container, sha = first_lines(output, 2)
-        return {"container": None if container in ("", "none") else container, "config_sha256": checksum(sha)}
+        sha, manager = sections(output, 2)
+        return {"container": container_of(manager), "config_sha256": checksum(sha[0] if sha else "")}

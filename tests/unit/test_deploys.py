@@ -40,7 +40,7 @@ FACT_COMMANDS = {
     "os": r"^uname -s$",
     "dpkg": r"\( dpkg -l \)",
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
-    "timesyncd": r"^echo \"\$\{PORTABLE_K3S_CONTAINER-",
+    "timesyncd": r"^sha256sum /etc/systemd/timesyncd\.conf\.d/",
     "timesyncd unit": r"^systemctl show -p Id -p ActiveState -p UnitFileState -- systemd-timesyncd\.service",
     "sshd": r"^sha256sum /etc/ssh/sshd_config\.d/",
 }
@@ -72,7 +72,7 @@ def _fresh_responses(hostname: str = "debian", keys: int = 1, user: str = "root"
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg(["ca-certificates", "gnupg", "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer("none", "-"),
+        FACT_COMMANDS["timesyncd"]: _answer("-", ""),
         FACT_COMMANDS["timesyncd unit"]: "Id=systemd-timesyncd.service\nActiveState=inactive\nUnitFileState=",
         FACT_COMMANDS["sshd"]: _answer("-", "yes", user, str(keys)),
     }
@@ -86,7 +86,7 @@ def _converged_responses(hostname: str) -> dict[str, str]:
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg([*ALL_PACKAGES, "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer("none", sha256(timesyncd)),
+        FACT_COMMANDS["timesyncd"]: _answer(sha256(timesyncd), ""),
         FACT_COMMANDS["timesyncd unit"]: "Id=systemd-timesyncd.service\nActiveState=active\nUnitFileState=enabled",
         FACT_COMMANDS["sshd"]: _answer(sha256(sshd), "yes", "root", "2"),
     }

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -36,6 +37,7 @@ from pyinfra_testing.util import FakeState, create_host
 from portable_k3s.deploys import node_baseline as node_baseline_mod
 from portable_k3s.deploys.node_baseline import DEFAULTS, NODE_GROUPS, is_node, node_baseline
 from portable_k3s.facts import hardware as hw
+from portable_k3s.facts.util import CONTAINER_IDS, container_of
 from portable_k3s.operations import hardware
 from portable_k3s.operations.util import PREFETCH_MARK
 from portable_k3s.render import TEMPLATE_DIR, render, sha256
@@ -211,6 +213,24 @@ def test_me_soft_disabled_complies() -> None:
 )
 def test_timespan_seconds(text: str, seconds: int | None) -> None:
     assert hw.timespan_seconds(text) == seconds
+
+
+@pytest.mark.skipif(shutil.which("systemd-detect-virt") is None, reason="needs systemd's systemd-detect-virt")
+def test_container_ids_are_systemds() -> None:
+    """The container ids the facts know are the ones this machine's systemd lists after its VMs."""
+    listed = subprocess.run(["systemd-detect-virt", "--list"], capture_output=True, text=True, check=True)
+    names = listed.stdout.split()
+    assert frozenset(names[names.index("vm-other") + 1 :]) == CONTAINER_IDS
+
+
+@pytest.mark.parametrize(
+    ("lines", "container"),
+    [(["Virtualization=systemd-nspawn", "RuntimeWatchdogUSec=0"], "systemd-nspawn"),
+     (["RuntimeWatchdogUSec=0", "Virtualization=lxc"], "lxc"), (["Virtualization=kvm"], None),
+     (["Virtualization=vm-other"], None), (["RuntimeWatchdogUSec=15s"], None), ([], None)],
+)
+def test_container_of_the_manager_properties(lines: list[str], container: str | None) -> None:
+    assert container_of(lines) == container
 
 
 # Fact commands against fake sysfs trees

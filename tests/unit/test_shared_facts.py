@@ -161,28 +161,31 @@ def test_prefetch_runs_a_fact_asked_for_twice_once() -> None:
 
 
 def test_prefetch_runs_a_shared_answer_once_for_all_its_facts(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The watchdog, panic and timesyncd facts all print the container type: read together, one
-    ``systemd-detect-virt`` runs (a real shell, with a stand-in detect-virt that counts its runs); each fact
-    gets the same answer as when read alone."""
+    """The watchdog, panic and timesyncd facts all print the systemd manager's properties (the container type,
+    the runtime watchdog): read together, one ``systemctl show`` runs (a real shell, with a stand-in systemctl
+    that counts its runs); each fact gets the same answer as when read alone."""
     from portable_k3s.facts.hardware import PanicSysctl, Watchdog
     from portable_k3s.facts.timesync import Timesyncd
 
     runs = tmp_path / "runs"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "systemd-detect-virt").write_text(f"#!/bin/sh\necho run >> {runs}\necho systemd-nspawn\n")
-    (bin_dir / "systemd-detect-virt").chmod(0o755)
+    (bin_dir / "systemctl").write_text(
+        f"#!/bin/sh\necho run >> {runs}\nprintf 'Virtualization=systemd-nspawn\\nRuntimeWatchdogUSec=15s\\n'\n"
+    )
+    (bin_dir / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     reads = [(Watchdog, {"path": str(tmp_path / "w.conf")}), (PanicSysctl, {"path": str(tmp_path / "p.conf")}),
              (Timesyncd, {"path": str(tmp_path / "t.conf")})]
     host = LocalShellHost()
     assert prefetch(host, reads) == 3 and len(host.commands) == 1
     assert runs.read_text().splitlines() == ["run"]
+    assert shared_fact(host, Watchdog, **reads[0][1])["runtime_watchdog_sec"] == 15
     for fact, kwargs in reads:
         assert shared_fact(host, fact, **kwargs)["container"] == "systemd-nspawn"
         alone = subprocess.run(["sh", "-c", StringCommand(fact().command(**kwargs)).get_raw_value()],
                                capture_output=True, text=True).stdout.splitlines()
-        assert fact().process(alone)["container"] == "systemd-nspawn"
+        assert fact().process(alone) == shared_fact(host, fact, **kwargs)
     assert host.reads == [] and len(runs.read_text().splitlines()) == 4  # then once per fact read alone
 
 
