@@ -10,8 +10,8 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Hostname
 
 from ..connection import tcp_nodelay
+from ..facts.files import FileStates
 from ..facts.services import ServiceStates
-from ..facts.ssh import SshdHardening
 from ..facts.timesync import Timesyncd
 from ..operations import hostname, packages, prefetch, ssh, timesync
 
@@ -41,9 +41,10 @@ def base_host() -> None:
     + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
     """
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    # sshd's hardening reads its drop-in's checksum; the rest of its state (SshdHardening) only when it changes.
     prefetch.facts(name="Read the base state in one command", reads=[
-        (Hostname, {}), (DebPackages, {}), (Timesyncd, {"path": timesync.TIMESYNCD_DROPIN}),
-        (ServiceStates, {"units": (timesync.TIMESYNCD_UNIT,)}), (SshdHardening, {"path": ssh.HARDENING_DROPIN}),
+        (Hostname, {}), (DebPackages, {}), (Timesyncd, {}), (FileStates, {"paths": (timesync.TIMESYNCD_DROPIN,)}),
+        (ServiceStates, {"units": (timesync.TIMESYNCD_UNIT,)}), (FileStates, {"paths": (ssh.HARDENING_DROPIN,)}),
     ], early=True)
     hostname.named(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))
     packages.installed(

@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from ..connection import tcp_nodelay
+from ..facts.files import FileStates
 from ..facts.hardware import Firmware, PanicSysctl, Watchdog
 from ..operations import hardware, prefetch
 
@@ -61,7 +62,8 @@ def node_baseline() -> None:
     # One command reads the firmware (for the policy check, unless every check is off) and the watchdog and
     # panic settings.
     prefetch.facts(name="Read the firmware, watchdog and panic settings in one command", reads=[
-        (Watchdog, {"path": hardware.WATCHDOG_DROPIN}), (PanicSysctl, {"path": hardware.PANIC_SYSCTL}),
+        (Watchdog, {}), (FileStates, {"paths": (hardware.WATCHDOG_DROPIN,)}),
+        (PanicSysctl, {}), (FileStates, {"paths": (hardware.PANIC_SYSCTL,)}),
     ], static=[(Firmware, {})] if set(policy.values()) != {"off"} else [], early=True)
     # Its only command, on a host that fails the policy, is the one that fails the host: pyinfra then runs
     # nothing more there. (Asking for its outcome here would read the firmware while planning: a round trip of

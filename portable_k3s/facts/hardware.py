@@ -632,7 +632,6 @@ def timespan_seconds(text: str) -> int | None:
 
 
 class WatchdogInfo(TypedDict):
-    dropin_sha256: str | None
     container: str | None
     runtime_watchdog_sec: int | None
     devices: list[str]
@@ -640,14 +639,13 @@ class WatchdogInfo(TypedDict):
 
 class Watchdog(FactBase[WatchdogInfo]):
     """
-    Returns the systemd watchdog setup: the checksum of our ``system.conf.d`` drop-in (``None`` when
-    absent), the container type when the host is one, the ``RuntimeWatchdogSec`` the running systemd
-    manager uses (seconds; ``None`` when unreadable), and the hardware watchdog devices with their driver.
+    Returns the systemd watchdog setup: the container type when the host is one, the ``RuntimeWatchdogSec`` the
+    running systemd manager uses (seconds; ``None`` when unreadable), and the hardware watchdog devices with
+    their driver. (The drop-in's checksum is ``files.FileStates``': one ``sha256sum`` with the other files'.)
 
     .. code:: python
 
-        {"dropin_sha256": "77ab…", "container": None, "runtime_watchdog_sec": 15,
-         "devices": ["watchdog0 iTCO_wdt"]}
+        {"container": None, "runtime_watchdog_sec": 15, "devices": ["watchdog0 iTCO_wdt"]}
     """
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
@@ -656,12 +654,10 @@ class Watchdog(FactBase[WatchdogInfo]):
 
     @staticmethod
     def default() -> WatchdogInfo:
-        return {"dropin_sha256": None, "container": None, "runtime_watchdog_sec": None, "devices": []}
+        return {"container": None, "runtime_watchdog_sec": None, "devices": []}
 
-    def command(self, path: str) -> StringCommand:
+    def command(self) -> StringCommand:
         return StringCommand(
-            sha256_of(path),
-            next_section(),
             shared_value(MANAGER),
             next_section(),
             'for w in /sys/class/watchdog/watchdog*; do [ -e "$w" ] &&',
@@ -669,10 +665,9 @@ class Watchdog(FactBase[WatchdogInfo]):
         )
 
     def process(self, output: list[str]) -> WatchdogInfo:
-        sha, manager, devices = sections(output, 3)
+        manager, devices = sections(output, 2)
         runtime = manager_property(manager, "RuntimeWatchdogUSec")
         return {
-            "dropin_sha256": checksum(sha[0] if sha else ""),
             "container": container_of(manager),
             "runtime_watchdog_sec": timespan_seconds(runtime) if runtime else None,
             "devices": [line for line in devices if line],
@@ -684,7 +679,6 @@ class Watchdog(FactBase[WatchdogInfo]):
 
 
 class PanicSysctlInfo(TypedDict):
-    config_sha256: str | None
     container: str | None
     panic: int | None
     panic_on_oops: int | None
@@ -693,14 +687,14 @@ class PanicSysctlInfo(TypedDict):
 
 class PanicSysctl(FactBase[PanicSysctlInfo]):
     """
-    Returns the kernel panic settings: the checksum of our ``sysctl.d`` file (``None`` when absent), the
-    container type when the host is one, the running ``kernel.panic`` (seconds before rebooting after a
-    panic, 0 = never) and ``kernel.panic_on_oops``, and whether ``/proc/sys`` can be written (it cannot in
-    a container: these settings are not namespaced, they belong to the container host).
+    Returns the kernel panic settings: the container type when the host is one, the running ``kernel.panic``
+    (seconds before rebooting after a panic, 0 = never) and ``kernel.panic_on_oops``, and whether ``/proc/sys``
+    can be written (it cannot in a container: these settings are not namespaced, they belong to the container
+    host). (The ``sysctl.d`` file's checksum is ``files.FileStates``'.)
 
     .. code:: python
 
-        {"config_sha256": "1f0e…", "container": None, "panic": 10, "panic_on_oops": 1, "writable": True}
+        {"container": None, "panic": 10, "panic_on_oops": 1, "writable": True}
     """
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
@@ -709,12 +703,10 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
 
     @staticmethod
     def default() -> PanicSysctlInfo:
-        return {"config_sha256": None, "container": None, "panic": None, "panic_on_oops": None, "writable": False}
+        return {"container": None, "panic": None, "panic_on_oops": None, "writable": False}
 
-    def command(self, path: str) -> StringCommand:
+    def command(self) -> StringCommand:
         return StringCommand(
-            sha256_of(path),
-            next_section(),
             # read, not cat: no program run (its status is 1 on /proc files, which end at EOF for it)
             "v=; read -r v 2>/dev/null </proc/sys/kernel/panic; echo \"$v\";",
             next_section(),
@@ -726,10 +718,9 @@ class PanicSysctl(FactBase[PanicSysctlInfo]):
         )
 
     def process(self, output: list[str]) -> PanicSysctlInfo:
-        sha, panic, on_oops, writable = first_lines(output, 4)
+        panic, on_oops, writable = first_lines(output, 3)
         return {
-            "config_sha256": checksum(sha),
-            "container": container_of(sections(output, 5)[4]),
+            "container": container_of(sections(output, 4)[3]),
             "panic": _int(panic),
             "panic_on_oops": _int(on_oops),
             "writable": writable == "yes",

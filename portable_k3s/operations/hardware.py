@@ -16,6 +16,7 @@ from pyinfra import host, logger
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
+from ..facts.files import FileStates
 from ..facts.hardware import (
     LOGIND_KEYS,
     SLEEP_TARGETS,
@@ -30,7 +31,7 @@ from ..facts.hardware import (
     Watchdog,
 )
 from ..render import render, sha256
-from .util import forget, shared_fact
+from .util import file_checksum, forget, shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
 WATCHDOG_DROPIN = "/etc/systemd/system.conf.d/90-portable-k3s-watchdog.conf"
@@ -432,18 +433,21 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool =
     low, high = WATCHDOG_SEC_RANGE
     if not (_is_int(runtime_sec) and (runtime_sec == 0 or low <= runtime_sec <= high)):
         raise OperationValueError(f"runtime_sec: {runtime_sec!r} (expected 0 (off) or {low}-{high} seconds)")
-    info = shared_fact(host, Watchdog, path=path)
+    info = shared_fact(host, Watchdog)
     forget(host, Watchdog)  # read again by whoever asks next: this operation may change it
+    current = file_checksum(host, path)
     if not present:
-        if info["dropin_sha256"] is None:
+        if current is None:
             host.noop("the watchdog drop-in is absent")
             return
+        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         yield "systemctl daemon-reexec"
         return
     content = render("node_baseline/watchdog.conf.j2", runtime_sec=runtime_sec)
-    changed = info["dropin_sha256"] != sha256(content)
+    changed = current != sha256(content)
     if changed:
+        forget(host, FileStates)
         yield from _upload(content, path)
     if changed or info["runtime_watchdog_sec"] != runtime_sec:
         yield "systemctl daemon-reexec"
@@ -490,19 +494,22 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
         raise OperationValueError(f"reboot_sec: {reboot_sec!r} (expected an integer {low}-{high}, 0 = never)")
     if not isinstance(on_oops, bool):
         raise OperationValueError(f"on_oops: {on_oops!r} (expected True or False)")
-    info = shared_fact(host, PanicSysctl, path=path)
+    info = shared_fact(host, PanicSysctl)
     forget(host, PanicSysctl)  # read again by whoever asks next: this operation may change it
+    current = file_checksum(host, path)
     if not present:
-        if info["config_sha256"] is None:
+        if current is None:
             host.noop(f"{path} is absent")
             return
+        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         if info["writable"]:
             yield "sysctl -q -w kernel.panic=0 kernel.panic_on_oops=0"
         return
     content = render("node_baseline/panic-sysctl.conf.j2", reboot_sec=reboot_sec, on_oops=on_oops)
-    changed = info["config_sha256"] != sha256(content)
+    changed = current != sha256(content)
     if changed:
+        forget(host, FileStates)
         yield from _upload(content, path)
     differs = (info["panic"], info["panic_on_oops"]) != (reboot_sec, int(on_oops))
     if info["writable"]:

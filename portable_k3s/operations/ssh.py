@@ -8,9 +8,10 @@ from pyinfra import host
 from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
+from ..facts.files import FileStates
 from ..facts.ssh import SSHD_DROPIN_DIR, SshdHardening
 from ..render import render, sha256
-from .util import forget, shared_fact
+from .util import file_checksum, forget, shared_fact
 
 HARDENING_DROPIN = f"{SSHD_DROPIN_DIR}/01-portable-k3s-hardening.conf"
 PERMIT_ROOT_LOGIN = ("prohibit-password", "no")
@@ -39,20 +40,23 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
         raise OperationValueError(
             f"permit_root_login: {permit_root_login!r} (expected one of {', '.join(PERMIT_ROOT_LOGIN)})"
         )
-    info = shared_fact(host, SshdHardening, path=path)
-    forget(host, SshdHardening)  # read again by whoever asks next: this operation may change it
+    current = file_checksum(host, path)
     if not present:
-        if info["dropin_sha256"] is None:
+        if current is None:
             host.noop("sshd hardening is absent")
             return
+        forget(host, FileStates)
         yield StringCommand(
             "rm -f", QuoteString(path), "&& sshd -t && systemctl try-reload-or-restart ssh.service"
         )
         return
     content = render("sshd_hardening.conf.j2", permit_root_login=permit_root_login)
-    if info["dropin_sha256"] == sha256(content):
+    if current == sha256(content):
         host.noop("sshd hardening is in place")
         return
+    info = shared_fact(host, SshdHardening)
+    forget(host, SshdHardening)  # read again by whoever asks next: this operation changes it
+    forget(host, FileStates)
     if not info["includes_dropins"]:
         raise OperationError(
             f"/etc/ssh/sshd_config does not include {SSHD_DROPIN_DIR}/*.conf, so the hardening would not apply "

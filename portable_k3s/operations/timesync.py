@@ -9,10 +9,11 @@ from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 from pyinfra.api.command import FileUploadCommand
 
+from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..render import render, sha256
-from .util import forget, shared_fact
+from .util import file_checksum, forget, shared_fact
 
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 TIMESYNCD_UNIT = "systemd-timesyncd.service"
@@ -43,23 +44,25 @@ def timesyncd(
     """
     if present and not servers:
         raise OperationValueError("servers: empty (expected at least one NTP server)")
-    info = shared_fact(host, Timesyncd, path=path)
-    forget(host, Timesyncd)  # read again by whoever asks next: this operation may change it
+    info = shared_fact(host, Timesyncd)
+    current = file_checksum(host, path)
     unit = shared_fact(host, ServiceStates, units=(TIMESYNCD_UNIT,)).get(TIMESYNCD_UNIT, {"active": False,
                                                                                         "enabled": ""})
     active, enabled = unit["active"], unit["enabled"] == "enabled"
     if not present:
-        if info["config_sha256"] is None:
+        if current is None:
             host.noop("timesyncd drop-in is absent")
             return
+        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         if active:
             forget(host, ServiceStates)
             yield f"systemctl restart {TIMESYNCD_UNIT}"
         return
     content = render("timesyncd.conf.j2", servers=servers, fallback=fallback or [])
-    changed = info["config_sha256"] != sha256(content)
+    changed = current != sha256(content)
     if changed:
+        forget(host, FileStates)
         yield StringCommand("mkdir -p", QuoteString(os.path.dirname(path) or "."))
         yield FileUploadCommand(StringIO(content), path)
     if not enabled:

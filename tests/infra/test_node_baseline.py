@@ -75,7 +75,7 @@ def test_panic_reboots(host, node_data):
     sysctl = host.file(hardware.PANIC_SYSCTL)
     assert sysctl.exists
     assert sysctl.content_string == render("node_baseline/panic-sysctl.conf.j2", reboot_sec=reboot_sec, on_oops=on_oops)
-    info = _fact(host, hw.PanicSysctl(), hardware.PANIC_SYSCTL)
+    info = _fact(host, hw.PanicSysctl())
     if info["writable"]:
         assert (info["panic"], info["panic_on_oops"]) == (reboot_sec, int(on_oops))
     else:

@@ -824,7 +824,7 @@ def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any
     from portable_k3s.facts.util import SEPARATOR
 
     # A fresh host whose deploying user has one authorized key (else the sshd hardening refuses to plan).
-    answer = ["-", SEPARATOR, "yes", SEPARATOR, "root", SEPARATOR, "1"]
+    answer = ["yes", SEPARATOR, "root", SEPARATOR, "1"]
     fake_connector.responses = {
         "authorized_keys": "\n".join(answer), "uname -s": "Linux", "uname -m": "x86_64",
         "command -v useradd": "/usr/sbin/useradd",

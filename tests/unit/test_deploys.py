@@ -17,6 +17,7 @@ from pyinfra.api.operations import run_ops
 
 from portable_k3s.deploys import base
 from portable_k3s.deploys.base import DEFAULTS, base_host
+from portable_k3s.operations import ssh, timesync
 from portable_k3s.operations.util import PREFETCH_MARK
 from portable_k3s.render import render, sha256
 from tests.fake_connector import FakeConnector
@@ -40,9 +41,11 @@ FACT_COMMANDS = {
     "os": r"^uname -s$",
     "dpkg": r"\( dpkg -l \)",
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
-    "timesyncd": r"^sha256sum /etc/systemd/timesyncd\.conf\.d/",
+    "timesyncd": r"^echo \"\$\{PORTABLE_K3S_MANAGER-",
+    "timesyncd drop-in": r"^stat -c 'stat %a %U %G %n' -- /etc/systemd/timesyncd\.conf\.d/",
     "timesyncd unit": r"^systemctl show -p Id -p ActiveState -p UnitFileState -- systemd-timesyncd\.service",
-    "sshd": r"^sha256sum /etc/ssh/sshd_config\.d/",
+    "sshd drop-in": r"^stat -c 'stat %a %U %G %n' -- /etc/ssh/sshd_config\.d/",
+    "sshd": r"^grep -Eiq '\^\[\[:space:\]\]\*Include",
 }
 
 
@@ -65,6 +68,11 @@ def _dpkg(packages: Iterable[str]) -> str:
     return "\n".join(header + [f"ii  {name}  1.0-1  amd64  the {name} package" for name in packages])
 
 
+def _file_state(path: str, text: str) -> str:
+    """``FileStates``' output for one file that holds ``text`` (mode 644, root's)."""
+    return f"stat 644 root root {path}\n{sha256(text)}  {path}"
+
+
 def _fresh_responses(hostname: str = "debian", keys: int = 1, user: str = "root") -> dict[str, str]:
     """A Debian host before the first deploy: default hostname, only some base packages, no drop-ins,
     timesyncd not installed, ``user`` logs in with ``keys`` keys."""
@@ -72,9 +80,9 @@ def _fresh_responses(hostname: str = "debian", keys: int = 1, user: str = "root"
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg(["ca-certificates", "gnupg", "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer("-", ""),
+        FACT_COMMANDS["timesyncd"]: "",
         FACT_COMMANDS["timesyncd unit"]: "Id=systemd-timesyncd.service\nActiveState=inactive\nUnitFileState=",
-        FACT_COMMANDS["sshd"]: _answer("-", "yes", user, str(keys)),
+        FACT_COMMANDS["sshd"]: _answer("yes", user, str(keys)),
     }
 
 
@@ -86,9 +94,11 @@ def _converged_responses(hostname: str) -> dict[str, str]:
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg([*ALL_PACKAGES, "openssh-server"]),
-        FACT_COMMANDS["timesyncd"]: _answer(sha256(timesyncd), ""),
+        FACT_COMMANDS["timesyncd"]: "",
+        FACT_COMMANDS["timesyncd drop-in"]: _file_state(timesync.TIMESYNCD_DROPIN, timesyncd),
         FACT_COMMANDS["timesyncd unit"]: "Id=systemd-timesyncd.service\nActiveState=active\nUnitFileState=enabled",
-        FACT_COMMANDS["sshd"]: _answer(sha256(sshd), "yes", "root", "2"),
+        FACT_COMMANDS["sshd drop-in"]: _file_state(ssh.HARDENING_DROPIN, sshd),
+        FACT_COMMANDS["sshd"]: _answer("yes", "root", "2"),
     }
 
 

@@ -363,8 +363,9 @@ def _rendered_by_operations(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[s
     monkeypatch.setattr(hardware, "render", spy)
     facts = {
         "hardware.LidSwitch": {f"path={hardware.LOGIND_DROPIN}": hw.LidSwitch.default()},
-        "hardware.Watchdog": {f"path={hardware.WATCHDOG_DROPIN}": hw.Watchdog.default()},
-        "hardware.PanicSysctl": {f"path={hardware.PANIC_SYSCTL}": hw.PanicSysctl.default()},
+        "hardware.Watchdog": hw.Watchdog.default(),
+        "hardware.PanicSysctl": hw.PanicSysctl.default(),
+        "files.FileStates": {f"paths=('{hardware.WATCHDOG_DROPIN}',)": {}, f"paths=('{hardware.PANIC_SYSCTL}',)": {}},
         "hardware.ManagedUnit": {f"path={hardware.BATTERY_UNIT}": hw.ManagedUnit.default(),
                                  f"path={hardware.CONSOLE_UNIT}": hw.ManagedUnit.default()},
         "hardware.Battery": captured(hw.Battery, "t420_coreboot_thresholds"),
@@ -537,8 +538,10 @@ FACT_PATTERNS = {
     "SleepTargets": r"^systemctl show -p Id -p LoadState",
     "Console": r"^\[ -e /dev/tty1 \]",
     "LidSwitch": r"^sha256sum /etc/systemd/logind\.conf\.d/",
-    "Watchdog": r"^sha256sum /etc/systemd/system\.conf\.d/",
-    "PanicSysctl": r"^sha256sum /etc/sysctl\.d/",
+    "Watchdog": r'^echo "\$\{PORTABLE_K3S_MANAGER-.*/sys/class/watchdog',
+    "PanicSysctl": r"^v=; read -r v 2>/dev/null </proc/sys/kernel/panic;",
+    "WatchdogDropin": r"^stat -c 'stat %a %U %G %n' -- /etc/systemd/system\.conf\.d/",
+    "PanicDropin": r"^stat -c 'stat %a %U %G %n' -- /etc/sysctl\.d/",
     "ManagedUnit": r"^sha256sum /etc/systemd/system/portable-k3s-",
 }
 FACT_RE = re.compile("|".join(FACT_PATTERNS.values()))
@@ -554,6 +557,11 @@ LAPTOP_OPS = [
 ]
 SERVER_OPS = [*LAPTOP_OPS[:2], *LAPTOP_OPS[-2:]]
 AFTER = "Deployed after the baseline"
+
+
+def file_state(path: str, text: str) -> str:
+    """``FileStates``' output for one file that holds ``text`` (mode 644, root's)."""
+    return f"stat 644 root root {path}\n{sha256(text)}  {path}"
 
 
 def fresh_t420_responses(firmware: str = "t420_coreboot") -> dict[str, str]:
@@ -727,6 +735,11 @@ def test_converged_laptop_changes_nothing(fake: type[FakeConnector]) -> None:
         FACT_PATTERNS["LidSwitch"]: output_text("LidSwitch", "t420_converged"),
         FACT_PATTERNS["Watchdog"]: output_text("Watchdog", "t420_converged"),
         FACT_PATTERNS["PanicSysctl"]: output_text("PanicSysctl", "bare_metal_converged"),
+        FACT_PATTERNS["WatchdogDropin"]: file_state(hardware.WATCHDOG_DROPIN, render(
+            "node_baseline/watchdog.conf.j2", runtime_sec=DEFAULTS["watchdog_sec"])),
+        FACT_PATTERNS["PanicDropin"]: file_state(hardware.PANIC_SYSCTL, render(
+            "node_baseline/panic-sysctl.conf.j2", reboot_sec=DEFAULTS["kernel_panic_reboot_sec"],
+            on_oops=DEFAULTS["kernel_panic_on_oops"])),
         r"^sha256sum /etc/systemd/system/portable-k3s-battery": "\n".join([sha256(battery_unit), "", SEP,
                                                                                "enabled", "", SEP, "active"]),
         r"^sha256sum /etc/systemd/system/portable-k3s-console": "\n".join([sha256(console_unit), "", SEP,

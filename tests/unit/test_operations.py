@@ -71,14 +71,8 @@ def test_hardened_upload_goes_through_a_location_a_sudo_login_user_can_write() -
     from portable_k3s.operations import ssh
 
     facts = {
-        "ssh.SshdHardening": {
-            f"path={ssh.HARDENING_DROPIN}": {
-                "dropin_sha256": None,
-                "includes_dropins": True,
-                "login_user": "admin",
-                "authorized_keys": 1,
-            }
-        }
+        "ssh.SshdHardening": {"includes_dropins": True, "login_user": "admin", "authorized_keys": 1},
+        "files.FileStates": {f"paths=('{ssh.HARDENING_DROPIN}',)": {}},
     }
     upload = _run_operation(ssh.hardened, facts)[0]
 
@@ -100,7 +94,8 @@ def test_timesyncd_quotes_the_drop_in_directory() -> None:
 
     path = "/etc/systemd/timesyncd.conf.d/site a/portable-k3s.conf"
     facts = {
-        "timesync.Timesyncd": {f"path={path}": {"container": None, "config_sha256": None}},
+        "timesync.Timesyncd": {"container": None},
+        "files.FileStates": {f"paths=('{path}',)": {}},
         "services.ServiceStates": {
             "units=('systemd-timesyncd.service',)": {
                 "systemd-timesyncd.service": {"active": True, "enabled": "enabled"},

@@ -175,8 +175,7 @@ def test_prefetch_runs_a_shared_answer_once_for_all_its_facts(tmp_path, monkeypa
     )
     (bin_dir / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    reads = [(Watchdog, {"path": str(tmp_path / "w.conf")}), (PanicSysctl, {"path": str(tmp_path / "p.conf")}),
-             (Timesyncd, {"path": str(tmp_path / "t.conf")})]
+    reads = [(Watchdog, {}), (PanicSysctl, {}), (Timesyncd, {})]
     host = LocalShellHost()
     assert prefetch(host, reads) == 3 and len(host.commands) == 1
     assert runs.read_text().splitlines() == ["run"]

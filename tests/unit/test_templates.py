@@ -52,13 +52,13 @@ def _captured_contexts(
 
 
 def _sshd_facts(path: str = SSHD_PATH) -> dict:
-    info = {"dropin_sha256": None, "includes_dropins": True, "login_user": "admin", "authorized_keys": 1}
-    return {"ssh.SshdHardening": {f"path={path}": info}}
+    info = {"includes_dropins": True, "login_user": "admin", "authorized_keys": 1}
+    return {"ssh.SshdHardening": info, "files.FileStates": {f"paths=('{path}',)": {}}}
 
 
 def _timesyncd_facts(path: str = TIMESYNCD_PATH) -> dict:
     unit = {"systemd-timesyncd.service": {"active": False, "enabled": "disabled"}}
-    return {"timesync.Timesyncd": {f"path={path}": {"container": None, "config_sha256": None}},
+    return {"timesync.Timesyncd": {"container": None}, "files.FileStates": {f"paths=('{path}',)": {}},
             "services.ServiceStates": {"units=('systemd-timesyncd.service',)": unit}}
 
 
