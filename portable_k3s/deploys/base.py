@@ -6,11 +6,11 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import Hostname
 
 from ..connection import tcp_nodelay
 from ..facts.files import FileStates
+from ..facts.hostname import NodeName
+from ..facts.packages import InstalledPackages
 from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..operations import hostname, packages, prefetch, ssh, timesync
@@ -43,7 +43,7 @@ def base_host() -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     # sshd's hardening reads its drop-in's checksum; the rest of its state (SshdHardening) only when it changes.
     prefetch.facts(name="Read the base state in one command", reads=[
-        (Hostname, {}), (DebPackages, {}), (Timesyncd, {}), (FileStates, {"paths": (timesync.TIMESYNCD_DROPIN,)}),
+        (NodeName, {}), (InstalledPackages, {}), (Timesyncd, {}), (FileStates, {"paths": (timesync.TIMESYNCD_DROPIN,)}),
         (ServiceStates, {"units": (timesync.TIMESYNCD_UNIT,)}), (FileStates, {"paths": (ssh.HARDENING_DROPIN,)}),
     ], early=True)
     hostname.named(name="Set the hostname", hostname=host.data.hostname or default_hostname(host.name))

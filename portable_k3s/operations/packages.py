@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import operation
-from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt
 
+from ..facts.packages import InstalledPackages
 from .util import forget, shared_fact
 
 
@@ -25,10 +25,10 @@ def installed(packages: list[str], cache_time: int = 3600):
 
         packages.installed(name="Base packages", packages=["curl", "jq"])
     """
-    present = shared_fact(host, DebPackages)  # one package list per host, for every installed() on it
+    present = shared_fact(host, InstalledPackages)  # one package list per host, for every installed() on it
     missing = [name for name in packages if name not in present]
     if not missing:
         host.noop(f"{len(packages)} packages are installed")
         return
-    forget(host, DebPackages)
+    forget(host, InstalledPackages)
     yield from apt.packages._inner(packages=missing, update=True, cache_time=cache_time, no_recommends=True)

@@ -36,10 +36,11 @@ ALL_PACKAGES = [*DEFAULTS["base_packages"], "systemd-timesyncd"]
 
 # The fact commands base_host runs (ours and pyinfra's), recognised by a pattern each.
 FACT_COMMANDS = {
-    "hostname": r"^uname -n$",
+    "hostname": r"^v=; read -r v 2>/dev/null </proc/sys/kernel/hostname;",
     "hostnamectl": r"^command -v hostnamectl",
     "os": r"^uname -s$",
-    "dpkg": r"\( dpkg -l \)",
+    "dpkg": r"\( dpkg-query -W ",
+    "apt's dpkg": r"\( dpkg -l \)",  # apt.packages' own read, when it installs something
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
     "timesyncd": r"^echo \"\$\{PORTABLE_K3S_MANAGER-",
     "timesyncd drop-in": r"^stat -c 'stat %a %U %G %n' -- /etc/systemd/timesyncd\.conf\.d/",
@@ -60,6 +61,11 @@ def _answer(*sections: Iterable[str] | str) -> str:
 
 
 def _dpkg(packages: Iterable[str]) -> str:
+    return "\n".join(f"ii  {name} 1.0-1" for name in packages)
+
+
+def _dpkg_list(packages: Iterable[str]) -> str:
+    """``dpkg -l``'s table, which pyinfra's ``DebPackages`` (read by ``apt.packages``) parses."""
     header = [
         "Desired=Unknown/Install/Remove/Purge/Hold",
         "||/ Name           Version      Architecture Description",
@@ -80,6 +86,7 @@ def _fresh_responses(hostname: str = "debian", keys: int = 1, user: str = "root"
         FACT_COMMANDS["hostname"]: hostname,
         FACT_COMMANDS["hostnamectl"]: "/usr/bin/hostnamectl",
         FACT_COMMANDS["dpkg"]: _dpkg(["ca-certificates", "gnupg", "openssh-server"]),
+        FACT_COMMANDS["apt's dpkg"]: _dpkg_list(["ca-certificates", "gnupg", "openssh-server"]),
         FACT_COMMANDS["timesyncd"]: "",
         FACT_COMMANDS["timesyncd unit"]: "Id=systemd-timesyncd.service\nActiveState=inactive\nUnitFileState=",
         FACT_COMMANDS["sshd"]: _answer("yes", user, str(keys)),
