@@ -54,8 +54,7 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
     if current == sha256(content):
         host.noop("sshd hardening is in place")
         return
-    info = shared_fact(host, SshdHardening)
-    forget(host, SshdHardening)  # read again by whoever asks next: this operation changes it
+    info = shared_fact(host, SshdHardening)  # only now: a converged host needs no more than the checksum
     forget(host, FileStates)
     if not info["includes_dropins"]:
         raise OperationError(

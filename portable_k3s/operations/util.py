@@ -81,7 +81,6 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
     return entry["value"]
 
 
-
 def file_checksum(host: Host, path: str) -> str | None:
     """The sha256 of the file ``path`` on ``host`` (None when it is absent): ``FileStates`` of that one path, which a
     prefetch reads with all the other files' in one ``sha256sum``. An operation that changes the file
@@ -90,6 +89,7 @@ def file_checksum(host: Host, path: str) -> str | None:
 
     state = shared_fact(host, FileStates, paths=(path,)).get(path)
     return state["sha256"] if state else None
+
 
 PREFETCH_MARK = "#portable-k3s-prefetch#"
 
