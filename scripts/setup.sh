@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-system_packages=(mmdebstrap systemd-container iptables iproute2 openssh-client ca-certificates)
+system_packages=(mmdebstrap systemd-container iptables iproute2 openssh-client ca-certificates gcc libc6-dev zstd)
 if [ "$(id -u)" = 0 ]; then
     missing=()
     for pkg in "${system_packages[@]}"; do

@@ -156,7 +156,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
             name=f"{label} airgap images", component="k3s-airgap-images", version=version,
             files={"": AIRGAP_IMAGES}, machines=image_releases,
         )
-    k3s.binary(
+    binary = k3s.binary(
         name=f"{label} binary", version=version, machines=binary_releases,
         sha256=data.k3s_sha256, node_name=node_name, role=role, via=first_server,
         drain_timeout=int(data.k3s_drain_timeout), ready_timeout=int(data.k3s_ready_timeout),
@@ -193,12 +193,17 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     if old_server is not None and moved is not None:
         k3s.cluster_reset(name=f"{label}: restore {old_server.name}'s snapshot before the first start",
                           snapshot=k3s.moved_snapshot(old_server), _if=moved.did_change)
-    # A fresh node starts here; a changed one restarts (an upgrade restarts in the binary operation, before this).
+    # A fresh node starts here; a changed one restarts. An upgrade restarts in the binary operation, before this,
+    # importing the new release's images then: new images alone restart here, with an upgrade they do not again.
     # k3s's units have no start timeout (an agent waits for its server for ever): wait k3s_ready_timeout at most.
+    settings_changed = any_changed(config, token, unit, vpn_auth)
+
+    def restart_needed() -> bool:
+        return settings_changed() or bool(images and images.did_change() and not binary.did_change())
+
     services.restarted(
         name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role),
-        timeout=int(data.k3s_ready_timeout),
-        _if=any_changed(config, token, unit, vpn_auth, *([images] if images else [])),
+        timeout=int(data.k3s_ready_timeout), _if=restart_needed,
     )
     services.running(name=f"{label}: run", service=k3s.unit_name(role), timeout=int(data.k3s_ready_timeout))
     if first and data.k3s_kubeconfig:

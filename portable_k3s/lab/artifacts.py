@@ -21,24 +21,14 @@ import gzip
 import hashlib
 import io
 import os
-import shutil
-import subprocess
 import tarfile
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .core import LabError, log
-
-
-@dataclass(frozen=True)
-class GoTool:
-    """A command built from a Go module: ``go build <package>`` at ``module@version``."""
-
-    module: str
-    packages: tuple[str, ...]
-
+from ..versions import VERSIONS
+from . import gobuild
+from .core import LabError, go_arch
+from .gobuild import GoTool
+from .images import build_airgap_images
 
 GO_TOOLS: dict[str, GoTool] = {
     "headscale": GoTool("github.com/juanfont/headscale", ("github.com/juanfont/headscale/cmd/headscale",)),
@@ -49,46 +39,13 @@ GO_TOOLS: dict[str, GoTool] = {
 HEADSCALE_PATH = "juanfont/headscale/releases/download"
 TAILSCALE_PATH = "tailscale/stable"
 K3S_PATH = "k3s-io/k3s/releases/download"
-STANDIN_SOURCE = Path(__file__).parent / "k3s_standin" / "main.go"
-
-
-def go_arch() -> str:
-    machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+SUPERVISOR_SOURCE = Path(__file__).parent / "k3s_standin"
+KUBERNETES_FORK = "github.com/k3s-io/kubernetes"
 
 
 def build_go_tool(name: str, version: str, cache_dir: str) -> Path:
-    """Build ``name`` at ``version`` (no leading v) into ``<cache_dir>/go-bin/<name>-<version>-<arch>/``, once.
-
-    A throwaway module pins the version with ``go get`` and builds from it: ``go install pkg@version`` would
-    also ask the proxy for the module's version list, which the proxy may refuse for some modules.
-    """
-    tool = GO_TOOLS[name]
-    out = Path(cache_dir) / "go-bin" / f"{name}-{version}-{go_arch()}"
-    binaries = [out / pkg.rsplit("/", 1)[1] for pkg in tool.packages]
-    if all(b.exists() for b in binaries):
-        return out
-    go = _go()
-    started = time.monotonic()
-    log(f"building {name} v{version} from its Go module (once; cached in {out})")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -mod=mod", "GOTOOLCHAIN": "local"}
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    with tempfile.TemporaryDirectory(prefix=f"portable-k3s-build-{name}-") as work:
-        steps = [
-            [go, "mod", "init", f"portable-k3s.invalid/build-{name}"],
-            [go, "get", *(f"{pkg}@v{version}" for pkg in tool.packages)],
-            [go, "build", "-ldflags=-s -w", "-o", str(partial) + "/", *tool.packages],
-        ]
-        for step in steps:
-            proc = subprocess.run(step, cwd=work, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LabError(f"building {name} v{version}: {' '.join(step)} failed:\n{proc.stderr[-3000:]}")
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
-    log(f"built {name} v{version} in {time.monotonic() - started:.0f}s")
-    return out
+    """Build ``name`` (headscale, tailscale) at ``version`` (no leading v), once; see ``gobuild.build_go_tool``."""
+    return gobuild.build_go_tool(name, GO_TOOLS[name], version, cache_dir)
 
 
 def _sha256(data: bytes) -> str:
@@ -129,47 +86,62 @@ def publish_tailscale(version: str, cache_dir: str, artifact_dir: Path) -> Path:
     return tarball
 
 
-def _go() -> str:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    if go is None:
-        raise LabError("building the lab's artifacts needs the Go toolchain (go) on PATH")
-    return go
+def kubernetes_fork_version(source_dir: Path = SUPERVISOR_SOURCE) -> str:
+    """The version of ``github.com/k3s-io/kubernetes`` the stand-in is built from (its go.mod's replace)."""
+    for line in (source_dir / "go.mod").read_text().splitlines():
+        words = line.split()
+        if words[:2] == ["k8s.io/kubernetes", "=>"] and len(words) == 4:
+            return words[3]
+    raise LabError(f"{source_dir / 'go.mod'}: no replace of k8s.io/kubernetes by {KUBERNETES_FORK}")
+
+
+def _source_hash(source_dir: Path) -> str:
+    """The sha256 of every file of the stand-in's source (Go files, go.mod, go.sum, the embedded manifests)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source_dir.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(source_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def build_k3s_standin(version: str, cache_dir: str) -> Path:
-    """Build the K3S STAND-IN (not k3s) answering as ``version``, once per version and source; cached."""
-    source = STANDIN_SOURCE.read_bytes()
-    out = Path(cache_dir) / "go-bin" / f"k3s-standin-{version}-{go_arch()}-{_sha256(source)[:12]}" / "k3s"
+    """Build the K3S STAND-IN answering as k3s ``version`` (real Kubernetes inside, see
+    ``portable_k3s/lab/k3s_standin``), once per version and source; cached."""
+    source_hash = _source_hash(SUPERVISOR_SOURCE)
+    out = Path(cache_dir) / "go-bin" / f"k3s-standin-{version}-{go_arch()}-{source_hash[:12]}" / "k3s"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath", "GOTOOLCHAIN": "local"}
-    with tempfile.TemporaryDirectory(prefix="portable-k3s-build-k3s-standin-") as work:
-        (Path(work) / "main.go").write_bytes(source)
-        steps = [
-            [_go(), "mod", "init", "portable-k3s.invalid/k3s-standin"],
-            [_go(), "build", f"-ldflags=-s -w -X main.version={version}", "-o", str(out) + ".partial", "."],
-        ]
-        for step in steps:
-            proc = subprocess.run(step, cwd=work, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise LabError(f"building the k3s stand-in {version}: {' '.join(step)} failed:\n{proc.stderr[-3000:]}")
-    os.replace(str(out) + ".partial", out)
+    fork = kubernetes_fork_version()
+    major, minor = version.lstrip("v").split(".")[:2]
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -mod=readonly", "GOTOOLCHAIN": "local"}
+    ldflags = " ".join([
+        "-s", "-w", f"-X k8s.io/component-base/version.gitVersion={version}",
+        f"-X k8s.io/component-base/version.gitMajor={major}", f"-X k8s.io/component-base/version.gitMinor={minor}",
+        f"-X main.kubernetesVersion={fork}",
+    ])
+    go = gobuild.go()
+    gobuild.run_step([go, "mod", "download"], SUPERVISOR_SOURCE, env,
+                     f"downloading the Go modules of Kubernetes {fork}, etcd and flannel (once)")
+    gobuild.run_step([go, "build", "-tags", "providerless", f"-ldflags={ldflags}", "-o", f"{out}.partial", "."],
+                     SUPERVISOR_SOURCE, env, f"building the k3s stand-in {version} around Kubernetes {fork} "
+                     "(kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, etcd, flannel; "
+                     "minutes the first time, cached in the Go build cache)")
+    os.replace(f"{out}.partial", out)
     return out
 
 
 def publish_k3s_standin(version: str, cache_dir: str, artifact_dir: Path, sha256: str | None = None) -> Path:
-    """Lay out the K3S STAND-IN as k3s's release files: ``{V}/k3s``, ``{V}/sha256sum-{arch}.txt`` and a
-    placeholder ``{V}/k3s-airgap-images-{arch}.tar.zst``
-    (``sha256`` replaces the real checksum, to publish a release whose checksum does not match)."""
+    """Lay out the K3S STAND-IN as k3s's release files: ``{V}/k3s``, ``{V}/k3s-airgap-images-{arch}.tar.zst``
+    (the lab's images, see ``images.build_airgap_images``) and ``{V}/sha256sum-{arch}.txt``
+    (``sha256`` replaces the binary's real checksum, to publish a release whose checksum does not match)."""
     data = build_k3s_standin(version, cache_dir).read_bytes()
+    # The images of the Kubernetes every stand-in embeds: the pinned k3s's (another version's fork may be refused).
+    images = build_airgap_images(cache_dir, VERSIONS["k3s"]).read_bytes()
     arch = go_arch()
     name = {"amd64": "k3s", "arm64": "k3s-arm64", "arm": "k3s-armhf"}.get(arch, "k3s")
     dest = artifact_dir / K3S_PATH / version
     dest.mkdir(parents=True, exist_ok=True)
     (dest / name).write_bytes(data)
-    # Where k3s publishes its system images: a placeholder here (the stand-in runs no containers).
-    images = f"lab placeholder for k3s-airgap-images-{arch}.tar.zst of {version}: not container images\n".encode()
     (dest / f"k3s-airgap-images-{arch}.tar.zst").write_bytes(images)
     (dest / f"sha256sum-{arch}.txt").write_text(
         f"{sha256 or _sha256(data)}  {name}\n{_sha256(images)}  k3s-airgap-images-{arch}.tar.zst\n"

@@ -4,8 +4,9 @@
 * home site: the k3s nodes behind NAT: they reach out, nothing reaches in (no port forwarding, no public IP),
   except this machine's own SSH, as the owner's laptop on the home LAN would.
 
-All hosts share one cached mmdebstrap base through per-host overlayfs. Everything ``up`` creates is recorded
-in a state file so that ``down`` can remove it, also after a crash, and is safe to run twice.
+All hosts share one cached mmdebstrap base through per-host overlayfs. Each can run kubelet, kube-proxy, containerd
+and runc (see ``Lab._nspawn_command``). Everything ``up`` creates is recorded in a state file so that ``down`` can
+remove it, also after a crash, and is safe to run twice.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ..versions import VERSIONS
 DEFAULT_STATE_DIR = "/var/lib/portable-k3s/lab"
 DEFAULT_CACHE_DIR = "/var/cache/portable-k3s"
 
-# The lab image: a minimal bookworm with systemd and sshd. The deploys install everything else.
+# The lab image: a minimal bookworm with systemd and sshd, plus the container runtime the lab's k3s stand-in runs
+# (as k3s runs its bundled one). The deploys install everything else.
 BASE_PACKAGES = (
     "systemd",
     "systemd-sysv",
@@ -43,8 +45,59 @@ BASE_PACKAGES = (
     "netcat-openbsd",
     "procps",
     "less",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
 )
-BASE_RECIPE_VERSION = "1"  # bump when the base customisation below changes
+BASE_RECIPE_VERSION = "2"  # bump when the base customisation below changes
+
+# nspawn mounts the v1 cgroup controllers read-only; runc and kubelet make cgroups in them. This unit, baked into the
+# image, makes them writable early at boot. The container's cgroup namespace is rooted at its own cgroup in every
+# hierarchy (see Lab._start), so that is all it can write to.
+CGROUPS_RW_UNIT_NAME = "portable-k3s-lab-cgroups-rw.service"
+CGROUPS_RW_UNIT = """\
+[Unit]
+Description=Writable cgroup controllers for container runtimes (portable-k3s lab host)
+DefaultDependencies=no
+Before=sysinit.target
+ConditionVirtualization=container
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for dir in $(findmnt -rn -t cgroup -O ro -o TARGET); do mount -o remount,bind,rw "$dir"; done'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+# containerd's root must be a directory of this machine: overlay snapshots cannot sit on the host's overlay root. Each
+# host's is bound here, and the k3s stand-in links k3s's own path (K3S_CONTAINERD_ROOT) to it. Bound at k3s's path,
+# it would outlive k3s's uninstall: "rm -rf /var/lib/rancher" cannot remove a mount point.
+CONTAINERD_DIR = "/var/lib/portable-k3s-lab/containerd"
+K3S_CONTAINERD_ROOT = "/var/lib/rancher/k3s/agent/containerd"
+
+# kubelet's kernel tunables, with the values it sets at start (and fails to start when it cannot). They are not
+# namespaced and /proc/sys is read-only in a lab host, so each host sees files holding these values, bound read-only
+# over them: kubelet finds them set and writes nothing, and the machine keeps its own values.
+# nspawn makes mounts below /proc inside the container, so their sources must be visible there: the host's files are
+# bound at SYSCTL_DIR first.
+SYSCTL_DIR = "/run/portable-k3s-lab/sysctl"
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": 1,
+    "vm/panic_on_oom": 0,
+    "kernel/panic": 10,
+    "kernel/panic_on_oops": 1,
+    "kernel/keys/root_maxkeys": 1000000,
+    "kernel/keys/root_maxbytes": 25000000,
+}
+
+# Beyond nspawn's defaults: reading /dev/kmsg (kubelet's OOM watcher) needs CAP_SYSLOG where kernel.dmesg_restrict
+# is 1.
+EXTRA_CAPABILITIES = ("CAP_SYSLOG",)
+
+# The machine's kernel log is bound into each host for kubelet; each host's journald need not copy all of it.
+JOURNALD_DROPIN = "[Journal]\nReadKMsg=no\n"
 
 # A password-login user that exists only in the lab image, with the kind of password the seed's old cluster had:
 # the base deploy must make it useless over SSH (tests assert that).
@@ -157,6 +210,12 @@ def log(message: str) -> None:
     print(f"lab: {message}", file=sys.stderr, flush=True)
 
 
+def go_arch() -> str:
+    """This machine's architecture as Go (and container image platforms) name it."""
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
+
+
 class Lab:
     """One lab, described by a LabConfig and recorded in ``<state_dir>/lab.json``."""
 
@@ -256,7 +315,13 @@ class Lab:
         run(["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", self.config.suite, str(tmp)])
         for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
             run(["chroot", str(tmp), "systemctl", "mask", unit], check=False)
-        run(["chroot", str(tmp), "systemctl", "enable", "systemd-networkd", "ssh"])
+        # Debian's containerd never starts by itself: the k3s stand-in starts it with its own config and socket.
+        run(["chroot", str(tmp), "systemctl", "disable", "containerd.service"])
+        run(["chroot", str(tmp), "systemctl", "mask", "containerd.service"])
+        (tmp / "usr" / "lib" / "systemd" / "system" / CGROUPS_RW_UNIT_NAME).write_text(CGROUPS_RW_UNIT)
+        (tmp / "etc" / "systemd" / "journald.conf.d").mkdir(parents=True, exist_ok=True)
+        (tmp / "etc" / "systemd" / "journald.conf.d" / "portable-k3s-lab.conf").write_text(JOURNALD_DROPIN)
+        run(["chroot", str(tmp), "systemctl", "enable", "systemd-networkd", "ssh", CGROUPS_RW_UNIT_NAME])
         for key in (tmp / "etc" / "ssh").glob("ssh_host_*"):
             key.unlink()
         (tmp / "etc" / "machine-id").write_text("")
@@ -393,12 +458,15 @@ class Lab:
         _wait_port(self.gateway("cloud"), self.config.artifact_port, 10, "the lab gateway")
 
     def _prepare_host(self, host: LabHost, base: Path) -> None:
-        """Mount the host's overlay and write its identity: hostname, machine-id, host keys, network."""
+        """Mount the host's overlay and write its identity: hostname, machine-id, host keys, network; make its
+        containerd directory and kubelet's sysctl files."""
         hdir = self.host_dir(host.name)
         root = hdir / "root"
         fresh = not (hdir / "upper").exists()
-        for sub in ("upper", "work", "root"):
+        for sub in ("upper", "work", "root", "containerd", "sysctl"):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
+        for sysctl, value in KUBELET_SYSCTLS.items():
+            (hdir / "sysctl" / sysctl.replace("/", ".")).write_text(f"{value}\n")
         if not os.path.ismount(root):
             run(["mount", "-t", "overlay", "overlay", "-o",
                  f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}", str(root)])
@@ -431,50 +499,63 @@ class Lab:
             f'Acquire::http::Proxy "{proxy}";\nAcquire::https::Proxy "{proxy}";\n'
         )
 
-    def _cgroup_dirs(self, name: str) -> list[Path]:
-        """The container's own cgroup in each hierarchy systemd uses (name=systemd v1 and/or unified v2)."""
+    def cgroup_dirs(self, name: str) -> list[Path]:
+        """The container's own cgroup in every hierarchy: name=systemd and unified first, then each v1 controller
+        (container runtimes inside make their cgroups there); under pure cgroup v2, the one."""
         root = Path("/sys/fs/cgroup")
+        leaf = Path("portable-k3s-lab") / f"{self.config.home_bridge}-{name}"
         if (root / "cgroup.controllers").exists():  # pure cgroup v2
-            return [root / "portable-k3s-lab" / f"{self.config.home_bridge}-{name}"]
-        dirs = []
-        for hierarchy in ("systemd", "unified"):
-            if (root / hierarchy / "cgroup.procs").exists():
-                dirs.append(root / hierarchy / "portable-k3s-lab" / f"{self.config.home_bridge}-{name}")
-        return dirs
+            return [root / leaf]
+        # Co-mounted controllers show up once as a directory (e.g. cpu,cpuacct) and again as symlinks to it.
+        hierarchies = [p.name for p in root.iterdir() if not p.is_symlink() and (p / "cgroup.procs").exists()]
+        hierarchies.sort(key=lambda h: (h not in ("systemd", "unified"), h))
+        return [root / hierarchy / leaf for hierarchy in hierarchies]
 
     def cpu_seconds(self) -> float:
         """CPU time the lab's hosts have used so far (their cgroups' usage), or 0.0 where it cannot be read."""
         total = 0
         for host in self.hosts():
-            for cg in self._cgroup_dirs(host.name):
+            for cg in self.cgroup_dirs(host.name):
                 stat = cg / "cpu.stat"
+                fields = {}
                 if stat.exists():
                     fields = dict(line.split() for line in stat.read_text().splitlines() if line.count(" ") == 1)
-                    total += int(fields.get("usage_usec", 0))
+                if "usage_usec" in fields:  # cgroup v2's (v1's cpu controller has none)
+                    total += int(fields["usage_usec"])
                     break
         return total / 1e6
 
     def _start(self, host: LabHost) -> int:
-        cgroups = self._cgroup_dirs(host.name)
+        cgroups = self.cgroup_dirs(host.name)
         for cg in cgroups:
-            cg.mkdir(parents=True, exist_ok=True)
+            _make_cgroup(cg)
 
         def join_cgroups() -> None:  # runs in the child before exec
             for cg in cgroups:
                 (cg / "cgroup.procs").write_text(str(os.getpid()))
 
-        bridge = self.config.cloud_bridge if host.site == "cloud" else self.config.home_bridge
         logfile = open(self.host_dir(host.name) / "console.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--network-bridge={bridge}",
-             "--resolv-conf=off", "--timezone=off", "--bind=/dev/net/tun", "--console=passive",
-             f"--machine={self._machine_name(host)}", f"--hostname={host.name}",
-             "-D", str(self.host_dir(host.name) / "root")],
-            stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self._nspawn_command(host), stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=join_cgroups,  # noqa: PLW1509 - needed to join the cgroups
         )
         logfile.close()
         return proc.pid
+
+    def _nspawn_command(self, host: LabHost) -> list[str]:
+        """The command that boots ``host``: a container that can run kubelet, kube-proxy, containerd and runc."""
+        hdir = self.host_dir(host.name)
+        bridge = self.config.cloud_bridge if host.site == "cloud" else self.config.home_bridge
+        sysctls = [f"--bind-ro={hdir / 'sysctl'}:{SYSCTL_DIR}"]
+        sysctls += [f"--bind-ro={SYSCTL_DIR}/{s.replace('/', '.')}:/proc/sys/{s}" for s in KUBELET_SYSCTLS]
+        return [
+            "systemd-nspawn", "--boot", "--register=no", "--keep-unit", f"--network-bridge={bridge}",
+            "--resolv-conf=off", "--timezone=off", "--bind=/dev/net/tun", "--bind=/dev/kmsg",
+            f"--capability={','.join(EXTRA_CAPABILITIES)}",
+            "--system-call-filter=@keyring",  # runc joins a new session keyring for each container
+            f"--bind={hdir / 'containerd'}:{CONTAINERD_DIR}", *sysctls, "--console=passive",
+            f"--machine={self._machine_name(host)}", f"--hostname={host.name}", "-D", str(hdir / "root"),
+        ]
 
     def _machine_name(self, host: LabHost) -> str:
         return f"{self.config.home_bridge}-{host.name}"
@@ -540,8 +621,8 @@ class Lab:
     def down(self, keep_state: bool = False, timeout: float = 20.0) -> None:
         """Stop and remove everything ``up`` made. Safe to run twice and after a crash.
 
-        With ``keep_state`` the hosts' disks (overlay upper dirs), keys and identity stay, so the next ``up``
-        boots the same hosts again, possibly on a renumbered home subnet.
+        With ``keep_state`` the hosts' disks (overlay upper dirs and containerd's directories), keys and identity
+        stay, so the next ``up`` boots the same hosts again, possibly on a renumbered home subnet.
         """
         state = self.load_state()
         self._adopt_names(state)
@@ -576,6 +657,7 @@ class Lab:
         """Shut the hosts down (SIGTERM to their systemd, then their cgroups killed) and unmount their roots."""
         stopping = [h for h in hosts if self._running(h)]
         for host in stopping:
+            self._kill_pods(host.name)
             os.kill(host.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for host in stopping:
@@ -621,10 +703,10 @@ class Lab:
         return next(h for h in self.hosts() if h.name == name)
 
     def reset_host(self, name: str, timeout: float = 90.0) -> LabHost:
-        """A dead disk replaced: shut ``name`` down, throw its disk away (its overlay upper dir) and boot it again
-        as a fresh host (new host keys and machine-id, same name and address)."""
+        """A dead disk replaced: shut ``name`` down, throw its disk away (its overlay upper dir and containerd's
+        directory) and boot it again as a fresh host (new host keys and machine-id, same name and address)."""
         count = self._shut_down(name)
-        for sub in ("upper", "work"):
+        for sub in ("upper", "work", "containerd"):
             shutil.rmtree(self.host_dir(name) / sub, ignore_errors=True)
         self.up(count, timeout)
         return next(h for h in self.hosts() if h.name == name)
@@ -665,8 +747,19 @@ class Lab:
                 run(["iptables", "-w", "-t", table, "-X", chain])
         state.pop("chains", None)
 
+    def _kill_pods(self, name: str) -> None:
+        """Kill the processes of the host's Kubernetes pods (its kubelet's ``kubepods`` cgroups): a container's
+        first process ignores SIGTERM, so the host's shutdown would wait for them until its stop timeout."""
+        for cg in self.cgroup_dirs(name):
+            for procs in (cg / "kubepods").rglob("cgroup.procs") if (cg / "kubepods").is_dir() else ():
+                for pid in procs.read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
     def _kill_cgroups(self, name: str) -> None:
-        for cg in self._cgroup_dirs(name):
+        for cg in self.cgroup_dirs(name):
             if not cg.exists():
                 continue
             kill_file = cg / "cgroup.kill"
@@ -681,7 +774,7 @@ class Lab:
                         pass
 
     def _remove_cgroups(self, name: str) -> None:
-        for cg in self._cgroup_dirs(name):
+        for cg in self.cgroup_dirs(name):
             if not cg.exists():
                 continue
             deadline = time.monotonic() + 5
@@ -701,6 +794,16 @@ class Lab:
                 parent.rmdir()  # the shared portable-k3s-lab parent, once empty
             except OSError:
                 pass
+
+
+def _make_cgroup(cg: Path) -> None:
+    """Make cgroup ``cg`` and its parent, each with its parent's cpuset.cpus and cpuset.mems (in the v1 cpuset
+    hierarchy a new cgroup has none, and takes no process until it has)."""
+    for directory in (cg.parent, cg):
+        directory.mkdir(exist_ok=True)
+        for knob in ("cpuset.cpus", "cpuset.mems"):
+            if (directory / knob).exists() and not (directory / knob).read_text().strip():
+                (directory / knob).write_text((directory.parent / knob).read_text())
 
 
 def _pid_matches(pid: int, needle: str) -> bool:

@@ -41,6 +41,9 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         "tailscaled_env": {"TS_DEBUG_USE_DERP_HTTP": "true"},  # DERP over plain http: the lab has no TLS
         # k3s: the lab's K3S STAND-IN (see portable_k3s/lab/artifacts.py), served where k3s's releases would be.
         "k3s_download_url": f"{artifacts}/{K3S_PATH}",
+        # The lab is airgapped, as a home cluster without internet would be: its system images (pause, CoreDNS,
+        # a test busybox, built by portable_k3s/lab/images.py) come with the release, imported by k3s at start.
+        "k3s_airgap_images": True,
         "k3s_lan": "home",
         "k3s_kubeconfig": str(lab.state_dir / "kubeconfig.yaml"),
         # Downtime alerts go to an ntfy URL on this machine, where the alert tests run an NTFY STAND-IN (ntfy is

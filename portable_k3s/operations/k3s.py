@@ -386,7 +386,9 @@ def _leftovers(found: K3sFootprintInfo, remove_data: bool) -> list[str]:
 def _uninstall_commands(remove_data: bool) -> Any:
     yield StringCommand(
         "for unit in k3s.service k3s-agent.service; do systemctl disable --now \"$unit\" 2>/dev/null || true;",
-        "done; pkill -f 'k3s/data/[^/]+/bin/containerd-shim' 2>/dev/null || true",
+        # As k3s-killall.sh: each container's shim and its first process (which takes the container with it).
+        "done; for shim in $(pgrep -f 'k3s/data/[^/]+/bin/containerd-shim'); do pkill -9 -P \"$shim\";",
+        "kill -9 \"$shim\"; done 2>/dev/null || true",
     )
     yield StringCommand("rm -f", *(QuoteString(path) for path in K3S_FILES), "&& systemctl daemon-reload")
     if remove_data:

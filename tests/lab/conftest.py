@@ -124,7 +124,10 @@ def standins(lab, converged_entrance, test_ca):
                       "nginx libnginx-mod-stream >/dev/null)", timeout=300)
         lab.ssh(name, "mkdir -p /etc/standin && cat > /etc/standin/cert.pem", input=cert)
         lab.ssh(name, "umask 077 && cat > /etc/standin/key.pem", input=key)
-        lab.ssh(name, "cat > /etc/nginx/nginx.conf && nginx -t -q && systemctl restart nginx", input=STANDIN_CONF)
+        started = lab.ssh(name, "cat > /etc/nginx/nginx.conf && nginx -t -q && systemctl restart nginx",
+                          input=STANDIN_CONF, check=False)
+        assert started.returncode == 0, (name, started.stderr, lab.ssh(
+            name, "journalctl -u nginx --no-pager -n 30; ss -lntp", check=False).stdout)
     return test_ca
 
 

@@ -1,17 +1,19 @@
-"""Lab tier: the cluster add-ons' and apps' manifests on the first server — WITH THE K3S STAND-IN.
+"""Lab tier: the cluster add-ons' and apps' manifests on the first server, applied to the lab's real Kubernetes.
 
-The lab's k3s is a stand-in (see tests/lab/test_k3s.py): it applies no manifest and runs no Helm controller, so
-these tests prove the deploy's side only: the manifests land in k3s's auto-deploy directory of the first server
-(h2) and nowhere else, 0600; Traefik's HelmChartConfig trusts exactly the entrance's real tailnet address, read from
-tailscale on h1; a second run changes nothing; an app dropped from the catalog loses its file, and its objects and
-AddOn are deleted through kubectl (the stand-in logs those calls). That k3s then applies and prunes them is
-upstream's behaviour, checked on a real cluster.
+The manifests land in k3s's auto-deploy directory of the first server (h2) and nowhere else, 0600; the lab's k3s
+stand-in applies them to the real API as k3s's deploy controller does (an AddOn per file, with the file's sha256);
+Traefik's HelmChartConfig trusts exactly the entrance's real tailnet address, read from tailscale on h1; a second run
+changes nothing; an app dropped from the catalog loses its file, its objects and its AddOn. Charts (HelmChart) are
+stored as objects but not installed: the stand-in has no Helm controller, and the apps' images cannot be pulled in
+the lab, so their pods do not run here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import runpy
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,35 @@ def test_manifests_land_on_the_first_server_only_0600(lab, converged):
         assert _listing(lab, other) == {}, other
 
 
+def _addons(lab) -> dict[str, str]:
+    """{AddOn name: spec.checksum} in kube-system."""
+    items = json.loads(lab.ssh("h2", "k3s kubectl -n kube-system get addons -o json").stdout)["items"]
+    return {item["metadata"]["name"]: item["spec"]["checksum"] for item in items}
+
+
+def test_every_manifest_is_applied_as_an_addon_with_its_checksum(lab, converged):
+    texts = {name: lab.ssh("h2", f"cat {MANIFESTS}/{name}").stdout for name in _listing(lab, "h2")}
+    # Objects of kinds that charts define (cert-manager's ClusterIssuer, Traefik's IngressRouteTCP) wait for their
+    # CRDs, as they would in k3s until the charts are installed: the stand-in installs no chart.
+    needs_charts = {name.split(".", 1)[0] for name, text in texts.items()
+                    if "apiVersion: cert-manager.io/" in text or "apiVersion: traefik.io/" in text}
+    assert needs_charts == {"portable-k3s-cluster-issuers", "portable-k3s-app-minecraft"}, needs_charts
+    wanted = {name.split(".", 1)[0]: hashlib.sha256(text.encode()).hexdigest() for name, text in texts.items()
+              if name.split(".", 1)[0] not in needs_charts}
+    deadline = time.monotonic() + 120
+    while True:
+        addons = _addons(lab)
+        if all(addons.get(name) == sha for name, sha in wanted.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert {name: addons.get(name) for name in wanted} == wanted
+    assert not needs_charts & set(addons), addons
+    # The objects are real: an app's namespace and Deployment, Traefik's HelmChartConfig, cert-manager's HelmChart.
+    assert lab.ssh("h2", "k3s kubectl -n app-blog get deployment blog -o name").stdout.strip() == "deployment.apps/blog"
+    assert lab.ssh("h2", "k3s kubectl -n kube-system get helmchartconfig traefik -o name").stdout.strip()
+    assert "addon" in lab.ssh("h2", "k3s kubectl api-resources --api-group=k3s.cattle.io -o name").stdout
+
+
 def test_traefik_trusts_the_entrances_real_tailnet_ip(lab, converged):
     entrance_ip = lab.ssh("h1", "tailscale ip -4").stdout.strip().splitlines()[0]
     assert entrance_ip.startswith("100.")
@@ -83,6 +114,8 @@ def test_a_second_run_changes_nothing(pyinfra, converged):
 
 
 def test_removing_an_app_removes_its_manifest_and_deletes_its_objects(lab, pyinfra, converged):
+    test_every_manifest_is_applied_as_an_addon_with_its_checksum(lab, converged)  # applied before it is removed
+    assert lab.ssh("h2", f"k3s kubectl get namespace app-{DROPPED} -o name").stdout.strip()
     lab.ssh("h2", "rm -f /var/lib/rancher/k3s/standin/kubectl.log")
     without = [app for app in _catalog() if app["name"] != DROPPED]
     run = pyinfra("--data", "apps=" + json.dumps(without))
@@ -93,7 +126,10 @@ def test_removing_an_app_removes_its_manifest_and_deletes_its_objects(lab, pyinf
     assert not any(name.startswith(".") for name in _listing(lab, "h2"))  # the removal finished
     calls = lab.ssh("h2", "cat /var/lib/rancher/k3s/standin/kubectl.log").stdout
     assert f"delete --ignore-not-found --wait=false -f {MANIFESTS}/.portable-k3s-app-{DROPPED}.removing.yaml" in calls
-    assert f"addon portable-k3s-app-{DROPPED}" in calls
+    assert f"portable-k3s-app-{DROPPED}" not in _addons(lab)
+    phase = lab.ssh("h2", f"k3s kubectl get namespace app-{DROPPED} -o jsonpath='{{.status.phase}}'",
+                    check=False).stdout
+    assert phase in ("", "Terminating"), phase  # its objects go with it
     same = pyinfra("--data", "apps=" + json.dumps(without))
     assert same.returncode == 0 and same.changed() == {}, same.changed()
     back = pyinfra()  # the catalog as it is: the app's manifest comes back

@@ -1,6 +1,7 @@
 """Lab tier: moving the k3s server to another machine (the seed's master became unstable), with the lab's K3S
-STAND-IN: its etcd snapshots are a JSON file of its node list and CA, restored by `k3s server --cluster-reset
---cluster-reset-restore-path` as k3s restores an etcd snapshot; real etcd is not exercised here.
+STAND-IN around real Kubernetes and etcd: `k3s etcd-snapshot save` takes a real etcd snapshot, `k3s server
+--cluster-reset --cluster-reset-restore-path` restores it (etcd's own restore; the cluster's CAs come back from the
+snapshot's bootstrap data, opened with the token, as in k3s), and objects made before the move are there after it.
 
 The owner takes the old server out of k3s_servers (into a group of its own), lists the new machine first in
 k3s_servers with `k3s_move_from` naming the old one, and runs the deploy once: snapshot on the old server, copy,
@@ -10,6 +11,7 @@ one. Runs last: it moves the server every other lab test talks to."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -19,6 +21,10 @@ from .standin import PUBLIC, tls
 def _nodes(lab, server: str) -> dict[str, dict]:
     items = json.loads(lab.ssh(server, "k3s kubectl get nodes -o json").stdout)["items"]
     return {item["metadata"]["name"]: item for item in items}
+
+
+def _ready(node: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
 
 
 def _started(lab, name: str, unit: str) -> int:
@@ -40,6 +46,7 @@ def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, standins
     before = _nodes(lab, old)
     assert set(agents) <= set(before)
     lab.ssh(old, f"k3s kubectl cordon {agents[0]}")  # cluster state that only the snapshot can carry over
+    lab.ssh(old, "k3s kubectl -n default create configmap made-before-the-move --from-literal=marker=moved")
     token = lab.ssh(old, "cat /var/lib/rancher/k3s/server/token").stdout
     agent_tokens = {a: lab.ssh(a, "sha256sum /etc/rancher/k3s/token").stdout.split()[0] for a in agents}
 
@@ -79,6 +86,14 @@ def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, standins
     after = _nodes(lab, new)
     assert old not in after and new in after and set(agents) <= set(after)  # the old node is deleted
     assert after[agents[0]]["spec"].get("unschedulable") is True  # the cordon came through the snapshot
+    marker = lab.ssh(new, "k3s kubectl -n default get configmap made-before-the-move -o jsonpath={.data.marker}")
+    assert marker.stdout == "moved"
+    # The agents' kubelets kept their credentials: the restored cluster has the same CAs.
+    deadline = time.monotonic() + 180
+    while not all(_ready(after[a]) for a in agents) and time.monotonic() < deadline:
+        time.sleep(2)
+        after = _nodes(lab, new)
+    assert all(_ready(after[a]) for a in agents), {a: after[a]["status"]["conditions"] for a in agents}
     assert lab.ssh(old, "systemctl is-active k3s.service", check=False).stdout.strip() != "active"
     assert lab.ssh(old, "test -e /usr/local/bin/k3s", check=False).returncode != 0
     nginx = lab.ssh("h1", "nginx -T 2>/dev/null").stdout

@@ -158,6 +158,12 @@ def test_deleted_node_rejoins_alone_and_keys_stay_secret(lab, pyinfra, converged
 
 
 def test_second_run_after_rejoin_changes_nothing(lab, pyinfra):
+    before = {n: lab.ssh(n, "systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus k3s-agent",
+                         check=False).stdout.split() for n in ("h3", "h4")}
     run = pyinfra()
     assert run.returncode == 0, run.stderr[-4000:]
+    if run.changed():  # what k3s did meanwhile, for whoever reads the failure
+        print("k3s-agent before this run:", before)
+        print(lab.ssh("h4", "journalctl -u k3s-agent --no-pager -o short-precise -n 3000 | grep -E "
+                            "'systemd|k3s: |exited|panic|fatal|F[0-9]{4} ' | tail -n 40", check=False).stdout)
     assert run.changed() == {}, run.changed()

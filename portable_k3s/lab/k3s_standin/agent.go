@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
@@ -360,6 +361,8 @@ state = "/run/k3s/containerd"
 	cmd := exec.Command(filepath.Join(bin, "containerd"), "-c", confPath, "-a", containerdSocket, "--state", "/run/k3s/containerd", "--root", containerdRoot)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	// containerd goes with this process (the containers' shims stay, as with k3s's KillMode=process).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("containerd: %w (the lab's hosts have Debian's containerd)", err)
 	}
@@ -409,7 +412,7 @@ func importImages(ctx context.Context) {
 		}
 		started := time.Now()
 		cmd := exec.CommandContext(ctx, "ctr", "--address", containerdSocket, "--namespace", "k8s.io", "images", "import",
-			"--all-platforms", "--no-unpack", "-")
+			"--all-platforms", "-")
 		cmd.Stdin = input
 		out, err := cmd.CombinedOutput()
 		if err != nil {

@@ -105,11 +105,12 @@ var k3sCRDs = strings.Join([]string{
 }, "---\n")
 
 type deployer struct {
-	dyn    dynamic.Interface
-	mapper *restmapper.DeferredDiscoveryRESTMapper
+	dyn       dynamic.Interface
+	mapper    *restmapper.DeferredDiscoveryRESTMapper
+	lastError map[string]string // by file name
 }
 
-func deployManifests(ctx context.Context, _ *kubernetes.Clientset) {
+func deployManifests(ctx context.Context) {
 	rc, err := clientcmd.BuildConfigFromFlags("", filepath.Join(serverDir, "cred", "supervisor.kubeconfig"))
 	if err != nil {
 		logf("deploy: %v", err)
@@ -120,12 +121,13 @@ func deployManifests(ctx context.Context, _ *kubernetes.Clientset) {
 		logf("deploy: %v", err)
 		return
 	}
-	d := &deployer{dynamic.NewForConfigOrDie(rc), restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery()))}
+	d := &deployer{dynamic.NewForConfigOrDie(rc), restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery())),
+		map[string]string{}}
 	if err := os.MkdirAll(manifestsDir, 0o700); err != nil {
 		logf("deploy: %v", err)
 	}
 	for ctx.Err() == nil {
-		if _, err := d.apply(ctx, "k3s-crds", []byte(k3sCRDs), nil); err != nil {
+		if _, err := d.apply(ctx, []byte(k3sCRDs), nil); err != nil {
 			logf("deploy: k3s's CRDs: %v", err)
 		} else {
 			d.mapper.Reset()
@@ -167,11 +169,15 @@ func (d *deployer) sync(ctx context.Context) {
 			}
 			_ = json.Unmarshal([]byte(addon.GetAnnotations()[appliedAnnotation]), &previous)
 		}
-		applied, err := d.apply(ctx, addonName, data, previous)
+		applied, err := d.apply(ctx, data, previous)
 		if err != nil {
-			logf("deploy: %s: %v", name, err)
+			if d.lastError[name] != err.Error() { // said once, not at every pass
+				logf("deploy: %s: %v (retried every 5 s)", name, err)
+				d.lastError[name] = err.Error()
+			}
 			continue // retried on the next pass: the checksum is recorded only once everything applied
 		}
+		delete(d.lastError, name)
 		refs, _ := json.Marshal(applied)
 		obj := &unstructured.Unstructured{Object: map[string]any{
 			"apiVersion": "k3s.cattle.io/v1", "kind": "AddOn",
@@ -192,7 +198,7 @@ func (d *deployer) sync(ctx context.Context) {
 
 // apply server-side-applies every object of data (CRDs first) and deletes those of previous it no longer lists;
 // it returns the applied objects' references ("group/version/Kind/namespace/name").
-func (d *deployer) apply(ctx context.Context, _ string, data []byte, previous []string) ([]string, error) {
+func (d *deployer) apply(ctx context.Context, data []byte, previous []string) ([]string, error) {
 	var objects []*unstructured.Unstructured
 	decoder := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	for {

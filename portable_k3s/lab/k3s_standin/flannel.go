@@ -58,6 +58,9 @@ func runFlannel(ctx context.Context, cfg config, node string) error {
 		return err
 	}
 	iface := cfg.str("flannel-iface")
+	if iface == "" && cfg.str("vpn-auth-file") != "" {
+		iface = "tailscale0" // k3s's own tailscale integration puts flannel on the tailnet
+	}
 	ext, err := ipmatch.LookupExtIface(iface, "", "", stack, ipmatch.PublicIPOpts{})
 	if err != nil {
 		return fmt.Errorf("flannel-iface %q: %w", iface, err)

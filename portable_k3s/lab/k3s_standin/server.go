@@ -306,7 +306,7 @@ func runServer(ctx context.Context, cfg config) error {
 	if err := writeBundledManifests(cfg); err != nil {
 		return err
 	}
-	go deployManifests(ctx, admin)
+	go deployManifests(ctx)
 	go labelServerNode(ctx, admin, cfg.nodeName())
 	// The server is an agent too: its kubelet takes its certificates from this server, through the supervisor.
 	return runAgent(ctx, cfg, agentJoin{

@@ -1,0 +1,76 @@
+"""Go builds for the lab: the toolchain, build steps that say how long they take, commands built from Go modules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import LabError, go_arch, log
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """A command built from a Go module: ``go build <package>`` at ``module@version``."""
+
+    module: str
+    packages: tuple[str, ...]
+
+
+def go() -> str:
+    """The Go toolchain's ``go``."""
+    found = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+    if found is None:
+        raise LabError("building the lab's artifacts needs the Go toolchain (go) on PATH")
+    return found
+
+
+def run_step(cmd: list[str], cwd: Path, env: Mapping[str, str], what: str) -> None:
+    """Run one build step, logging its time when done and every 30 s while it runs (cold builds take minutes)."""
+    started = time.monotonic()
+    log(f"{what} ...")
+    with tempfile.TemporaryFile() as output:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=dict(env), stdout=output, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                proc.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                log(f"{what}: still running ({time.monotonic() - started:.0f} s)")
+        output.seek(0)
+        text = output.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise LabError(f"{what}: {' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    log(f"{what}: done in {time.monotonic() - started:.0f} s")
+
+
+def build_go_tool(name: str, tool: GoTool, version: str, cache_dir: str | Path, offline: bool = False) -> Path:
+    """Build ``tool`` at ``version`` (no leading v) into ``<cache_dir>/go-bin/<name>-<version>-<arch>/``, once
+    (CGO off, ``-trimpath``, stripped); ``offline`` takes the modules from the Go module cache only.
+
+    A throwaway module pins the version with ``go get`` and builds from it: ``go install pkg@version`` would
+    also ask the proxy for the module's version list, which the proxy may refuse for some modules.
+    """
+    out = Path(cache_dir) / "go-bin" / f"{name}-{version}-{go_arch()}"
+    if all((out / pkg.rsplit("/", 1)[1]).exists() for pkg in tool.packages):
+        return out
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -mod=mod", "GOTOOLCHAIN": "local"}
+    if offline:
+        env["GOPROXY"] = "off"
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix=f"portable-k3s-build-{name}-") as work:
+        run_step([go(), "mod", "init", f"portable-k3s.invalid/build-{name}"], Path(work), env, f"{name}: go mod init")
+        run_step([go(), "get", *(f"{pkg}@v{version}" for pkg in tool.packages)], Path(work), env,
+                 f"{name} v{version}: fetching its Go module (once; cached in {out})")
+        run_step([go(), "build", "-ldflags=-s -w", "-o", str(partial) + "/", *tool.packages], Path(work), env,
+                 f"{name} v{version}: building")
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out

@@ -1,0 +1,610 @@
+"""Container images for the lab's Kubernetes nodes, built on this machine and packed like k3s's airgap images.
+
+Images cannot be pulled in the lab. A real airgapped k3s imports every tarball in
+``/var/lib/rancher/k3s/agent/images/`` into containerd when it starts; upstream publishes them as
+``k3s-airgap-images-<arch>.tar.zst``. The lab builds its own, from sources it can reach:
+
+* the pause (sandbox) image from Kubernetes' own ``build/pause/linux/pause.c`` in the Go module of the Kubernetes
+  that the pinned k3s embeds, compiled as its Makefile does (``gcc -Os -Wall -Werror -static -DVERSION=…``,
+  stripped), named as the image k3s configures for containerd's sandbox;
+* a small busybox image for tests, from Debian's ``busybox-static`` package (apt, as everything else here);
+* CoreDNS, built from its Go module (``github.com/coredns/coredns``, the default plugin set, static), named as
+  the CoreDNS image that the pinned k3s's ``coredns.yaml`` deploys.
+
+Each image is an OCI image layout tarball (``oci-layout``, ``index.json``, ``blobs/sha256/…``) that also carries
+Docker's ``manifest.json``, as ``docker save`` writes it, so containerd's and Docker's importers both name it.
+Archives are reproducible: the same inputs give the same bytes. Everything is built once and cached by its
+inputs under ``<cache_dir>/images/``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..versions import VERSIONS
+from .core import LabError, go_arch, log
+from .gobuild import GoTool, build_go_tool
+
+# containerd's name for an image without a registry part (Docker's default domain); a name, never contacted.
+DEFAULT_DOMAIN = "docker.io"
+
+# The sandbox image k3s writes into containerd's config (k3s's ``--pause-image`` default, also in its airgap image
+# list). The lab's image under this name is pause.c from the Kubernetes that the pinned k3s embeds.
+PAUSE_IMAGE = f"{DEFAULT_DOMAIN}/rancher/mirrored-pause:3.6"
+# A lab-only tag: no upstream busybox image has it.
+BUSYBOX_IMAGE = f"{DEFAULT_DOMAIN}/library/busybox:portable-k3s-lab"
+
+KUBERNETES_MODULE = "github.com/k3s-io/kubernetes"
+PAUSE_SOURCE = "build/pause/linux/pause.c"
+PAUSE_MAKEFILE = "build/pause/Makefile"
+BUSYBOX_PACKAGE = "busybox-static"
+
+# The CoreDNS image that k3s v1.35.3+k3s1 deploys (its manifests/coredns.yaml, with an empty system-default-registry;
+# its release notes list CoreDNS v1.14.2). The lab's image under this name holds CoreDNS COREDNS_VERSION built here.
+COREDNS_IMAGE = f"{DEFAULT_DOMAIN}/rancher/mirrored-coredns-coredns:1.14.2"
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_VERSION = "1.14.2"
+# Upstream's image runs as distroless's "nonroot" user; binding :53 then relies on the runtime's unprivileged-port
+# sysctl in the pod (k3s's containerd config sets enable_unprivileged_ports = true).
+COREDNS_USER = "65532:65532"
+
+# Bump when what goes into an image changes for the same inputs (the cache keys include it).
+RECIPE_VERSION = "1"
+
+AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"  # where k3s imports the tarballs from, at every start
+
+EPOCH = "1970-01-01T00:00:00Z"  # the fixed creation time of every image (reproducible bytes)
+PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
+ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file in a tar archive: a directory if ``path`` ends with ``/``, a symlink if ``link`` is set."""
+
+    path: str
+    data: bytes = b""
+    mode: int = 0o644
+    link: str = ""
+
+
+# -- names ----------------------------------------------------------------------------------------------------
+
+
+def image_platform() -> dict[str, str]:
+    """This machine's platform in OCI terms (``architecture``, ``os``, and ``variant`` for 32-bit arm)."""
+    platform = {"architecture": go_arch(), "os": "linux"}
+    if platform["architecture"] == "arm":
+        platform["variant"] = "v7"
+    return platform
+
+
+def familiar_name(name: str) -> str:
+    """``docker.io/library/busybox:x`` -> ``busybox:x``: the short form Docker writes in ``RepoTags``."""
+    if name.startswith(DEFAULT_DOMAIN + "/"):
+        name = name[len(DEFAULT_DOMAIN) + 1:]
+        if name.startswith("library/") and name.count("/") == 1:
+            name = name[len("library/"):]
+    return name
+
+
+def image_tag(name: str) -> str:
+    """The tag of ``name`` (``latest`` when it has none)."""
+    last = name.rsplit("/", 1)[-1]
+    return last.rsplit(":", 1)[1] if ":" in last else "latest"
+
+
+# -- archives -------------------------------------------------------------------------------------------------
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def tar_bytes(entries: Sequence[Entry]) -> bytes:
+    """A reproducible tar: entries sorted by path, parents first, mtime 0, owned by 0:0."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(entries, key=lambda e: e.path.rstrip("/").split("/")):
+            info = tarfile.TarInfo(entry.path.rstrip("/"))
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = entry.mode
+            if entry.path.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif entry.link:
+                info.type = tarfile.SYMTYPE
+                info.linkname = entry.link
+                info.mode = 0o777
+                tar.addfile(info)
+            else:
+                info.size = len(entry.data)
+                tar.addfile(info, io.BytesIO(entry.data))
+    return buffer.getvalue()
+
+
+def _with_parents(entries: Sequence[Entry]) -> list[Entry]:
+    """``entries`` plus a directory entry for every parent they lack (mode 0755)."""
+    paths = {e.path.rstrip("/") for e in entries}
+    parents = {}
+    for entry in entries:
+        parts = entry.path.rstrip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if parent not in paths:
+                parents[parent] = Entry(parent + "/", mode=0o755)
+    return [*entries, *parents.values()]
+
+
+def _layout_tar(
+    blobs: Mapping[str, bytes], manifests: Sequence[Mapping[str, Any]], docker_manifest: Sequence[Mapping[str, Any]]
+) -> bytes:
+    """An OCI image layout (+ Docker's manifest.json) as tar bytes."""
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": list(manifests)}
+    entries = [Entry(f"blobs/sha256/{digest.split(':', 1)[1]}", data) for digest, data in blobs.items()]
+    entries += [
+        Entry("oci-layout", _json({"imageLayoutVersion": "1.0.0"})),
+        Entry("index.json", _json(index)),
+        Entry("manifest.json", _json(list(docker_manifest))),
+    ]
+    return tar_bytes(_with_parents(entries))
+
+
+def _write_atomically(out: Path, data: bytes) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, out)
+    return out
+
+
+def oci_archive(
+    name: str, layers: Sequence[bytes], config: Mapping[str, Any], out: Path, created_by: str = "portable-k3s lab"
+) -> Path:
+    """Write image ``name`` as an OCI layout tarball at ``out``; return ``out``.
+
+    + name: the full image name (``docker.io/rancher/mirrored-pause:3.6``)
+    + layers: uncompressed layer tarballs, base first (stored gzipped; their digests become ``rootfs.diff_ids``)
+    + config: the runtime part of the image config (``Entrypoint``, ``Cmd``, ``Env``, ``User``, ``Labels``…)
+    + created_by: the history note of every layer
+
+    ``ctr images import`` / containerd's import API name it from ``io.containerd.image.name`` in index.json,
+    ``docker load`` from ``RepoTags`` in manifest.json.
+    """
+    blobs: dict[str, bytes] = {}
+    layer_descriptors: list[dict[str, Any]] = []
+    for layer in layers:
+        compressed = gzip.compress(layer, compresslevel=9, mtime=0)
+        blobs[_digest(compressed)] = compressed
+        layer_descriptors.append(
+            {"mediaType": MEDIA_LAYER_GZIP, "digest": _digest(compressed), "size": len(compressed)}
+        )
+    platform = image_platform()
+    image_config = {
+        **platform,
+        "created": EPOCH,
+        "config": dict(config),
+        "rootfs": {"type": "layers", "diff_ids": [_digest(layer) for layer in layers]},
+        "history": [{"created": EPOCH, "created_by": created_by} for _ in layers],
+    }
+    config_bytes = _json(image_config)
+    blobs[_digest(config_bytes)] = config_bytes
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": _digest(config_bytes), "size": len(config_bytes)},
+        "layers": layer_descriptors,
+    }
+    manifest_bytes = _json(manifest)
+    blobs[_digest(manifest_bytes)] = manifest_bytes
+    index_entry = {
+        "mediaType": MEDIA_MANIFEST,
+        "digest": _digest(manifest_bytes),
+        "size": len(manifest_bytes),
+        "platform": platform,
+        "annotations": {ANNOTATION_IMAGE_NAME: name, ANNOTATION_REF_NAME: image_tag(name)},
+    }
+    docker_entry = {
+        "Config": f"blobs/sha256/{_digest(config_bytes).split(':', 1)[1]}",
+        "RepoTags": [familiar_name(name)],
+        "Layers": [f"blobs/sha256/{str(d['digest']).split(':', 1)[1]}" for d in layer_descriptors],
+    }
+    return _write_atomically(out, _layout_tar(blobs, [index_entry], [docker_entry]))
+
+
+def read_archive(path: Path) -> dict[str, bytes]:
+    """The regular files of an (uncompressed) image tarball: ``{member name: bytes}``."""
+    files: dict[str, bytes] = {}
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                extracted = tar.extractfile(member)
+                if extracted is not None:
+                    files[member.name] = extracted.read()
+    return files
+
+
+def image_names(path: Path) -> list[str]:
+    """The image names in an image tarball's index.json (``io.containerd.image.name``)."""
+    index = json.loads(read_archive(path)["index.json"])
+    return [m.get("annotations", {}).get(ANNOTATION_IMAGE_NAME, "") for m in index["manifests"]]
+
+
+def merged_archive(images: Sequence[Path], out: Path) -> Path:
+    """Merge image tarballs into one (shared blobs once), as ``docker save`` of several images writes it."""
+    blobs: dict[str, bytes] = {}
+    manifests: list[dict[str, Any]] = []
+    docker_manifest: list[dict[str, Any]] = []
+    for image in images:
+        files = read_archive(image)
+        if "oci-layout" not in files or "index.json" not in files:
+            raise LabError(f"{image} is not an OCI image layout tarball (no oci-layout or index.json)")
+        for member, data in files.items():
+            if member.startswith("blobs/sha256/"):
+                blobs["sha256:" + member.rsplit("/", 1)[1]] = data
+        for manifest in json.loads(files["index.json"])["manifests"]:
+            if manifest not in manifests:
+                manifests.append(manifest)
+        for entry in json.loads(files.get("manifest.json", b"[]")):
+            if entry not in docker_manifest:
+                docker_manifest.append(entry)
+    return _write_atomically(out, _layout_tar(dict(sorted(blobs.items())), manifests, docker_manifest))
+
+
+def _run(cmd: list[str], what: str, **kwargs: Any) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode != 0:
+        raise LabError(f"{what}: {' '.join(cmd)} failed ({proc.returncode}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+    return proc.stdout
+
+
+def _zstd() -> str:
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise LabError("packing the lab's airgap images needs the zstd command (apt-get install zstd)")
+    return zstd
+
+
+def airgap_bundle(images: Sequence[Path], out: Path) -> Path:
+    """All ``images`` in ONE tarball, zstd-compressed, as k3s's ``k3s-airgap-images-<arch>.tar.zst``; return ``out``.
+
+    Reproducible: the same images in the same order give the same bytes (zstd -19, one thread).
+    """
+    zstd = _zstd()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-airgap-", dir=out.parent) as work:
+        tar = merged_archive(images, Path(work) / "images.tar")
+        partial = Path(work) / out.name
+        _run([zstd, "-q", "-19", "-T1", "-f", "-o", str(partial), str(tar)], f"compressing {out.name}")
+        os.replace(partial, out)
+    return out
+
+
+def read_bundle(path: Path) -> Path:
+    """Decompress a ``.tar.zst`` bundle into a temporary file; return its path (the caller deletes it)."""
+    fd, tar = tempfile.mkstemp(prefix="portable-k3s-airgap-", suffix=".tar")
+    os.close(fd)
+    proc = subprocess.run([_zstd(), "-q", "-d", "-f", "-o", tar, str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        os.unlink(tar)
+        raise LabError(f"zstd -d {path} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return Path(tar)
+
+
+# -- building -------------------------------------------------------------------------------------------------
+
+
+def _cache_key(*parts: str) -> str:
+    return hashlib.sha256("\0".join((RECIPE_VERSION, *parts)).encode()).hexdigest()[:12]
+
+
+def _images_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / "images"
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    log(f"{what} in {time.monotonic() - started:.1f}s")
+
+
+def kubernetes_module_version(k3s_version: str) -> str:
+    """The version of ``github.com/k3s-io/kubernetes`` that k3s ``v1.35.3+k3s1`` embeds: ``v1.35.3-k3s1``."""
+    return k3s_version.replace("+", "-")
+
+
+def kubernetes_source(k3s_version: str, offline: bool = False) -> Path:
+    """The directory of the Kubernetes module the k3s version embeds, from the Go module cache (downloaded once,
+    ~100 MB, through the Go module proxy; ``offline`` only looks in the cache)."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+    if go is None:
+        raise LabError("building the lab's pause image needs the Go toolchain (go) to fetch Kubernetes' source")
+    module = f"{KUBERNETES_MODULE}@{kubernetes_module_version(k3s_version)}"
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    if offline:
+        env["GOPROXY"] = "off"
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-kubernetes-") as work:  # outside any module
+        cmd = [go, "mod", "download", "-json", module]
+        proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    try:
+        info = json.loads(proc.stdout)
+    except ValueError:
+        info = {"Error": (proc.stderr or proc.stdout).strip()}
+    if proc.returncode != 0 or info.get("Error") or not info.get("Dir"):
+        raise LabError(f"go mod download {module} failed: {info.get('Error') or 'no Dir in its output'}")
+    return Path(info["Dir"])
+
+
+def pause_version(makefile: str, module_version: str) -> str:
+    """The ``-DVERSION`` value the pause Makefile passes: ``v$(TAG)-$(REV)`` (REV: the tag of the source, i.e. the
+    module version: ``git describe --contains`` of a tagged commit prints the tag)."""
+    for line in makefile.splitlines():
+        if line.replace(" ", "").startswith("TAG?="):
+            return f"v{line.split('=', 1)[1].strip()}-{module_version}"
+    raise LabError(f"no 'TAG ?=' line in {PAUSE_MAKEFILE}")
+
+
+def compile_pause(source_dir: Path, module_version: str, out: Path) -> str:
+    """Compile ``pause.c`` from ``source_dir`` (the Kubernetes module) as its Makefile does, stripped, into ``out``;
+    return the version string it was built with."""
+    gcc = shutil.which("gcc")
+    strip = shutil.which("strip")
+    if gcc is None or strip is None:
+        raise LabError("building the lab's pause image needs gcc and strip (apt-get install gcc libc6-dev)")
+    source = source_dir / PAUSE_SOURCE
+    if not source.exists():
+        raise LabError(f"{source} does not exist: is {source_dir} the Kubernetes module?")
+    version = pause_version((source_dir / PAUSE_MAKEFILE).read_text(), module_version)
+    _run([gcc, "-Os", "-Wall", "-Werror", "-static", f"-DVERSION={version}", "-o", str(out), str(source)],
+         "compiling pause.c")
+    _run([strip, str(out)], "stripping pause")
+    return version
+
+
+def build_pause(cache_dir: str | Path, k3s_version: str = VERSIONS["k3s"], source_dir: Path | None = None) -> Path:
+    """The pause image (:data:`PAUSE_IMAGE`) as an OCI tarball, built once per k3s version; cached.
+
+    + cache_dir: the lab's cache (the tarball goes under ``<cache_dir>/images/``)
+    + k3s_version: the k3s whose Kubernetes provides ``pause.c``
+    + source_dir: that Kubernetes module's directory (default: from the Go module cache / proxy)
+    """
+    module_version = kubernetes_module_version(k3s_version)
+    arch = go_arch()
+    out = _images_dir(cache_dir) / f"pause-{module_version}-{arch}-{_cache_key(PAUSE_IMAGE, module_version, arch)}.tar"
+    if out.exists():
+        return out
+    if source_dir is None:
+        with _step(f"found Kubernetes {module_version}'s source (Go module cache)"):
+            source_dir = kubernetes_source(k3s_version)
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-pause-") as work, _step(f"built the pause image {out.name}"):
+        binary = Path(work) / "pause"
+        version = compile_pause(source_dir, module_version, binary)
+        layer = tar_bytes([Entry("pause", binary.read_bytes(), 0o755)])
+        config = {
+            "User": "65535:65535",  # as upstream's Dockerfile
+            "Entrypoint": ["/pause"],
+            "Env": [PATH_ENV],
+            "Labels": {
+                "org.opencontainers.image.version": version,
+                "org.opencontainers.image.description": (
+                    f"pause.c {version} from {KUBERNETES_MODULE}@{module_version} {PAUSE_SOURCE}, "
+                    "built by the portable-k3s lab under the name of k3s's sandbox image"
+                ),
+            },
+        }
+        oci_archive(PAUSE_IMAGE, [layer], config, out, created_by=f"gcc -Os -Wall -Werror -static -DVERSION={version}")
+    return out
+
+
+@dataclass(frozen=True)
+class DebianPackage:
+    """A Debian package as apt sees it here: the candidate version and its .deb's SHA256."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+def apt_candidate(package: str) -> DebianPackage:
+    """The candidate version of ``package`` in this machine's apt lists (no network)."""
+    fields: dict[str, str] = {}
+    text = _run(["apt-cache", "show", "--no-all-versions", package], f"looking up {package} in apt")
+    for line in text.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("Version", "SHA256") and key not in fields:
+            fields[key] = value.strip()
+    if "Version" not in fields or "SHA256" not in fields:
+        raise LabError(f"apt knows no candidate for {package} (run apt-get update?)")
+    return DebianPackage(package, fields["Version"], fields["SHA256"])
+
+
+def download_deb(package: DebianPackage, dest: Path) -> Path:
+    """``apt-get download`` the package's candidate into ``dest`` and check its SHA256; return the .deb."""
+    dest.mkdir(parents=True, exist_ok=True)
+    _run(["apt-get", "download", "-q", f"{package.name}={package.version}"], f"downloading {package.name}", cwd=dest)
+    debs = sorted(dest.glob(f"{package.name}_*.deb"))
+    if not debs:
+        raise LabError(f"apt-get download {package.name} wrote no .deb into {dest}")
+    if hashlib.sha256(debs[-1].read_bytes()).hexdigest() != package.sha256:
+        raise LabError(f"{debs[-1]}: SHA256 does not match apt's ({package.sha256})")
+    return debs[-1]
+
+
+def busybox_applets(busybox: Path) -> list[str]:
+    """The applets the binary provides (``busybox --list``), sorted, without ``busybox`` itself."""
+    applets = _run([str(busybox), "--list"], "listing busybox's applets").split()
+    return sorted(a for a in set(applets) if a and "/" not in a and a != "busybox")
+
+
+def busybox_layer(busybox: bytes, applets: Sequence[str], copyright_text: bytes = b"") -> bytes:
+    """The root filesystem of the busybox image: ``/bin/busybox`` with an applet symlink for each of ``applets`` in
+    /bin (as upstream's busybox image), root and nobody in /etc, /tmp, /root and the mount points."""
+    entries = [
+        Entry("bin/busybox", busybox, 0o755),
+        *(Entry(f"bin/{applet}", link="busybox") for applet in applets),
+        Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        Entry("etc/group", b"root:x:0:\nnobody:x:65534:\n"),
+        Entry("tmp/", mode=0o1777),
+        Entry("root/", mode=0o700),
+        *(Entry(f"{d}/", mode=0o755) for d in ("dev", "proc", "sys", "usr/bin", "usr/sbin", "var")),
+    ]
+    if copyright_text:
+        entries.append(Entry(f"usr/share/doc/{BUSYBOX_PACKAGE}/copyright", copyright_text))
+    return tar_bytes(_with_parents(entries))
+
+
+def build_busybox(cache_dir: str | Path, deb: Path | None = None) -> Path:
+    """The busybox test image (:data:`BUSYBOX_IMAGE`) as an OCI tarball, from Debian's ``busybox-static``, built
+    once per package version; cached.
+
+    + cache_dir: the lab's cache (the tarball goes under ``<cache_dir>/images/``)
+    + deb: a ``busybox-static`` .deb to use (default: apt's candidate, downloaded with ``apt-get download``)
+    """
+    arch = go_arch()
+    package = (
+        apt_candidate(BUSYBOX_PACKAGE) if deb is None
+        else DebianPackage(BUSYBOX_PACKAGE, deb.name.split("_")[1], hashlib.sha256(deb.read_bytes()).hexdigest())
+    )
+    version = package.version
+    key = _cache_key(BUSYBOX_IMAGE, package.sha256, arch)
+    out = _images_dir(cache_dir) / f"busybox-{version.replace(':', '_')}-{arch}-{key}.tar"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-busybox-") as work:
+        if deb is None:
+            with _step(f"downloaded {BUSYBOX_PACKAGE} {version}"):
+                deb = download_deb(package, Path(work) / "deb")
+        with _step(f"built the busybox image {out.name}"):
+            root = Path(work) / "root"
+            _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+            binary = root / "bin" / "busybox"
+            if not binary.exists():
+                raise LabError(f"{deb.name} has no /bin/busybox")
+            copyright_file = root / "usr" / "share" / "doc" / BUSYBOX_PACKAGE / "copyright"
+            layer = busybox_layer(
+                binary.read_bytes(), busybox_applets(binary),
+                copyright_file.read_bytes() if copyright_file.exists() else b"",
+            )
+            config = {
+                "Cmd": ["sh"],
+                "Env": [PATH_ENV],
+                "Labels": {
+                    "org.opencontainers.image.version": version,
+                    "org.opencontainers.image.description": (
+                        f"Debian's {BUSYBOX_PACKAGE} {version}: a portable-k3s lab test image"
+                    ),
+                },
+            }
+            oci_archive(BUSYBOX_IMAGE, [layer], config, out, created_by=f"dpkg-deb -x {deb.name}")
+    return out
+
+
+def coredns_binary_path(cache_dir: str | Path, version: str = COREDNS_VERSION) -> Path:
+    """Where :func:`build_coredns_binary` keeps CoreDNS ``version`` (``<cache_dir>/go-bin/coredns-<V>-<arch>/``)."""
+    return Path(cache_dir) / "go-bin" / f"coredns-{version}-{go_arch()}" / "coredns"
+
+
+def build_coredns_binary(cache_dir: str | Path, version: str = COREDNS_VERSION, offline: bool = False) -> Path:
+    """CoreDNS ``version`` (no leading v) built from its Go module with the default plugin set, static and stripped,
+    into ``<cache_dir>/go-bin/coredns-<version>-<arch>/coredns``, once, as the lab's other Go tools
+    (``gobuild.build_go_tool``); ``offline`` takes the modules from the Go module cache only."""
+    tool = GoTool(COREDNS_MODULE, (COREDNS_MODULE,))
+    return build_go_tool("coredns", tool, version, cache_dir, offline=offline) / "coredns"
+
+
+def coredns_layer(coredns: bytes) -> bytes:
+    """The root filesystem of the CoreDNS image: ``/coredns``, root, nobody and nonroot in /etc, and /tmp (the
+    parts of upstream's distroless base that CoreDNS uses)."""
+    return tar_bytes(_with_parents([
+        Entry("coredns", coredns, 0o755),
+        Entry("etc/passwd", (
+            b"root:x:0:0:root:/root:/sbin/nologin\n"
+            b"nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n"
+            b"nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n"
+        )),
+        Entry("etc/group", b"root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n"),
+        Entry("tmp/", mode=0o1777),
+    ]))
+
+
+def build_coredns(cache_dir: str | Path, binary: Path | None = None) -> Path:
+    """The CoreDNS image (:data:`COREDNS_IMAGE`) as an OCI tarball, once per binary; cached.
+
+    + cache_dir: the lab's cache (the tarball goes under ``<cache_dir>/images/``, the binary under ``go-bin/``)
+    + binary: a CoreDNS :data:`COREDNS_VERSION` binary to use (default: :func:`build_coredns_binary`)
+    """
+    if binary is None:
+        binary = build_coredns_binary(cache_dir)
+    data = binary.read_bytes()
+    arch = go_arch()
+    key = _cache_key(COREDNS_IMAGE, COREDNS_VERSION, hashlib.sha256(data).hexdigest(), arch)
+    out = _images_dir(cache_dir) / f"coredns-{COREDNS_VERSION}-{arch}-{key}.tar"
+    if out.exists():
+        return out
+    with _step(f"built the CoreDNS image {out.name}"):
+        config = {
+            "User": COREDNS_USER,
+            "Entrypoint": ["/coredns"],
+            "Env": [PATH_ENV],
+            "ExposedPorts": {"53/tcp": {}, "53/udp": {}},
+            "WorkingDir": "/",
+            "Labels": {
+                "org.opencontainers.image.version": COREDNS_VERSION,
+                "org.opencontainers.image.description": (
+                    f"CoreDNS {COREDNS_VERSION} from {COREDNS_MODULE}@v{COREDNS_VERSION} (default plugins, CGO off), "
+                    f"built by the portable-k3s lab under the name of k3s's CoreDNS image ({image_tag(COREDNS_IMAGE)})"
+                ),
+            },
+        }
+        created_by = f"go build -trimpath -ldflags='-s -w' {COREDNS_MODULE}@v{COREDNS_VERSION} (CGO_ENABLED=0)"
+        oci_archive(COREDNS_IMAGE, [coredns_layer(data)], config, out, created_by=created_by)
+    return out
+
+
+def airgap_file_name(arch: str | None = None) -> str:
+    """k3s's release asset name: ``k3s-airgap-images-<arch>.tar.zst``."""
+    return f"k3s-airgap-images-{arch or go_arch()}.tar.zst"
+
+
+def build_airgap_images(cache_dir: str | Path, k3s_version: str = VERSIONS["k3s"]) -> Path:
+    """Every lab image (pause, busybox, CoreDNS) in one ``k3s-airgap-images-<arch>.tar.zst``, built once per inputs;
+    cached.
+
+    Put it (under any name ending ``.tar.zst``) into :data:`AIRGAP_DIR` on a node, or serve it where k3s's release
+    publishes that asset.
+    """
+    with _step("lab images ready"):
+        images = [build_pause(cache_dir, k3s_version), build_busybox(cache_dir), build_coredns(cache_dir)]
+        key = _cache_key(*(image.name for image in images))
+        out = _images_dir(cache_dir) / f"airgap-{key}" / airgap_file_name()
+        if not out.exists():
+            with _step(f"packed {len(images)} images into {out}"):
+                airgap_bundle(images, out)
+    return out
