@@ -24,6 +24,7 @@ from .base import default_hostname
 from .headscale import host_tags
 
 K3S_GROUPS = {"k3s_servers", "k3s_agents"}
+K3S_RESTART_TIMEOUT = 300  # seconds for k3s to be active again after tailscaled restarted
 
 TAILSCALE_DEFAULTS: dict[str, Any] = {
     "tailscale_install": "apt",  # or "static": the official static tarball
@@ -125,11 +126,11 @@ def tailscale_node(headscale_host: Host) -> None:
         ),
     )
     services.running(name="Run tailscaled", service="tailscaled.service")
-    systemd.service(
+    restart = systemd.service(
         name="Restart tailscaled after a change", service="tailscaled.service", restarted=True,
         _if=any_changed(binary, unit, env),
     )
-    tailscale.joined(
+    joined = tailscale.joined(
         name="Join the tailnet",
         login_server=data.headscale_url,
         headscale_host=headscale_host,
@@ -141,3 +142,11 @@ def tailscale_node(headscale_host: Host) -> None:
         routes=list(data.tailscale_advertise_routes),
         routes_by_k3s=bool(set(host.groups) & K3S_GROUPS) and data.get("k3s_tailnet_mode") == "native",
     )
+    if set(host.groups) & K3S_GROUPS:
+        # flannel's VXLAN device sits on tailscale0, and the kernel removes it with tailscale0 when tailscaled
+        # restarts (a changed tailscale, a re-join); k3s does not notice: restart it, so that it makes it anew.
+        services.restarted_if_running(
+            name="Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)",
+            services=["k3s.service", "k3s-agent.service"], timeout=K3S_RESTART_TIMEOUT,
+            _if=any_changed(restart, joined),
+        )

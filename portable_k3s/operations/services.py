@@ -89,6 +89,31 @@ def restarted(service: str, timeout: int | None = None):
 
 
 @operation()
+def restarted_if_running(services: list[str], timeout: int):
+    """
+    Restart those of ``services`` that are running or starting (also when systemd is about to restart them after a
+    failure; call it with ``_if=`` what makes them need it), waiting at most ``timeout`` seconds for each to be
+    active again; a unit that is stopped is left alone.
+
+    + services: the units, e.g. ``["k3s.service", "k3s-agent.service"]``
+    + timeout: seconds to wait for each restarted unit to be active (see ``start_command``)
+
+    **Example:**
+
+    .. code:: python
+
+        services.restarted_if_running(name="Restart k3s", services=["k3s.service"], timeout=300, _if=joined.did_change)
+    """
+    for service in services:
+        if not service.endswith((".service", ".socket", ".timer")):
+            raise OperationValueError(f"services: {service!r} (expected a unit name such as nginx.service)")
+    forget(host, ServiceStates)
+    for service in services:
+        yield StringCommand("case $(systemctl is-active", QuoteString(service), ") in active|activating|reloading)",
+                            start_command("restart", service, timeout), ";; esac")
+
+
+@operation()
 def stopped(service: str, batch: tuple[str, ...] | None = None):
     """
     Stop a service unit and disable it, if it is running or enabled.

@@ -65,11 +65,13 @@ class PyinfraRun:
 
 
 @pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
+def lab(pytestconfig: pytest.Config) -> Iterator[Lab]:
     lab = Lab(LabConfig.from_env(**TEST_LAB))
     lab.down()  # leftovers of a crashed run
     try:
-        lab.up(4)
+        # Shown as they happen: the first run on a machine builds the lab's release files for minutes.
+        with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            lab.up(4)
         yield lab
     finally:
         lab.down()

@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -108,22 +109,32 @@ def test_deleted_node_rejoins_alone_and_keys_stay_secret(lab, pyinfra, converged
     output (-vvv, --diff), no process argv on h4 during the run, and no file that is not 0600."""
     before = {n["given_name"]: n for n in _nodes(lab)}
     lab.ssh("h1", f"headscale nodes delete --identifier {before['h4']['id']} --force")
+    # The samples go to a file as they come: through a pipe read only at the end, the sampler would stall once the
+    # pipe is full (a k3s node has many processes) and miss the join.
+    samples = tempfile.TemporaryFile(mode="w+")
     sampler = subprocess.Popen(
         ["ssh", "-F", str(lab.ssh_config), "h4",
          "end=$(($(date +%s)+90)); while [ $(date +%s) -lt $end ] && [ ! -e /tmp/stop-sampler ]; do "
          "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo; done"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=samples, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         time.sleep(1)
         run = pyinfra("-vvv", "--diff")
     finally:
         lab.ssh("h4", "touch /tmp/stop-sampler")
-        argv, _ = sampler.communicate(timeout=90)
+        sampler.wait(timeout=90)
         lab.ssh("h4", "rm -f /tmp/stop-sampler")
+        samples.seek(0)
+        argv = samples.read()
+        samples.close()
     assert run.returncode == 0, run.stderr[-4000:]
     changed = run.changed()
     assert changed.pop("Tailscale node | Join the tailnet") == ["h4"], run.changed()
+    # The re-join restarted tailscaled there, and with tailscale0 flannel's VXLAN device went: k3s made it anew.
+    restart_k3s = "Tailscale node | Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)"
+    assert changed.pop(restart_k3s) == ["h4"], run.changed()
+    assert "flannel.1" in lab.ssh("h4", "ls /sys/class/net").stdout.split()
     # h4 is a new node. headscale may give it its old address back (it was freed) or a new one; with a new one,
     # k3s on h4 (node-ip in its config, then a restart) and the entrance follow it in the same run. Nothing else
     # changes.
