@@ -225,17 +225,17 @@ func runAgent(ctx context.Context, cfg config, join agentJoin) error {
 	go func() {
 		command := kubeletapp.NewKubeletCommand(ctx)
 		command.SetArgs(kubeletArgs(cfg, node, join.nodeIP))
-		fatalf("kubelet exited: %v", command.ExecuteContext(ctx))
+		componentExited(ctx, "kubelet", command.ExecuteContext(ctx))
 	}()
 	go func() {
 		command := proxyapp.NewProxyCommand()
 		command.SetArgs(kubeProxyArgs(cfg, node))
-		fatalf("kube-proxy exited: %v", command.ExecuteContext(ctx))
+		componentExited(ctx, "kube-proxy", command.ExecuteContext(ctx))
 	}()
 	if !cfg.flag("flannel-backend-none") && cfg.str("flannel-backend") != "none" {
 		go func() {
 			if err := runFlannel(ctx, cfg, node); err != nil {
-				fatalf("flannel: %v", err)
+				componentExited(ctx, "flannel", err)
 			}
 		}()
 	}

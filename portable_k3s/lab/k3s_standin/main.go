@@ -134,6 +134,15 @@ func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "k3s: "+format+"\n", a...)
 }
 
+// componentExited ends the program when an embedded component stops: with its error, or quietly (status 0) when the
+// program is stopping anyway (SIGTERM from systemd), so that a stop or restart is not recorded as a failure.
+func componentExited(ctx context.Context, name string, err error) {
+	if ctx.Err() != nil {
+		os.Exit(0)
+	}
+	fatalf("%s exited: %v", name, err)
+}
+
 func fatalf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, format+"\n", a...)
 	os.Exit(1)

@@ -272,7 +272,7 @@ func runServer(ctx context.Context, cfg config) error {
 	go func() {
 		command := apiapp.NewAPIServerCommand(ctx.Done())
 		command.SetArgs(apiserverArgs(cfg, nodeIP))
-		fatalf("kube-apiserver exited: %v", command.ExecuteContext(ctx))
+		componentExited(ctx, "kube-apiserver", command.ExecuteContext(ctx))
 	}()
 	startup := <-apiapp.StartupConfig
 	admin, err := clientFor(filepath.Join(serverDir, "cred", "supervisor.kubeconfig"))
@@ -293,12 +293,12 @@ func runServer(ctx context.Context, cfg config) error {
 	go func() {
 		command := cmapp.NewControllerManagerCommand()
 		command.SetArgs(controllerManagerArgs(cfg))
-		fatalf("kube-controller-manager exited: %v", command.ExecuteContext(ctx))
+		componentExited(ctx, "kube-controller-manager", command.ExecuteContext(ctx))
 	}()
 	go func() {
 		command := schedapp.NewSchedulerCommand(ctx.Done())
 		command.SetArgs(schedulerArgs(cfg))
-		fatalf("kube-scheduler exited: %v", command.ExecuteContext(ctx))
+		componentExited(ctx, "kube-scheduler", command.ExecuteContext(ctx))
 	}()
 	if err := writeAdminKubeconfig(cfg, pki); err != nil {
 		return err
