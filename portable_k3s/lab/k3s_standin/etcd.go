@@ -40,13 +40,8 @@ func bootstrapKey(pass string) string {
 	return "/bootstrap/" + hex.EncodeToString(sum[:])[:12]
 }
 
-func sealBootstrap(pass string, files map[string]string) ([]byte, error) {
-	plain, err := json.Marshal(files)
-	if err != nil {
-		return nil, err
-	}
-	salt := make([]byte, 8)
-	_, _ = rand.Read(salt)
+// bootstrapCipher is AES-GCM under a key derived from the token's passphrase and salt.
+func bootstrapCipher(pass string, salt []byte) (cipher.AEAD, error) {
 	key, err := pbkdf2.Key(sha256.New, pass, salt, 4096, 32)
 	if err != nil {
 		return nil, err
@@ -55,7 +50,17 @@ func sealBootstrap(pass string, files map[string]string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	gcm, err := cipher.NewGCM(block)
+	return cipher.NewGCM(block)
+}
+
+func sealBootstrap(pass string, files map[string]string) ([]byte, error) {
+	plain, err := json.Marshal(files)
+	if err != nil {
+		return nil, err
+	}
+	salt := make([]byte, 8)
+	_, _ = rand.Read(salt)
+	gcm, err := bootstrapCipher(pass, salt)
 	if err != nil {
 		return nil, err
 	}
@@ -68,15 +73,7 @@ func openBootstrap(pass string, sealed []byte) (map[string]string, error) {
 	if len(sealed) < 8+12 {
 		return nil, errors.New("bootstrap data too short")
 	}
-	key, err := pbkdf2.Key(sha256.New, pass, sealed[:8], 4096, 32)
-	if err != nil {
-		return nil, err
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	gcm, err := cipher.NewGCM(block)
+	gcm, err := bootstrapCipher(pass, sealed[:8])
 	if err != nil {
 		return nil, err
 	}

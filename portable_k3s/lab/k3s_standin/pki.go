@@ -103,6 +103,19 @@ func savePair(base string, pair *keyPair) error {
 	return writeFile(base+".crt", encodeCert(pair.Cert), 0o644)
 }
 
+// sign makes the certificate of template for key, signed by parent's key (a CA signs itself: template is parent).
+func sign(template, parent *x509.Certificate, key, parentKey crypto.Signer) (*keyPair, error) {
+	der, err := x509.CreateCertificate(rand.Reader, template, parent, key.Public(), parentKey)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &keyPair{cert, key}, nil
+}
+
 // ensureCA loads the CA at base, or makes a new one named cn.
 func ensureCA(base, cn string) (*keyPair, error) {
 	if pair, err := loadPair(base); err == nil {
@@ -122,12 +135,10 @@ func ensureCA(base, cn string) (*keyPair, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, template, template, key.Public(), key)
+	pair, err := sign(template, template, key, key)
 	if err != nil {
 		return nil, err
 	}
-	cert, _ := x509.ParseCertificate(der)
-	pair := &keyPair{cert, key}
 	return pair, savePair(base, pair)
 }
 
@@ -162,12 +173,7 @@ func issue(ca *keyPair, spec certSpec) (*keyPair, error) {
 	if spec.Server {
 		template.ExtKeyUsage = append(template.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, template, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		return nil, err
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &keyPair{cert, key}, nil
+	return sign(template, ca.Cert, key, ca.Key)
 }
 
 // ensureIssued keeps the certificate at base while it is signed by ca, names what spec names and is far from
