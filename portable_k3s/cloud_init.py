@@ -158,7 +158,7 @@ def render_user_data(name: str, groups: list[str], data: dict[str, Any], credent
         "login_server_arg": shlex.quote(view.headscale_url or ""), "login_server": view.headscale_url,
         "flags": " ".join(shlex.quote(flag) for flag in settings_flags(
             hostname, bool(view.tailscale_accept_dns), bool(view.tailscale_accept_routes), "exit_nodes" in groups,
-            list(view.tailscale_advertise_routes or []))),
+            list(view.tailscale_advertise_routes or []), snat=not agent)),  # see tailscale.joined
     }
     key_url, apt_line = apt_source("${VERSION_CODENAME}")
     context.update(apt_keyring=APT_KEYRING, apt_keyring_dir=APT_KEYRING.rsplit("/", 1)[0], apt_list=APT_LIST,

@@ -1190,6 +1190,97 @@ def _check_s3(value: Any, bucket: str = "etcd", options: tuple[str, ...] = ()) -
     return problems
 
 
+_REGISTRY_RE = re.compile(r"^(\*|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?)$")
+_REGISTRIES_SHAPE = ('{"mirrors": {"docker.io": {"endpoint": ["https://registry.lan:5000"]}}, "configs": '
+                     '{"registry.lan:5000": {"auth": {"username": "me", "password": {"env": "REGISTRY_PASSWORD"}}, '
+                     '"tls": {"ca_file": "/etc/ssl/lan-ca.pem"}}}} or None')
+
+
+def _check_registries(value: Any) -> Check:
+    """k3s's registries.yaml as data: ``mirrors`` (endpoint URLs, rewrite rules) and ``configs`` (auth as secret
+    references, tls files), or None."""
+    from portable_k3s.deploys.k3s import REGISTRY_SECRETS  # noqa: PLC0415 - the deploy imports this module
+
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        return [(_wrong_type(value), _REGISTRIES_SHAPE)]
+    problems: Check = []
+    for key in sorted(set(value) - {"mirrors", "configs"}, key=str):
+        problems.append((f"unknown key {_show(key)}", '"mirrors" and "configs", as in k3s\'s registries.yaml'))
+    for part in ("mirrors", "configs"):
+        if not isinstance(value.get(part, {}), dict):
+            problems.append((f"{part}: {_wrong_type(value[part])}", f"a dict by registry name: {_REGISTRIES_SHAPE}"))
+    mirrors: dict[Any, Any] = value["mirrors"] if isinstance(value.get("mirrors"), dict) else {}
+    configs: dict[Any, Any] = value["configs"] if isinstance(value.get("configs"), dict) else {}
+    for name, mirror in mirrors.items():
+        where = f"mirrors[{_show(name)}]"
+        if not isinstance(name, str) or not _REGISTRY_RE.match(name):
+            problems.append((f"{where}: not a registry name", "a registry host[:port] like docker.io, or *"))
+        if not isinstance(mirror, dict):
+            problems.append((f"{where}: {_wrong_type(mirror)}", '{"endpoint": ["https://…"], "rewrite": {…}}'))
+            continue
+        for key in sorted(set(mirror) - {"endpoint", "rewrite"}, key=str):
+            problems.append((f"{where}: unknown key {_show(key)}", '"endpoint" and "rewrite"'))
+        endpoints = mirror.get("endpoint", [])
+        if not isinstance(endpoints, list) or not all(
+            isinstance(e, str) and e.startswith(("https://", "http://")) and len(e) > 8 for e in endpoints
+        ):
+            problems.append((f"{where}.endpoint: {_show(endpoints)} is not a list of URLs",
+                             'registry URLs like ["https://registry.lan:5000"]'))
+        rewrite = mirror.get("rewrite", {})
+        if not isinstance(rewrite, dict):
+            problems.append((f"{where}.rewrite: {_wrong_type(rewrite)}", '{"^rancher/(.*)": "mirror/rancher/$1"}'))
+            continue
+        for pattern, target in rewrite.items():
+            try:
+                re.compile(pattern)
+                valid = isinstance(target, str)
+            except (re.error, TypeError):
+                valid = False
+            if not valid:
+                problems.append((f"{where}.rewrite: {_show(pattern)} -> {_show(target)} is not a rewrite rule",
+                                 "a regular expression mapped to the repository to pull instead"))
+    for name, config in configs.items():
+        where = f"configs[{_show(name)}]"
+        if not isinstance(name, str) or not _REGISTRY_RE.match(name):
+            problems.append((f"{where}: not a registry name", "a registry host[:port] like registry.lan:5000, or *"))
+        if not isinstance(config, dict):
+            problems.append((f"{where}: {_wrong_type(config)}", '{"auth": {…}, "tls": {…}}'))
+            continue
+        for key in sorted(set(config) - {"auth", "tls"}, key=str):
+            problems.append((f"{where}: unknown key {_show(key)}", '"auth" and "tls"'))
+        auth = config.get("auth", {})
+        if not isinstance(auth, dict):
+            problems.append((f"{where}.auth: {_wrong_type(auth)}", '{"username": …, "password": {"env": …}}'))
+            auth = {}
+        for key in sorted(set(auth) - {"username", *REGISTRY_SECRETS}, key=str):
+            problems.append((f"{where}.auth: unknown key {_show(key)}",
+                             f"username, {', '.join(REGISTRY_SECRETS)}"))
+        if "username" in auth and not isinstance(auth["username"], str):
+            problems.append((f"{where}.auth.username: {_wrong_type(auth['username'])}", "the user name"))
+        for key in REGISTRY_SECRETS:
+            if key in auth:
+                problems += [(f"{where}.auth.{key}: {problem}", expected)
+                             for problem, expected in _check_secret(auth[key], require=False, cwd=None)]
+        tls = config.get("tls", {})
+        if not isinstance(tls, dict):
+            problems.append((f"{where}.tls: {_wrong_type(tls)}", '{"ca_file": "/etc/ssl/lan-ca.pem"}'))
+            continue
+        for key, item in tls.items():
+            if key in ("cert_file", "key_file", "ca_file"):
+                if not isinstance(item, str) or not item.startswith("/"):
+                    problems.append((f"{where}.tls.{key}: {_show(item)} is not an absolute path",
+                                     "a file on the node, like /etc/ssl/lan-ca.pem"))
+            elif key == "insecure_skip_verify":
+                if not isinstance(item, bool):
+                    problems.append((f"{where}.tls.{key}: {_wrong_type(item)}", "true or false"))
+            else:
+                problems.append((f"{where}.tls: unknown key {_show(key)}",
+                                 "cert_file, key_file, ca_file, insecure_skip_verify"))
+    return problems
+
+
 def _check_k3s_extra(value: Any) -> Check:
     from portable_k3s.operations.k3s import MANAGED_KEYS  # noqa: PLC0415 - the operations import this module's users
 
@@ -1243,6 +1334,7 @@ def _k3s_checks() -> dict[str, Any]:
         "k3s_etcd_snapshot_retention": lambda v: _check_int_range(v, 1, 1000, "a number of snapshots, 1-1000"),
         "k3s_etcd_s3": _check_s3,
         "k3s_extra_config": _check_k3s_extra,
+        "k3s_registries": _check_registries,
         "k3s_drain_timeout": seconds,
         "k3s_ready_timeout": seconds,
         "k3s_state": lambda v: [] if v in ("present", "absent")

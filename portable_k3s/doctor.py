@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from portable_k3s.config import ENTRANCE, ClusterConfig, HostConfig
 from portable_k3s.facts.headscale import Headscale, HeadscaleInfo
 from portable_k3s.facts.k3s import K3sNodes
+from portable_k3s.manifests.apps import kind_of
 
 INGRESS_PORT = 443
 
@@ -89,6 +90,9 @@ def diagnose(config: ClusterConfig, probe: Probe, resolved: dict[str, list[str]]
     servers = config.hosts_in("k3s_servers")
     nodes = [*servers, *config.hosts_in("k3s_agents")]
     public = sorted(app.hostname for app in config.public_apps() if app.hostname)
+    # A raw TCP app's name has no certificate (no Ingress, nothing for cert-manager): its port is its path.
+    https = [app.hostname for app in config.public_apps()
+             if app.hostname and ((kind := kind_of(app)) is None or kind.http)]
 
     ssh_ok: dict[str, bool] = {}
     for host in {h.name: h for h in [*entrances, *headscale, *servers[:1]]}.values():
@@ -106,7 +110,7 @@ def diagnose(config: ClusterConfig, probe: Probe, resolved: dict[str, list[str]]
         whitelists[entrance.name] = _whitelist(probe, entrance.name) if ssh_ok[entrance.name] else None
         path.add(f"whitelist {entrance.name}", [f"ssh {entrance.name}"],
                  lambda e=entrance: _exposed(e, whitelists[e.name], public))
-        for name in public:
+        for name in sorted(https):
             path.add(f"sni {name} via {entrance.name}", [f"entrance {entrance.name}"],
                      lambda name=name, e=entrance: _sni(probe, e, name, whitelists[e.name]))
 

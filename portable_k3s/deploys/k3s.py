@@ -39,6 +39,9 @@ K3S_DEFAULTS: dict[str, Any] = {
     "k3s_etcd_snapshot_retention": 20,
     "k3s_etcd_s3": None,  # {"endpoint": …, "bucket": …, "region": …, "folder": …}; keys: s3_access_key/secret_key
     "k3s_extra_config": {},  # more config.yaml keys (k3s flag names); the tailnet ones are set by the deploy
+    # /etc/rancher/k3s/registries.yaml: {"mirrors": {"docker.io": {"endpoint": ["https://…"]}}, "configs":
+    # {"registry.lan:5000": {"auth": {"username": …, "password": {"env": …}}, "tls": {…}}}}; None: not managed
+    "k3s_registries": None,
     "k3s_drain_timeout": 300,
     "k3s_ready_timeout": 300,
     "k3s_kubeconfig": "~/.kube/portable-k3s.yaml",  # on the machine running pyinfra; None: not fetched
@@ -120,6 +123,26 @@ def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
     return settings
 
 
+REGISTRY_SECRETS = ("password", "token", "auth", "identitytoken")  # in configs.<registry>.auth: references only
+
+
+def registries(data: Any) -> dict[str, Any] | None:
+    """``k3s_registries`` with its credentials read from their references (for ``k3s.registries_text``)."""
+    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
+
+    value = data.k3s_registries
+    if value is None:
+        return None
+    configs = {}
+    for registry, config in (value.get("configs") or {}).items():
+        auth = dict(config.get("auth") or {})
+        for key in REGISTRY_SECRETS:
+            if key in auth:
+                auth[key] = resolve_secret(auth[key], f"k3s_registries.configs[{registry!r}].auth.{key}").unmask()
+        configs[registry] = {**config, **({"auth": auth} if auth else {})}
+    return {"mirrors": value.get("mirrors") or {}, "configs": configs}
+
+
 def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> None:
     from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
 
@@ -134,7 +157,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     binary_releases, image_releases = releases(data, version)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
     old_server = host.state.inventory.get_host(data.k3s_move_from) if first and data.k3s_move_from else None
-    managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, unit_path)  # read in one command
+    managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, k3s.REGISTRIES, unit_path)  # one command
     if old_server is not None:
         managed += (k3s.SERVER_TOKEN,)
     reads: list[tuple[Any, dict[str, Any]]] = [
@@ -186,6 +209,11 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         join=None if first else first_server, tailnet_domain=data.get("tailnet_domain"),
         iface=data.k3s_tailnet_iface, mode=data.k3s_tailnet_mode, batch=managed,
     )
+    wanted_registries = registries(data)
+    registries_file = None if wanted_registries is None else files.content(
+        name=f"{label} private registries (registries.yaml)", path=k3s.REGISTRIES,
+        text=k3s.registries_text(wanted_registries), mode="0600", batch=managed,
+    )
     unit = files.content(
         name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed
     )
@@ -196,7 +224,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     # A fresh node starts here; a changed one restarts. An upgrade restarts in the binary operation, before this,
     # importing the new release's images then: new images alone restart here, with an upgrade they do not again.
     # k3s's units have no start timeout (an agent waits for its server for ever): wait k3s_ready_timeout at most.
-    settings_changed = any_changed(config, token, unit, vpn_auth)
+    settings_changed = any_changed(config, token, unit, vpn_auth, *([registries_file] if registries_file else []))
 
     def restart_needed() -> bool:
         return settings_changed() or bool(images and images.did_change() and not binary.did_change())
@@ -239,7 +267,8 @@ def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
     Data keys (defaults in ``K3S_DEFAULTS``): ``k3s_token``, ``k3s_download_url``, ``k3s_sha256``,
     ``k3s_airgap_images``, ``k3s_tailnet_iface``, ``k3s_tailnet_mode``, ``k3s_cluster_init``, ``k3s_disable``,
     ``k3s_node_labels``, ``k3s_node_taints``, ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``,
-    ``k3s_etcd_s3`` (+ ``s3_access_key``, ``s3_secret_key``), ``k3s_extra_config``, ``k3s_drain_timeout``,
+    ``k3s_etcd_s3`` (+ ``s3_access_key``, ``s3_secret_key``), ``k3s_extra_config``, ``k3s_registries``,
+    ``k3s_drain_timeout``,
     ``k3s_ready_timeout``, ``k3s_kubeconfig``, ``k3s_move_from`` (the first server takes over that host's
     cluster: see ``k3s.moved_from``), ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``,
     ``hostname``, ``tailnet_domain``, ``headscale_url`` (native mode), ``versions["k3s"]``.

@@ -141,6 +141,8 @@ def tailscale_node(headscale_host: Host) -> None:
         exit_node="exit_nodes" in host.groups,
         routes=list(data.tailscale_advertise_routes),
         routes_by_k3s=bool(set(host.groups) & K3S_GROUPS) and data.get("k3s_tailnet_mode") == "native",
+        # Traefik's host ports must see the entrance's tailnet address (PROXY protocol trusted from it only).
+        snat=not set(host.groups) & K3S_GROUPS,
     )
     if set(host.groups) & K3S_GROUPS:
         # flannel's VXLAN device sits on tailscale0, and the kernel removes it with tailscale0 when tailscaled

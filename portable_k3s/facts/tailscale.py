@@ -82,7 +82,7 @@ class Tailscale(FactBase[TailscaleInfo]):
                 info[key] = info[key] or ip  # type: ignore[literal-required]
         prefs = _json(prefs_lines)
         keep = ("ControlURL", "Hostname", "RouteAll", "CorpDNS", "AdvertiseRoutes", "AdvertiseTags",
-                "WantRunning", "LoggedOut")
+                "WantRunning", "LoggedOut", "NoSNAT")
         info["prefs"] = {key: prefs.get(key) for key in keep if key in prefs}
         return info
 

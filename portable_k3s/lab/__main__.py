@@ -1,4 +1,4 @@
-"""``python -m portable_k3s.lab up|down|move|status|ssh`` — manage the local lab."""
+"""``python -m portable_k3s.lab up|down|move|status|ssh|serve`` — manage the local lab."""
 
 from __future__ import annotations
 
@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="the home NAT's new address: cloud subnet + N (1-9; default 2)")
     status = sub.add_parser("status", help="list the hosts and whether they run")
     status.add_argument("--json", action="store_true")
+    serve = sub.add_parser("serve", help="after a deploy: certificates from the lab CA for the apps' Ingresses, a "
+                           "first page for the static apps, and the command that fetches one through the entrance")
+    serve.add_argument("--catalog", default="group_data/all.py", help="the app catalog (default group_data/all.py)")
     ssh = sub.add_parser("ssh", help="open a shell (or run a command) on a host")
     ssh.add_argument("host")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -61,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
             for row in [] if args.json else rows:
                 state = "running" if row["running"] else "stopped"
                 print(f"{row['name']}\t{row['site']}\t{row['address']}\t{state}\tssh={'up' if row['ssh'] else 'down'}")
+        elif args.command == "serve":
+            from .apps import fetch_command, public_static_hostnames, serve_apps  # noqa: PLC0415 - needs cryptography
+
+            serve_apps(lab)
+            for hostname in public_static_hostnames(args.catalog)[:1]:
+                print(f"The public app {hostname}, through the entrance as from the internet:")
+                print(f"  {fetch_command(lab, hostname)}")
         elif args.command == "ssh":
             cmd = ["ssh", "-F", str(lab.ssh_config), args.host, *args.cmd]
             os.execvp("ssh", cmd)  # noqa: S606 - hands the terminal to ssh

@@ -21,14 +21,16 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 from ..versions import VERSIONS
 from . import gobuild
 from .core import LabError, go_arch
 from .gobuild import GoTool
-from .images import build_airgap_images
+from .images import TRAEFIK_VERSION, build_airgap_images, traefik_crds
 
 GO_TOOLS: dict[str, GoTool] = {
     "headscale": GoTool("github.com/juanfont/headscale", ("github.com/juanfont/headscale/cmd/headscale",)),
@@ -105,8 +107,13 @@ def _source_hash(source_dir: Path) -> str:
 
 def build_k3s_standin(version: str, cache_dir: str) -> Path:
     """Build the K3S STAND-IN answering as k3s ``version`` (real Kubernetes inside, see
-    ``portable_k3s/lab/k3s_standin``), once per version and source; cached."""
-    source_hash = _source_hash(SUPERVISOR_SOURCE)
+    ``portable_k3s/lab/k3s_standin``), once per version and source; cached.
+
+    It is built from a copy of its source with Traefik's CRD definitions (``charts/traefik-crd.yaml``, from the
+    Traefik module the lab's Traefik image is built from) added, as k3s embeds its traefik-crd chart.
+    """
+    crds = traefik_crds(TRAEFIK_VERSION)
+    source_hash = hashlib.sha256(_source_hash(SUPERVISOR_SOURCE).encode() + crds).hexdigest()
     out = Path(cache_dir) / "go-bin" / f"k3s-standin-{version}-{go_arch()}-{source_hash[:12]}" / "k3s"
     if out.exists():
         return out
@@ -120,12 +127,16 @@ def build_k3s_standin(version: str, cache_dir: str) -> Path:
         f"-X main.kubernetesVersion={fork}",
     ])
     go = gobuild.go()
-    gobuild.run_step([go, "mod", "download"], SUPERVISOR_SOURCE, env,
-                     f"downloading the Go modules of Kubernetes {fork}, etcd and flannel (once)")
-    gobuild.run_step([go, "build", "-tags", "providerless", f"-ldflags={ldflags}", "-o", f"{out}.partial", "."],
-                     SUPERVISOR_SOURCE, env, f"building the k3s stand-in {version} around Kubernetes {fork} "
-                     "(kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, etcd, flannel; "
-                     "minutes the first time, cached in the Go build cache)")
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-standin-") as work:
+        source = Path(work) / "k3s_standin"
+        shutil.copytree(SUPERVISOR_SOURCE, source, ignore=shutil.ignore_patterns("__pycache__"))
+        (source / "charts" / "traefik-crd.yaml").write_bytes(crds)
+        gobuild.run_step([go, "mod", "download"], source, env,
+                         f"downloading the Go modules of Kubernetes {fork}, etcd and flannel (once)")
+        gobuild.run_step([go, "build", "-tags", "providerless", f"-ldflags={ldflags}", "-o", f"{out}.partial", "."],
+                         source, env, f"building the k3s stand-in {version} around Kubernetes {fork} "
+                         "(kube-apiserver, controller-manager, scheduler, kubelet, kube-proxy, etcd, flannel; "
+                         "minutes the first time, cached in the Go build cache)")
     os.replace(f"{out}.partial", out)
     return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -73,4 +74,41 @@ def build_go_tool(name: str, tool: GoTool, version: str, cache_dir: str | Path, 
                  f"{name} v{version}: building")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
+    return out
+
+
+def module_source(module: str, version: str, offline: bool = False) -> Path:
+    """The read-only source of ``module`` at ``version`` (leading v) in the Go module cache, downloaded once."""
+    env = {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", **({"GOPROXY": "off"} if offline else {})}
+    proc = subprocess.run([go(), "mod", "download", "-json", f"{module}@{version}"], env=env, capture_output=True,
+                          text=True, cwd=tempfile.gettempdir())
+    try:
+        found = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        found = {}
+    if proc.returncode != 0 or not found.get("Dir"):
+        raise LabError(f"go mod download {module}@{version} failed: {found.get('Error') or proc.stderr.strip()}")
+    return Path(found["Dir"])
+
+
+def build_in_module(name: str, module: str, version: str, package: str, ldflags: str, cache_dir: str | Path) -> Path:
+    """Build ``package`` (e.g. ``./cmd/traefik``) inside ``module``'s own source at ``version`` (no leading v), so its
+    go.mod's replace directives apply, into ``<cache_dir>/go-bin/<name>-<version>-<arch>/<name>``, once (CGO off,
+    ``-trimpath``, stripped, plus ``ldflags``)."""
+    out = Path(cache_dir) / "go-bin" / f"{name}-{version}-{go_arch()}" / name
+    if out.exists():
+        return out
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -mod=mod", "GOTOOLCHAIN": "local"}
+    log(f"{name} v{version}: fetching its Go module (once; cached in {out.parent})")
+    source = module_source(module, f"v{version}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"portable-k3s-build-{name}-") as work:
+        tree = Path(work) / "src"
+        shutil.copytree(source, tree)
+        for path in [tree, *tree.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode | 0o200)
+        run_step([go(), "build", f"-ldflags=-s -w {ldflags}".strip(), "-o", f"{out}.partial", package], tree, env,
+                 f"{name} v{version}: building (minutes the first time)")
+    os.replace(f"{out}.partial", out)
     return out

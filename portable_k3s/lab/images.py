@@ -9,7 +9,10 @@ Images cannot be pulled in the lab. A real airgapped k3s imports every tarball i
   stripped), named as the image k3s configures for containerd's sandbox;
 * a small busybox image for tests, from Debian's ``busybox-static`` package (apt, as everything else here);
 * CoreDNS, built from its Go module (``github.com/coredns/coredns``, the default plugin set, static), named as
-  the CoreDNS image that the pinned k3s's ``coredns.yaml`` deploys.
+  the CoreDNS image that the pinned k3s's ``coredns.yaml`` deploys;
+* Traefik, built from its Go module (``github.com/traefik/traefik/v3``), named as k3s's mirrored Traefik image;
+* nginx for the catalog's ``static`` kind, from Debian's ``nginx`` package (the binary and the libraries it loads,
+  with the official image's configuration and Debian's busybox-static for a shell), under the catalog's image name.
 
 Each image is an OCI image layout tarball (``oci-layout``, ``index.json``, ``blobs/sha256/…``) that also carries
 Docker's ``manifest.json``, as ``docker save`` writes it, so containerd's and Docker's importers both name it.
@@ -35,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..versions import VERSIONS
+from ..versions import IMAGES, VERSIONS
 from .core import LabError, go_arch, log
-from .gobuild import GoTool, build_go_tool
+from .gobuild import GoTool, build_go_tool, build_in_module, module_source
 
 # containerd's name for an image without a registry part (Docker's default domain); a name, never contacted.
 DEFAULT_DOMAIN = "docker.io"
@@ -61,6 +64,53 @@ COREDNS_VERSION = "1.14.2"
 # Upstream's image runs as distroless's "nonroot" user; binding :53 then relies on the runtime's unprivileged-port
 # sysctl in the pod (k3s's containerd config sets enable_unprivileged_ports = true).
 COREDNS_USER = "65532:65532"
+
+# Traefik as k3s runs it (its bundled traefik.yaml names this image; the stand-in's copy pins this tag).
+# k3s v1.35.3+k3s1 bundles an earlier 3.6 patch; 3.6.13 is the release served here (k3s moved to it in v1.35.4).
+TRAEFIK_MODULE = "github.com/traefik/traefik/v3"
+TRAEFIK_VERSION = "3.6.13"
+TRAEFIK_IMAGE = f"{DEFAULT_DOMAIN}/rancher/mirrored-library-traefik:{TRAEFIK_VERSION}"
+TRAEFIK_USER = "65532:65532"
+# Traefik's CRD definitions in its module: what k3s's traefik-crd chart installs.
+TRAEFIK_CRDS = "docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml"
+
+# The catalog's static kind runs this image (versions.IMAGES["static"]). The lab's image under this name is Debian's
+# nginx, not upstream's alpine build: no registry is reachable from here.
+STATIC_IMAGE = f"{DEFAULT_DOMAIN}/library/{IMAGES['static']}"
+NGINX_PACKAGES = ("nginx", "nginx-common", "libc6", "libcrypt1", "libpcre2-8-0", "libssl3", "zlib1g")
+# The official nginx image's nginx.conf and conf.d/default.conf in one file (access log to stdout with
+# X-Forwarded-For, the document root /usr/share/nginx/html that the static kind mounts its volume at).
+NGINX_CONF = b"""user nginx;
+worker_processes auto;
+error_log /dev/stderr notice;
+pid /run/nginx.pid;
+events {
+    worker_connections 1024;
+}
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    log_format main '$remote_addr - $remote_user [$time_local] "$request" '
+                    '$status $body_bytes_sent "$http_referer" '
+                    '"$http_user_agent" "$http_x_forwarded_for"';
+    access_log /dev/stdout main;
+    sendfile on;
+    keepalive_timeout 65;
+    server {
+        listen 80;
+        listen [::]:80;
+        server_name localhost;
+        location / {
+            root /usr/share/nginx/html;
+            index index.html index.htm;
+        }
+        error_page 500 502 503 504 /50x.html;
+        location = /50x.html {
+            root /usr/share/nginx/html;
+        }
+    }
+}
+"""
 
 # Bump when what goes into an image changes for the same inputs (the cache keys include it).
 RECIPE_VERSION = "1"
@@ -554,6 +604,13 @@ def coredns_layer(coredns: bytes) -> bytes:
     ]))
 
 
+def _binary_image_path(cache_dir: str | Path, stem: str, image: str, version: str, binary: bytes) -> Path:
+    """Where the image of one program is cached: keyed by the image's name, the version, the binary and the arch."""
+    arch = go_arch()
+    key = _cache_key(image, version, hashlib.sha256(binary).hexdigest(), arch)
+    return _images_dir(cache_dir) / f"{stem}-{version}-{arch}-{key}.tar"
+
+
 def build_coredns(cache_dir: str | Path, binary: Path | None = None) -> Path:
     """The CoreDNS image (:data:`COREDNS_IMAGE`) as an OCI tarball, once per binary; cached.
 
@@ -563,9 +620,7 @@ def build_coredns(cache_dir: str | Path, binary: Path | None = None) -> Path:
     if binary is None:
         binary = build_coredns_binary(cache_dir)
     data = binary.read_bytes()
-    arch = go_arch()
-    key = _cache_key(COREDNS_IMAGE, COREDNS_VERSION, hashlib.sha256(data).hexdigest(), arch)
-    out = _images_dir(cache_dir) / f"coredns-{COREDNS_VERSION}-{arch}-{key}.tar"
+    out = _binary_image_path(cache_dir, "coredns", COREDNS_IMAGE, COREDNS_VERSION, data)
     if out.exists():
         return out
     with _step(f"built the CoreDNS image {out.name}"):
@@ -588,20 +643,171 @@ def build_coredns(cache_dir: str | Path, binary: Path | None = None) -> Path:
     return out
 
 
+def build_traefik_binary(cache_dir: str | Path, version: str = TRAEFIK_VERSION) -> Path:
+    """Traefik ``version`` built inside its own module (its replace directives apply), as its release is built
+    (``./cmd/traefik`` with the version in ``pkg/version``), static and stripped; cached under ``go-bin/``."""
+    ldflags = f"-X {TRAEFIK_MODULE}/pkg/version.Version={version}"
+    return build_in_module("traefik", TRAEFIK_MODULE, version, "./cmd/traefik", ldflags, cache_dir)
+
+
+def traefik_crds(version: str = TRAEFIK_VERSION, offline: bool = False) -> bytes:
+    """Traefik's CRD definitions at ``version``, from its Go module."""
+    return (module_source(TRAEFIK_MODULE, f"v{version}", offline) / TRAEFIK_CRDS).read_bytes()
+
+
+def build_traefik(cache_dir: str | Path, binary: Path | None = None) -> Path:
+    """The Traefik image (:data:`TRAEFIK_IMAGE`) as an OCI tarball, once per binary; cached. Entrypoint: the binary,
+    so the chart's arguments are Traefik's (upstream's entrypoint script does the same for arguments starting ``-``)."""
+    if binary is None:
+        binary = build_traefik_binary(cache_dir)
+    data = binary.read_bytes()
+    out = _binary_image_path(cache_dir, "traefik", TRAEFIK_IMAGE, TRAEFIK_VERSION, data)
+    if out.exists():
+        return out
+    with _step(f"built the Traefik image {out.name}"):
+        layer = tar_bytes(_with_parents([
+            Entry("usr/local/bin/traefik", data, 0o755),
+            Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\n"
+                                b"nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin\n"),
+            Entry("etc/group", b"root:x:0:\nnonroot:x:65532:\n"),
+            Entry("tmp/", mode=0o1777),
+            Entry("data/", mode=0o777),
+        ]))
+        config = {
+            "User": TRAEFIK_USER,
+            "Entrypoint": ["/usr/local/bin/traefik"],
+            "Env": [PATH_ENV],
+            "ExposedPorts": {"80/tcp": {}},
+            "WorkingDir": "/",
+            "Labels": {
+                "org.opencontainers.image.version": f"v{TRAEFIK_VERSION}",
+                "org.opencontainers.image.description": (
+                    f"Traefik v{TRAEFIK_VERSION} from {TRAEFIK_MODULE}@v{TRAEFIK_VERSION} (CGO off), built by the "
+                    "portable-k3s lab under the name of k3s's mirrored Traefik image"
+                ),
+            },
+        }
+        oci_archive(TRAEFIK_IMAGE, [layer], config, out,
+                    created_by=f"go build -trimpath -ldflags='-s -w' ./cmd/traefik in "
+                               f"{TRAEFIK_MODULE}@v{TRAEFIK_VERSION}")
+    return out
+
+
+def _resolve_in(root: Path, path: str) -> str:
+    """``path`` (relative to ``root``) with its symlinks followed inside ``root`` (absolute links mean ``root``)."""
+    parts = [p for p in path.strip("/").split("/") if p]
+    done: list[str] = []
+    for _ in range(64):
+        if not parts:
+            return "/".join(done)
+        part = parts.pop(0)
+        candidate = root.joinpath(*done, part)
+        if candidate.is_symlink():
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                done = []
+            continue
+        if part == "..":
+            done = done[:-1]
+        elif part != ".":
+            done.append(part)
+    raise LabError(f"{path}: too many symlinks under {root}")
+
+
+def _loaded_libraries(root: Path, binary: Path) -> list[str]:
+    """The paths (inside ``root``, unpacked packages) of the shared objects ``binary`` loads, its loader first."""
+    interpreter = next((p for p in ("lib64/ld-linux-x86-64.so.2", "lib/ld-linux-aarch64.so.1")
+                        if (root / p).is_symlink() or (root / p).exists()), None)
+    if interpreter is None:
+        raise LabError(f"no dynamic loader under {root}")
+    loader = root / _resolve_in(root, interpreter)
+    found_dirs = [*sorted(root.glob("lib/*-linux-gnu*")), *sorted(root.glob("usr/lib/*-linux-gnu*"))]
+    dirs = ":".join(str(d) for d in found_dirs)
+    listing = _run([str(loader), "--library-path", dirs, "--list", str(binary)], f"listing {binary.name}'s libraries")
+    found = [interpreter]
+    for line in listing.splitlines():
+        path = next((w for w in line.split() if w.startswith(str(root) + "/")), None)
+        if path is not None:
+            found.append(path[len(str(root)) + 1:])
+    return found
+
+
+def build_nginx(cache_dir: str | Path) -> Path:
+    """The static kind's image (:data:`STATIC_IMAGE`) as an OCI tarball, from Debian's nginx: ``/usr/sbin/nginx``
+    and the libraries it loads (from the packages apt would install), mime.types, the official image's
+    configuration (:data:`NGINX_CONF`), its ``nginx`` user, and busybox for a shell; built once per package
+    versions; cached."""
+    arch = go_arch()
+    packages = [apt_candidate(name) for name in (*NGINX_PACKAGES, BUSYBOX_PACKAGE)]
+    key = _cache_key(STATIC_IMAGE, *(p.sha256 for p in packages), NGINX_CONF.decode(), arch)
+    version = packages[0].version
+    out = _images_dir(cache_dir) / f"nginx-{version.replace(':', '_')}-{arch}-{key}.tar"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-nginx-") as work:
+        root = Path(work) / "root"
+        with _step(f"downloaded Debian's nginx {version} and the packages it loads"):
+            for package in packages:
+                deb = download_deb(package, Path(work) / "debs")
+                _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+        with _step(f"built the nginx image {out.name}"):
+            nginx = root / "usr" / "sbin" / "nginx"
+            entries = [Entry("usr/sbin/nginx", nginx.read_bytes(), 0o755)]
+            for library in _loaded_libraries(root, nginx):
+                real = _resolve_in(root, library)
+                entries.append(Entry(real, (root / real).read_bytes(), 0o755))
+                if real != library:
+                    entries.append(Entry(library, link="/" + real))
+            busybox = root / "bin" / "busybox"
+            entries += [
+                Entry("bin/busybox", busybox.read_bytes(), 0o755),
+                *(Entry(f"bin/{applet}", link="busybox")
+                  for applet in ("sh", "cat", "ls", "mkdir", "rm", "tar", "echo")),
+                Entry("etc/nginx/nginx.conf", NGINX_CONF),
+                Entry("etc/nginx/mime.types", (root / "etc" / "nginx" / "mime.types").read_bytes()),
+                Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101:nginx:/nonexistent:/bin/false\n"),
+                Entry("etc/group", b"root:x:0:\nnginx:x:101:\n"),
+                Entry("usr/share/nginx/html/index.html", b"<h1>Welcome to nginx!</h1>\n"),
+                *(Entry(f"{d}/", mode=0o755) for d in ("var/lib/nginx", "var/log/nginx", "run", "root")),
+                Entry("tmp/", mode=0o1777),
+                Entry("usr/share/doc/nginx/copyright", (root / "usr/share/doc/nginx/copyright").read_bytes()),
+            ]
+            unique = {e.path: e for e in entries}
+            config = {
+                "Entrypoint": ["/usr/sbin/nginx"],
+                "Cmd": ["-g", "daemon off;"],
+                "Env": [PATH_ENV],
+                "ExposedPorts": {"80/tcp": {}},
+                "StopSignal": "SIGQUIT",
+                "Labels": {
+                    "org.opencontainers.image.version": version,
+                    "org.opencontainers.image.description": (
+                        f"Debian's nginx {version} with the official image's configuration: the portable-k3s lab's "
+                        f"image under the static kind's name ({image_tag(STATIC_IMAGE)}), not upstream's build"
+                    ),
+                },
+            }
+            oci_archive(STATIC_IMAGE, [tar_bytes(_with_parents(list(unique.values())))], config, out,
+                        created_by=f"dpkg-deb -x {' '.join(p.name + '=' + p.version for p in packages)}")
+    return out
+
+
 def airgap_file_name(arch: str | None = None) -> str:
     """k3s's release asset name: ``k3s-airgap-images-<arch>.tar.zst``."""
     return f"k3s-airgap-images-{arch or go_arch()}.tar.zst"
 
 
 def build_airgap_images(cache_dir: str | Path, k3s_version: str = VERSIONS["k3s"]) -> Path:
-    """Every lab image (pause, busybox, CoreDNS) in one ``k3s-airgap-images-<arch>.tar.zst``, built once per inputs;
-    cached.
+    """Every lab image (pause, busybox, CoreDNS, Traefik, nginx) in one ``k3s-airgap-images-<arch>.tar.zst``, built
+    once per inputs; cached.
 
     Put it (under any name ending ``.tar.zst``) into :data:`AIRGAP_DIR` on a node, or serve it where k3s's release
     publishes that asset.
     """
     with _step("lab images ready"):
-        images = [build_pause(cache_dir, k3s_version), build_busybox(cache_dir), build_coredns(cache_dir)]
+        images = [build_pause(cache_dir, k3s_version), build_busybox(cache_dir), build_coredns(cache_dir),
+                  build_traefik(cache_dir), build_nginx(cache_dir)]
         key = _cache_key(*(image.name for image in images))
         out = _images_dir(cache_dir) / f"airgap-{key}" / airgap_file_name()
         if not out.exists():

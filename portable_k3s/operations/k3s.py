@@ -26,7 +26,7 @@ from ..facts.files import FileStates
 from ..facts.k3s import CNI_INTERFACES, K3S_DATA, K3S_FILES, K3sFootprint, K3sFootprintInfo, parse_nodes
 from ..facts.release import InstalledRelease
 from ..facts.tailscale import Tailscale
-from ..render import render
+from ..render import render, to_yaml
 from . import files, release
 from .headscale import expire_preauth_key, mint_preauth_key
 from .services import start_command
@@ -35,6 +35,7 @@ from .util import escalation, forget, gate, shared_fact
 CONFIG = "/etc/rancher/k3s/config.yaml"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
 TOKEN = "/etc/rancher/k3s/token"  # noqa: S105 - a path: the cluster token every node starts with
+REGISTRIES = "/etc/rancher/k3s/registries.yaml"  # containerd's mirrors and registry credentials, read at start
 VPN_AUTH = "/etc/rancher/k3s/vpn-auth"  # the "native" tailnet mode's join settings (holds a pre-auth key)
 SERVER_TOKEN = "/var/lib/rancher/k3s/server/token"  # noqa: S105 - a path: K10<CA hash>::server:<token>
 SNAPSHOT_DIR = "/var/lib/rancher/k3s/server/db/snapshots"
@@ -54,6 +55,14 @@ MANAGED_KEYS = frozenset(
 def unit_name(role: str) -> str:
     """The systemd unit of a k3s ``server`` (``k3s.service``) or ``agent`` (``k3s-agent.service``)."""
     return "k3s.service" if role == "server" else "k3s-agent.service"
+
+
+def registries_text(registries: dict[str, Any]) -> str:
+    """k3s's ``registries.yaml``: ``mirrors`` and ``configs`` as k3s reads them (credentials already resolved)."""
+    body = {key: registries[key] for key in ("mirrors", "configs") if registries.get(key)}
+    header = ("# Written by portable-k3s from k3s_registries; k3s reads it when it starts (a change restarts k3s).\n"
+              "# It holds registry credentials: root only.\n")
+    return header + (to_yaml(body) + "\n" if body else "{}\n")
 
 
 def config_text(settings: dict[str, Any], iface: str = "tailscale0", mode: str = "manual") -> str:

@@ -23,20 +23,21 @@ AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
 
 def wanted_prefs(
     login_server: str, hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool, routes: list[str],
-    routes_by_k3s: bool = False,
+    routes_by_k3s: bool = False, snat: bool = True,
 ) -> dict[str, Any]:
     """The ``tailscale debug prefs`` values a node joined with these settings has (without the route ones when
     k3s manages them)."""
     advertised = sorted(routes + (["0.0.0.0/0", "::/0"] if exit_node else []))
-    prefs = {"ControlURL": login_server, "Hostname": hostname, "CorpDNS": accept_dns}
+    prefs = {"ControlURL": login_server, "Hostname": hostname, "CorpDNS": accept_dns, "NoSNAT": not snat}
     if not routes_by_k3s:
         prefs.update({"RouteAll": accept_routes, "AdvertiseRoutes": advertised})
     return prefs
 
 
 def settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_node: bool,
-                    routes: list[str], routes_by_k3s: bool = False) -> list[str]:
-    flags = [f"--hostname={hostname}", f"--accept-dns={str(accept_dns).lower()}"]
+                    routes: list[str], routes_by_k3s: bool = False, snat: bool = True) -> list[str]:
+    flags = [f"--hostname={hostname}", f"--accept-dns={str(accept_dns).lower()}",
+             f"--snat-subnet-routes={str(snat).lower()}"]
     if not routes_by_k3s:
         flags += [
             f"--accept-routes={str(accept_routes).lower()}",
@@ -57,6 +58,7 @@ def joined(
     exit_node: bool = False,
     routes: list[str] | None = None,
     routes_by_k3s: bool = False,
+    snat: bool = True,
 ):
     """
     Join this node to the headscale tailnet, or bring it back in line.
@@ -77,6 +79,9 @@ def joined(
     + routes: subnets this node advertises
     + routes_by_k3s: leave accept-routes and the advertised routes to k3s (its "native" tailnet mode advertises
       the node's pod subnet itself); ``accept_routes``, ``exit_node`` and ``routes`` are then not applied
+    + snat: tailscaled's default, masquerading what it forwards from the tailnet (``--snat-subnet-routes``); False
+      keeps the tailnet source address, as a k3s node needs: a connection the entrance forwards to a pod's host port
+      must reach Traefik from the entrance's address, the one Traefik takes the PROXY protocol from
 
     **Example:**
 
@@ -93,8 +98,8 @@ def joined(
     info = shared_fact(host, Tailscale)  # later operations (k3s's config) read the same answer
     server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
     known_keys = {node["node_key"] for node in server["nodes"]}
-    flags = settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
-    wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s)
+    flags = settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
+    wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
     # "Starting": logged in, waiting for a relay or a peer (e.g. right after a reboot that also restarted
     # headscale): still this tailnet's node. A re-join would not help it and would cost it its node key.
     joined_here = info["backend_state"] in ("Running", "Starting") and info["prefs"].get("ControlURL") == login_server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from portable_k3s.lab import Lab, LabConfig
+from portable_k3s.lab.apps import ca_dir, serve_apps
 
-from .standin import BACKENDS, PRIVATE, PUBLIC, STANDIN_CONF
+from .public import PUBLIC
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,40 +97,12 @@ def pyinfra(lab_env: dict[str, str]):
 
 
 @pytest.fixture(scope="session")
-def test_ca(tmp_path_factory) -> Path:
-    """A test CA and one certificate for every app name of the catalog (the CLUSTER's certificate)."""
-    d = tmp_path_factory.mktemp("ca")
-    catalog = [app["hostname"] for app in runpy.run_path(str(REPO / "group_data" / "all.py"))["apps"]]
-    names = ",".join(f"DNS:{n}" for n in sorted({PUBLIC, PRIVATE, "nope.example.org", *catalog}))
-    steps = [
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-         "-subj", "/CN=portable-k3s lab test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-subj", "/CN=lab ingress stand-in", "-keyout", "key.pem", "-out", "req.csr"],
-        ["openssl", "x509", "-req", "-in", "req.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-         "-days", "2", "-extfile", "san.cnf", "-out", "cert.pem"],
-    ]
-    (d / "san.cnf").write_text(f"subjectAltName={names}\n")
-    for step in steps:
-        subprocess.run(step, cwd=d, check=True, capture_output=True)
-    return d
-
-
-@pytest.fixture(scope="session")
-def standins(lab, converged_entrance, test_ca):
-    """The ingress stand-in on every k3s-role host."""
-    cert, key = (test_ca / "cert.pem").read_text(), (test_ca / "key.pem").read_text()
-    for name in BACKENDS:
-        lab.ssh(name, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx libnginx-mod-stream >/dev/null "
-                      "|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-                      "nginx libnginx-mod-stream >/dev/null)", timeout=300)
-        lab.ssh(name, "mkdir -p /etc/standin && cat > /etc/standin/cert.pem", input=cert)
-        lab.ssh(name, "umask 077 && cat > /etc/standin/key.pem", input=key)
-        started = lab.ssh(name, "cat > /etc/nginx/nginx.conf && nginx -t -q && systemctl restart nginx",
-                          input=STANDIN_CONF, check=False)
-        assert started.returncode == 0, (name, started.stderr, lab.ssh(
-            name, "journalctl -u nginx --no-pager -n 30; ss -lntp", check=False).stdout)
-    return test_ca
+def served_apps(lab, converged_entrance) -> Path:
+    """The deployed apps served for real: certificates from the lab's CA in the Secrets their Ingresses name, a
+    first page in each static app's volume (``portable_k3s.lab.apps``); the CA's directory (``ca.pem``)."""
+    issued = serve_apps(lab)
+    assert PUBLIC in issued or issued == [], issued
+    return ca_dir(lab)
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,10 @@
 
 NTFY STAND-IN: the real ntfy server cannot be built here (the Go module proxy refuses heckel.io/ntfy/v2), so an
 HTTP receiver in this test process, on the cloud gateway where the lab inventory's ``alerts_ntfy_url`` points,
-records each POST the way ntfy would receive it (topic path, Title/Tags/Authorization headers, body). The ingress
-the probes reach through the entrance is the INGRESS STAND-IN of tests/lab/standin.py. The lab's timer waits a day
-(``alerts_interval``), so probes run when these tests start the probe service, never in the middle of another test.
+records each POST the way ntfy would receive it (topic path, Title/Tags/Authorization headers, body). The probes
+reach the apps through the entrance, the tailnet and Traefik on the nodes (tests/lab/public.py). The lab's timer
+waits a day (``alerts_interval``), so probes run when these tests start the probe service, never in the middle of
+another test.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 
 from portable_k3s.lab.inventory import lab_ntfy_port
 
-from .standin import BACKENDS, PUBLIC
+from .public import BACKENDS, PUBLIC
 
 PROBE = "systemctl start portable-k3s-app-probe.service"
 
@@ -76,7 +77,7 @@ def _token(lab) -> str:
     return (lab.state_dir / "ntfy-token").read_text().strip()
 
 
-def test_the_probe_timer_runs_and_holds_the_token_as_a_credential(lab, standins):
+def test_the_probe_timer_runs_and_holds_the_token_as_a_credential(lab, served_apps):
     assert lab.ssh("h1", "systemctl is-active portable-k3s-app-probe.timer").stdout.strip() == "active"
     assert lab.ssh("h1", "stat -c %a /etc/portable-k3s/ntfy-auth").stdout.strip() == "600"
     unit = lab.ssh("h1", "systemctl cat portable-k3s-app-probe.service; systemctl show -p ExecStart "
@@ -85,7 +86,7 @@ def test_the_probe_timer_runs_and_holds_the_token_as_a_credential(lab, standins)
     assert _token(lab) not in unit
 
 
-def test_exactly_one_down_then_one_up_message(lab, standins, ntfy):
+def test_exactly_one_down_then_one_up_message(lab, served_apps, ntfy):
     lab.ssh("h1", PROBE)
     assert ntfy.received == []  # everything up, as before: nothing to say
     _ingress(lab, "stop")
@@ -105,7 +106,7 @@ def test_exactly_one_down_then_one_up_message(lab, standins, ntfy):
     assert up["body"].startswith("back up: ") and set(up["body"].split()[2:]) == set(down["body"].split()[1:])
 
 
-def test_an_alert_ntfy_did_not_get_is_sent_at_the_next_probe(lab, standins, ntfy):
+def test_an_alert_ntfy_did_not_get_is_sent_at_the_next_probe(lab, served_apps, ntfy):
     ntfy.shutdown()  # ntfy unreachable while the apps go down
     ntfy.server_close()
     _ingress(lab, "stop")
@@ -129,7 +130,7 @@ def test_an_alert_ntfy_did_not_get_is_sent_at_the_next_probe(lab, standins, ntfy
         _ingress(lab, "start")
 
 
-def test_the_token_is_never_printed(lab, pyinfra, standins):
+def test_the_token_is_never_printed(lab, pyinfra, served_apps):
     lab.ssh("h1", "rm /etc/portable-k3s/ntfy-auth")  # so the deploy writes it again
     run = pyinfra("-vvv", "--diff")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -5,14 +5,15 @@ it; nothing else changes. Runs last (it grows the lab)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from .standin import PUBLIC, tls
+from .public import PUBLIC, served, tls
 
 
 @pytest.mark.moves_lab
-def test_a_new_node_joins_with_one_limited_run(lab, pyinfra, standins):
+def test_a_new_node_joins_with_one_limited_run(lab, pyinfra, served_apps):
     lab.up(len(lab.hosts()) + 1, timeout=120)
     new = lab.hosts()[-1].name
     assert "k3s_agents" in lab.hosts()[-1].groups
@@ -29,8 +30,14 @@ def test_a_new_node_joins_with_one_limited_run(lab, pyinfra, standins):
     assert newest["used"] and not newest.get("reusable"), newest  # a fresh single-use key, used by the new node
     lab.ssh("h2", f"for i in $(seq 60); do k3s kubectl get nodes | grep -q '^{new} .* Ready ' && exit 0; sleep 0.5; "
                   "done; k3s kubectl get nodes; exit 1")
-    _, body = tls(lab, standins, PUBLIC)  # still served (the new node runs no ingress stand-in: passive checks)
-    assert f"sni={PUBLIC}" in body
+    # Traefik's DaemonSet comes to the new node (its image from the airgap bundle): the entrance's new upstream
+    # serves as the others do (each request goes to the next node).
+    lab.ssh("h2", "for i in $(seq 120); do k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=traefik "
+                  f"-o wide --no-headers | grep -q ' Running .* {new} ' && exit 0; sleep 1; done; exit 1", timeout=180)
+    time.sleep(3)  # readiness
+    for _ in range(len(lab.hosts())):
+        _, body = tls(lab, served_apps, PUBLIC)
+        assert served(body), body
 
     again = pyinfra()  # the whole inventory now: everything already is as it should be
     assert again.returncode == 0, again.stderr[-4000:]

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from .standin import PUBLIC, tls
+from .public import PUBLIC, PUBLIC_APP, served, tls
 
 
 def _nodes(lab, server: str) -> dict[str, dict]:
@@ -38,13 +38,17 @@ def _started(lab, name: str, unit: str) -> int:
 
 
 @pytest.mark.moves_lab
-def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, standins):
+def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, served_apps):
     lab.up(len(lab.hosts()) + 1, timeout=120)
     new = lab.hosts()[-1].name
     old = next(h.name for h in lab.hosts() if "k3s_servers" in h.groups)
     agents = [h.name for h in lab.hosts() if "k3s_agents" in h.groups and h.name != new]
     before = _nodes(lab, old)
     assert set(agents) <= set(before)
+    # The public app's volume is a local-path one: on the node its pod first ran on, and lost with that node.
+    claim = json.loads(lab.ssh(old, f"k3s kubectl -n app-{PUBLIC_APP} get pvc {PUBLIC_APP} -o json").stdout)
+    volume = json.loads(lab.ssh(old, f"k3s kubectl get pv {claim['spec']['volumeName']} -o json").stdout)
+    volume_node = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
     lab.ssh(old, f"k3s kubectl cordon {agents[0]}")  # cluster state that only the snapshot can carry over
     lab.ssh(old, "k3s kubectl -n default create configmap made-before-the-move --from-literal=marker=moved")
     token = lab.ssh(old, "cat /var/lib/rancher/k3s/server/token").stdout
@@ -99,8 +103,12 @@ def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, standins
     nginx = lab.ssh("h1", "nginx -T 2>/dev/null").stdout
     old_ip = lab.ssh(old, "tailscale ip -4").stdout.strip()
     assert f"server {new_ip}:443" in nginx and f"server {old_ip}:443" not in nginx
-    _, body = tls(lab, standins, PUBLIC)  # still served, by the agents' ingress
-    assert f"sni={PUBLIC}" in body
+    cert, body = tls(lab, served_apps, PUBLIC)  # still routed, by the agents' Traefik, with the app's certificate
+    assert ("DNS", PUBLIC) in cert["subjectAltName"], cert
+    if volume_node != old:
+        assert served(body), body
+    else:  # its local-path volume went with the old server: the pod cannot run elsewhere (rook-ceph's volumes can)
+        assert body.startswith("HTTP/1.") and " 503 " in body.splitlines()[0], body[:300]
     lab.ssh(new, f"k3s kubectl uncordon {agents[0]}")
 
     again = pyinfra()

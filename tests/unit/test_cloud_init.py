@@ -89,7 +89,8 @@ def test_the_join_script_is_valid_sh_and_installs_each_architectures_verified_re
         assert f"/v1.35.3%2Bk3s1/{k3s_name} " in script and f"sha256sum-{arch}.txt" in script
     assert script.count("sha256sum \"$tmp/dl\"") == 6  # every download checked before it is installed
     assert "tailscale up --reset --login-server=https://headscale.example.org" in script
-    assert "--hostname=vm1 --accept-dns=true --accept-routes=false --advertise-exit-node=false" in script
+    assert ("--hostname=vm1 --accept-dns=true --snat-subnet-routes=false --accept-routes=false "
+            "--advertise-exit-node=false") in script
     assert "systemctl enable k3s-agent.service" in script and "timeout 300 systemctl start k3s-agent" in script
     assert script.index("tailscale up") < script.index("installing k3s") < script.index("start k3s-agent")
 

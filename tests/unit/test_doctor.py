@@ -166,3 +166,21 @@ def test_doctor_changes_nothing_on_the_hosts():
     readers = ("true", "nginx -T", "command -v headscale", "tailscale status --json", "tailscale ping", "timeout 5",
                "command -v k3s")
     assert world.commands and all(command.startswith(readers) for _, command in world.commands), world.commands
+
+
+def test_a_raw_tcp_apps_name_gets_no_certificate_check() -> None:
+    """A public raw TCP app (minecraft) has no Ingress, so no certificate: doctor resolves its name and checks the
+    whitelist, but does not ask its name for a valid certificate on 443."""
+    apps = [*APPS, {"name": "minecraft", "hostname": "mc.example.org", "public": True, "tcp_port": 25565}]
+    data = {"domain": "example.org", "headscale_url": "https://headscale.example.org",
+            "tailnet_domain": "tailnet.example.org", "apps": apps}
+    config = validate_inventory(Inventory(
+        (["cloud", "master", "t420", "t410"], data),
+        headscale=([("cloud", {"ssh_hostname": ENTRANCE_IP})], {}), entrance=(["cloud"], {}),
+        k3s_servers=(["master"], {}), k3s_agents=(["t420", "t410"], {}),
+    ))
+    world = World(dns={"blog.example.org": [ENTRANCE_IP], "mc.example.org": [ENTRANCE_IP]},
+                  whitelist={"blog.example.org", "mc.example.org"})
+    names = {hop.name for hop in diagnose(config, world) if hop.ok}
+    assert {"dns mc.example.org", "whitelist cloud", "sni blog.example.org via cloud"} <= names
+    assert "sni mc.example.org via cloud" not in {hop.name for hop in diagnose(config, world)}

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -309,15 +310,27 @@ def test_coredns_binary_is_the_pinned_version(coredns_binary: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+def traefik_binary() -> Path:
+    """Traefik from the lab's cache, built there once if missing (the lab tier uses the same binary)."""
+    from portable_k3s.lab.core import LabConfig
+
+    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+        pytest.skip("the Go toolchain is missing: the Traefik image is built from its Go module")
+    return images.build_traefik_binary(LabConfig.from_env().cache_dir)
+
+
+@pytest.fixture(scope="module")
 def lab_cache(
-    tmp_path_factory: pytest.TempPathFactory, kubernetes_dir: Path, busybox_deb: Path, coredns_binary: Path
+    tmp_path_factory: pytest.TempPathFactory, kubernetes_dir: Path, busybox_deb: Path, coredns_binary: Path,
+    traefik_binary: Path,
 ) -> Path:
     """A lab cache holding every image, each built once for this module."""
     cache = tmp_path_factory.mktemp("lab-cache")
-    built = images.coredns_binary_path(cache)
-    if not built.exists():
-        built.parent.mkdir(parents=True)
-        built.symlink_to(coredns_binary)
+    for built, binary in ((images.coredns_binary_path(cache), coredns_binary),
+                          (cache / "go-bin" / traefik_binary.parent.name / "traefik", traefik_binary)):
+        if not built.exists():
+            built.parent.mkdir(parents=True)
+            built.symlink_to(binary)
     images.build_pause(cache, source_dir=kubernetes_dir)
     images.build_busybox(cache, deb=busybox_deb)
     return cache
@@ -347,4 +360,48 @@ def test_airgap_bundle_carries_every_lab_image(lab_cache: Path) -> None:
         found = check_archive(tar)
     finally:
         tar.unlink()
-    assert sorted(found) == sorted([images.PAUSE_IMAGE, images.BUSYBOX_IMAGE, images.COREDNS_IMAGE])
+    assert sorted(found) == sorted([
+        images.PAUSE_IMAGE, images.BUSYBOX_IMAGE, images.COREDNS_IMAGE, images.TRAEFIK_IMAGE, images.STATIC_IMAGE,
+    ])
+
+
+def test_traefik_image_runs_the_pinned_traefik_as_nonroot(lab_cache: Path, traefik_binary: Path) -> None:
+    version = subprocess.run([traefik_binary, "version"], capture_output=True, text=True, timeout=30).stdout
+    assert f"Version:      {images.TRAEFIK_VERSION}" in version, version
+    out = images.build_traefik(lab_cache)
+    found = check_archive(out)
+    assert list(found) == [images.TRAEFIK_IMAGE]
+    config = found[images.TRAEFIK_IMAGE]["config"]["config"]
+    assert config["Entrypoint"] == ["/usr/local/bin/traefik"] and config["User"] == images.TRAEFIK_USER
+    (layer,) = found[images.TRAEFIK_IMAGE]["layers"]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        assert tar.extractfile("usr/local/bin/traefik").read() == traefik_binary.read_bytes()  # type: ignore[union-attr]
+    assert images.build_traefik(lab_cache) == out, "cached"
+
+
+def test_traefik_crds_are_the_modules_definitions() -> None:
+    try:
+        crds = images.traefik_crds(offline=True).decode()
+    except LabError as exc:
+        pytest.skip(f"the Traefik module is not in the Go module cache: {exc}")
+    kinds = {line.split(":")[1].strip() for line in crds.splitlines() if line.startswith("    kind:")}
+    assert {"IngressRoute", "IngressRouteTCP", "Middleware", "TLSOption"} <= kinds
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running nginx in its root filesystem needs root (unshare --root)")
+def test_nginx_image_is_debians_nginx_with_every_library_it_loads(lab_cache: Path, tmp_path: Path) -> None:
+    out = images.build_nginx(lab_cache)
+    found = check_archive(out)
+    assert list(found) == [images.STATIC_IMAGE]
+    config = found[images.STATIC_IMAGE]["config"]["config"]
+    assert config["Entrypoint"] == ["/usr/sbin/nginx"] and config["Cmd"] == ["-g", "daemon off;"]
+    assert "Debian's nginx" in config["Labels"]["org.opencontainers.image.description"]
+    (layer,) = found[images.STATIC_IMAGE]["layers"]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        tar.extractall(tmp_path, filter="tar")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "stderr").touch()
+    checked = subprocess.run(["unshare", "-m", "--root", str(tmp_path), "/usr/sbin/nginx", "-t"],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and "syntax is ok" in checked.stderr, checked.stderr
+    assert images.build_nginx(lab_cache) == out, "cached"

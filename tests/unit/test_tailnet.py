@@ -33,7 +33,8 @@ NODE_KEY = "nodekey:dfaac6c30b0a04af0e78e41ba15ce45e374f42fcc2b9313e44403166b274
 OTHER_KEY = "nodekey:91252398ad674cba4fd67ea77d6aa9491233efb7cadb4254731a7d94b87f8533"
 AUTHKEY_FILE = "/run/portable-k3s/tailscale-authkey"
 DEFAULT_FLAGS = (
-    "--hostname=t420 --accept-dns=true --accept-routes=false --advertise-exit-node=false --advertise-routes="
+    "--hostname=t420 --accept-dns=true --snat-subnet-routes=true --accept-routes=false --advertise-exit-node=false "
+    "--advertise-routes="
 )
 # What `headscale preauthkeys create -o json` prints (Go's encoding/json of the protobuf message).
 PREAUTH_KEY = "hskey-auth-kQ3vD8xR2mWt-Z7pLcY4nB9sF1gH6jK0eU5aV2wX8rT3qM7dN4"
@@ -62,6 +63,7 @@ def _tailscale_info(backend_state: str = "Running", node_key: str | None = NODE_
         "AdvertiseTags": None,
         "WantRunning": True,
         "LoggedOut": False,
+        "NoSNAT": False,
     }
     running = backend_state == "Running"
     return {
@@ -166,13 +168,13 @@ def test_joined_leaves_the_routes_to_k3s_in_its_native_mode() -> None:
     assert planned.serialised == []
     changed = _plan_joined(_tailscale_info(Hostname="debian", RouteAll=True), _headscale_info(NODE_KEY),
                            routes_by_k3s=True)
-    assert changed.serialised == ["tailscale set --hostname=t420 --accept-dns=true"]
+    assert changed.serialised == ["tailscale set --hostname=t420 --accept-dns=true --snat-subnet-routes=true"]
 
 
 def test_joined_in_k3s_native_mode_joins_without_route_flags() -> None:
     info = _tailscale_info("NeedsLogin", node_key="nodekey:" + "0" * 64)
     planned = _plan_joined(info, _headscale_info(OTHER_KEY), routes_by_k3s=True)
-    assert planned.serialised == _join("--hostname=t420 --accept-dns=true")
+    assert planned.serialised == _join("--hostname=t420 --accept-dns=true --snat-subnet-routes=true")
 
 
 @pytest.mark.parametrize(
@@ -276,7 +278,7 @@ def test_joined_flags_for_an_exit_node_with_routes() -> None:
         routes=["192.168.50.0/24"],
     )
     assert planned.serialised == _join(
-        "--hostname=cloud --accept-dns=false --accept-routes=true --advertise-exit-node=true"
+        "--hostname=cloud --accept-dns=false --snat-subnet-routes=true --accept-routes=true --advertise-exit-node=true"
         " --advertise-routes=192.168.50.0/24"
     )
 
@@ -666,3 +668,13 @@ def test_wait_until_listed_gives_up_with_a_clear_error() -> None:
             mock.patch("portable_k3s.operations.tailscale.time.monotonic", lambda: next(clock)):
         with pytest.raises(OSError, match="joined, but headscale on cloud does not list it"):
             wait.execute(planned.state, planned.node, {})
+
+
+def test_joined_k3s_node_keeps_tailnet_source_addresses() -> None:
+    """A k3s node joins with --snat-subnet-routes=false and a joined one that masquerades is switched with tailscale
+    set: Traefik's host ports must see the entrance's tailnet address, the one it takes the PROXY protocol from."""
+    planned = _plan_joined(_tailscale_info("NeedsLogin"), _headscale_info(), snat=False)
+    assert "--snat-subnet-routes=false" in planned.serialised[2]
+    switched = _plan_joined(_tailscale_info(), _headscale_info(OTHER_KEY, NODE_KEY), snat=False)
+    assert switched.serialised == [f"tailscale set {DEFAULT_FLAGS.replace('routes=true', 'routes=false', 1)}"]
+    assert _plan_joined(_tailscale_info(NoSNAT=True), _headscale_info(OTHER_KEY, NODE_KEY), snat=False).serialised == []

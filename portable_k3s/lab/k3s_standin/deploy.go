@@ -3,7 +3,8 @@ package main
 // k3s's deploy controller: every file in server/manifests (not a dotfile; .yaml, .yml or .json) is applied when it
 // appears or changes, tracked by an AddOn named after the file up to its first dot (spec.source, spec.checksum);
 // objects a changed file no longer lists are pruned; a removed file deletes nothing. k3s's CRDs (AddOn,
-// HelmChart, HelmChartConfig) are installed first. Charts are stored, not run: the stand-in has no helm-controller.
+// HelmChart, HelmChartConfig) are installed first. The stand-in has no helm-controller: the two charts k3s bundles
+// are rendered by its HELM CHART STAND-IN (charts.go), any other HelmChart is stored, not installed.
 
 import (
 	"bytes"
@@ -44,7 +45,7 @@ const (
 //go:embed manifests/*.yaml
 var bundledManifests embed.FS
 
-// writeBundledManifests writes k3s's own add-ons (CoreDNS here) into server/manifests at start, as k3s does; a
+// writeBundledManifests writes k3s's own add-ons (CoreDNS, Traefik, local-path's StorageClass) into server/manifests at start, as k3s does; a
 // disabled one's file is removed.
 func writeBundledManifests(cfg config) error {
 	entries, err := bundledManifests.ReadDir("manifests")
@@ -132,6 +133,7 @@ func deployManifests(ctx context.Context) {
 		} else {
 			d.mapper.Reset()
 			d.sync(ctx)
+			d.syncCharts(ctx)
 		}
 		select {
 		case <-ctx.Done():

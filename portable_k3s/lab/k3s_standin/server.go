@@ -307,6 +307,9 @@ func runServer(ctx context.Context, cfg config) error {
 		return err
 	}
 	go deployManifests(ctx)
+	if !cfg.disabled("local-storage") {
+		go provisionLocalPaths(ctx, admin, cfg)
+	}
 	go labelServerNode(ctx, admin, cfg.nodeName())
 	// The server is an agent too: its kubelet takes its certificates from this server, through the supervisor.
 	return runAgent(ctx, cfg, agentJoin{
