@@ -751,8 +751,15 @@ class Lab:
         """Kill the processes of the host's Kubernetes pods (its kubelet's ``kubepods`` cgroups): a container's
         first process ignores SIGTERM, so the host's shutdown would wait for them until its stop timeout."""
         for cg in self.cgroup_dirs(name):
-            for procs in (cg / "kubepods").rglob("cgroup.procs") if (cg / "kubepods").is_dir() else ():
-                for pid in procs.read_text().split():
+            # Pods come and go while this walks their cgroups: a directory or file gone meanwhile is skipped.
+            for directory, _dirs, files in os.walk(cg / "kubepods"):
+                if "cgroup.procs" not in files:
+                    continue
+                try:
+                    pids = (Path(directory) / "cgroup.procs").read_text().split()
+                except OSError:
+                    continue
+                for pid in pids:
                     try:
                         os.kill(int(pid), signal.SIGKILL)
                     except ProcessLookupError:

@@ -21,9 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from portable_k3s.lab.artifacts import K3S_PATH, kubernetes_fork_version, publish_k3s_standin
-from portable_k3s.lab.images import BUSYBOX_IMAGE, PAUSE_IMAGE
+from portable_k3s.lab.images import BUSYBOX_IMAGE, PAUSE_IMAGE, STATIC_IMAGE, TRAEFIK_IMAGE
+from portable_k3s.operations.k3s import REGISTRIES
 from portable_k3s.versions import VERSIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,6 +135,45 @@ def test_one_token_everywhere_0600_and_never_printed(lab, pyinfra, converged):
     assert "Agent cluster token" in output  # the -vvv output is really there
 
 
+def test_private_registries_are_written_0600_restart_k3s_and_the_password_is_never_printed(
+    lab, pyinfra, converged, tmp_path
+):
+    """k3s_registries becomes /etc/rancher/k3s/registries.yaml on every k3s node, 0600, with the password read from
+    its reference; k3s restarts to read it and comes back Ready; a second run changes nothing. (The lab pulls no
+    image, so no mirror is contacted: the K3S STAND-IN does not turn the file into containerd's mirror config.)"""
+    password = "lab-registry-" + hashlib.sha256(str(tmp_path).encode()).hexdigest()[:16]
+    secret = tmp_path / "registry-password"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    registries = {
+        "mirrors": {"docker.io": {"endpoint": ["https://registry.lab.invalid:5000"]}},
+        "configs": {"registry.lab.invalid:5000": {"auth": {"username": "lab", "password": {"file": str(secret)}},
+                                                  "tls": {"insecure_skip_verify": True}}},
+    }
+    data = "k3s_registries=" + json.dumps(registries)
+    try:
+        run = pyinfra("--data", data, "-vvv", "--diff")
+        assert run.returncode == 0, run.stderr[-4000:]
+        assert password not in run.stdout + run.stderr, "the registry password was printed"
+        changed = run.changed()
+        assert sorted(changed.pop("k3s | Server private registries (registries.yaml)") +
+                      changed.pop("k3s | Agent private registries (registries.yaml)")) == sorted(NODES)
+        assert sorted(changed.pop("k3s | Server: restart after a config, token or unit change") +
+                      changed.pop("k3s | Agent: restart after a config, token or unit change")) == sorted(NODES)
+        assert changed == {}, changed
+        for name in NODES:
+            assert lab.ssh(name, f"stat -c '%a %U' {REGISTRIES}").stdout.split() == ["600", "root"], name
+            written = yaml.safe_load(lab.ssh(name, f"cat {REGISTRIES}").stdout)
+            assert written["mirrors"] == registries["mirrors"]
+            assert written["configs"]["registry.lab.invalid:5000"]["auth"] == {"username": "lab", "password": password}
+        _wait_ready(lab, NODES, VERSIONS["k3s"])
+        again = pyinfra("--data", data)
+        assert again.returncode == 0 and again.changed() == {}, again.changed()
+    finally:
+        for name in NODES:  # None leaves the file alone: take the test's file away (the stand-in never read it)
+            lab.ssh(name, f"rm -f {REGISTRIES}")
+
+
 def test_a_checksum_mismatch_installs_nothing_on_that_host(lab, pyinfra, converged):
     """A node without k3s whose pinned sha256 does not match the download: that host fails with the two
     checksums named, nothing is installed there, the others carry on; the next good run installs it."""
@@ -182,9 +223,10 @@ def test_a_version_bump_upgrades_one_node_at_a_time_servers_first(lab, pyinfra, 
 
 
 def test_airgap_images_are_verified_installed_and_imported_pinned(lab, converged):
-    """The lab is airgapped (k3s_airgap_images): the release's images tarball (pause, CoreDNS and a test busybox,
-    built by portable_k3s/lab/images.py) lands where k3s imports images at start, checked against the release's
-    sha256 list, and containerd holds its images pinned (kubelet's image GC keeps them)."""
+    """The lab is airgapped (k3s_airgap_images): the release's images tarball (pause, CoreDNS, Traefik, the static
+    apps' nginx and a test busybox, built by portable_k3s/lab/images.py) lands where k3s imports images at start,
+    checked against the release's sha256 list, and containerd holds its images pinned (kubelet's image GC keeps
+    them)."""
     release = lab.artifact_dir / K3S_PATH / VERSIONS["k3s"]
     tarball = next(release.glob("k3s-airgap-images-*.tar.zst"))
     path = "/var/lib/rancher/k3s/agent/images/k3s-airgap-images.tar.zst"  # one name on every machine
@@ -192,7 +234,7 @@ def test_airgap_images_are_verified_installed_and_imported_pinned(lab, converged
         remote_sha = lab.ssh(name, f"sha256sum {path}").stdout.split()[0]
         assert remote_sha == hashlib.sha256(tarball.read_bytes()).hexdigest(), name
         images = lab.ssh(name, "k3s ctr -n k8s.io images ls").stdout
-        for image in (PAUSE_IMAGE, BUSYBOX_IMAGE):
+        for image in (PAUSE_IMAGE, BUSYBOX_IMAGE, TRAEFIK_IMAGE, STATIC_IMAGE):
             line = next((ln for ln in images.splitlines() if ln.startswith(image + " ")), "")
             assert "io.cri-containerd.pinned=pinned" in line, (name, image, images)
 

@@ -28,11 +28,12 @@ def test_a_new_node_joins_with_one_limited_run(lab, pyinfra, served_apps):
     keys = json.loads(lab.ssh("h1", "headscale preauthkeys list -o json").stdout or "[]")
     newest = max(keys, key=lambda k: int(k["id"]))
     assert newest["used"] and not newest.get("reusable"), newest  # a fresh single-use key, used by the new node
-    lab.ssh("h2", f"for i in $(seq 60); do k3s kubectl get nodes | grep -q '^{new} .* Ready ' && exit 0; sleep 0.5; "
+    server = next(h.name for h in lab.hosts() if "k3s_servers" in h.groups)
+    lab.ssh(server, f"for i in $(seq 60); do k3s kubectl get nodes | grep -q '^{new} .* Ready ' && exit 0; sleep 0.5; "
                   "done; k3s kubectl get nodes; exit 1")
     # Traefik's DaemonSet comes to the new node (its image from the airgap bundle): the entrance's new upstream
     # serves as the others do (each request goes to the next node).
-    lab.ssh("h2", "for i in $(seq 120); do k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=traefik "
+    lab.ssh(server, "for i in $(seq 120); do k3s kubectl -n kube-system get pods -l app.kubernetes.io/name=traefik "
                   f"-o wide --no-headers | grep -q ' Running .* {new} ' && exit 0; sleep 1; done; exit 1", timeout=180)
     time.sleep(3)  # readiness
     for _ in range(len(lab.hosts())):
