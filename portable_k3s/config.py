@@ -955,6 +955,7 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
                     host_tags(set(host.groups), extra if isinstance(extra, list) else [])
                 )
     _check_entrance_upstream(inventory, routes, problems)
+    _check_entrance_limits(inventory, problems)
     if len(problems.lines) > before:
         return None
     return TailnetConfig(
@@ -962,6 +963,20 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
         ingress_address=ingress, routes={cidr: sorted(t) for cidr, t in routes.items()},
         pod_cidrs=_pod_cidrs(inventory) if _native_k3s_hosts(inventory) else [],
     )
+
+
+def _check_entrance_limits(inventory: Inventory, problems: _Problems) -> None:
+    """The entrance's limits against hostile clients (see ``ENTRANCE_DEFAULTS``)."""
+    checks = {
+        "entrance_preread_timeout": lambda v: _check_int_range(
+            v, 1, 60, "whole seconds 1-60 a client may take to send its TLS ClientHello"),
+        "entrance_connections_per_address": lambda v: _check_int_range(
+            v, 1, 100000, "connections one client address may hold open, 1-100000, or 0 for no limit", or_zero=True),
+        "entrance_worker_connections": lambda v: _check_int_range(
+            v, 512, 262144, "connections per nginx worker, 512-262144"),
+    }
+    for key, check in checks.items():
+        _check_per_source(inventory, key, check, problems)
 
 
 def _check_entrance_upstream(inventory: Inventory, routes: dict[str, set[str]], problems: _Problems) -> None:

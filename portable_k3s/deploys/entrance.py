@@ -23,6 +23,12 @@ ENTRANCE_DEFAULTS: dict[str, Any] = {
     # "nodes": every k3s node's tailnet address; or one address (e.g. a MetalLB IP) reached through a subnet
     # route that a node advertises (tailscale_advertise_routes) and this entrance accepts (tailscale_accept_routes)
     "entrance_upstream": "nodes",
+    # Hostile clients: how long a client may take to send its TLS ClientHello (nginx waits 30 s by default, holding
+    # the connection), how many connections one address may hold open at once on the public ports (0: no limit),
+    # and the connections each nginx worker takes (its open-file limit is set to match: two per proxied connection)
+    "entrance_preread_timeout": 5,
+    "entrance_connections_per_address": 64,
+    "entrance_worker_connections": 8192,
 }
 
 
@@ -43,6 +49,9 @@ def render_entrance(apps: list[Any], settings: dict[str, Any], backends: list[st
         http_port=settings["entrance_http_port"],
         connect_timeout=settings["entrance_connect_timeout"],
         fail_timeout=settings["entrance_fail_timeout"],
+        preread_timeout=int(settings["entrance_preread_timeout"]),
+        per_address=int(settings["entrance_connections_per_address"]),
+        worker_connections=int(settings["entrance_worker_connections"]),
     )
 
 

@@ -197,3 +197,34 @@ def test_entrance_upstream_address_needs_an_advertised_route_and_accepting_entra
             assert any(p.startswith(key) for p in error.problems), error.problems
         else:
             raise AssertionError(f"no problem for {entrance_data}")
+
+
+def test_hostile_client_limits_are_in_every_public_stream_server() -> None:
+    config = _config()
+    assert re.search(r"^worker_rlimit_nofile 16448;$", config, re.M)  # 2 x 8192 connections + 64
+    assert "worker_connections 8192;" in _block(config, "events {")
+    stream = _block(config, "stream {")
+    assert "preread_timeout 5s;" in stream
+    assert "limit_conn_zone $binary_remote_addr zone=entrance_per_address:10m;" in stream
+    public = [b for b in re.split(r"\n    server \{", stream) if re.search(r"listen (443|25565|7777);", b)]
+    assert len(public) == 3 and all("limit_conn entrance_per_address 64;" in b for b in public)
+    unlimited = render_entrance(APPS, {**ENTRANCE_DEFAULTS, "entrance_connections_per_address": 0}, BACKENDS)
+    assert "limit_conn" not in unlimited
+
+
+def test_bad_hostile_client_limits_are_named() -> None:
+    from portable_k3s.config import ConfigError, validate_inventory
+
+    for key, value, problem in (
+        ("entrance_preread_timeout", "5s", "cloud.entrance_preread_timeout: '5s' is a str (expected whole seconds"),
+        ("entrance_preread_timeout", 0, "cloud.entrance_preread_timeout: 0 is out of range"),
+        ("entrance_connections_per_address", -1, "cloud.entrance_connections_per_address: -1 is out of range"),
+        ("entrance_worker_connections", 100, "cloud.entrance_worker_connections: 100 is out of range (expected "
+                                             "connections per nginx worker, 512-262144)"),
+    ):
+        try:
+            validate_inventory(_inventory({key: value}, {}))
+        except ConfigError as error:
+            assert any(p.startswith(problem) for p in error.problems), error.problems
+        else:
+            raise AssertionError(f"no problem for {key}={value!r}")
