@@ -4,6 +4,7 @@ the system pods. They hold for a real k3s and for the portable-k3s lab's stand-i
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
@@ -59,6 +60,14 @@ def test_flannel_fits_inside_the_tailnet_mtu(host):
 
 @pytest.mark.groups("k3s_servers")
 def test_system_pods_run(host):
-    pods = json.loads(host.check_output("k3s kubectl get pods -n kube-system -o json"))["items"]
-    not_running = [p["metadata"]["name"] for p in pods if p["status"].get("phase") not in ("Running", "Succeeded")]
+    """Every pod in kube-system runs (or has done its job). Pods just starting, such as the local-path
+    provisioner's short-lived helper pods that make a new volume's directory, get up to a minute."""
+    deadline = time.monotonic() + 60
+    while True:
+        pods = json.loads(host.check_output("k3s kubectl get pods -n kube-system -o json"))["items"]
+        not_running = [p["metadata"]["name"] for p in pods
+                       if p["status"].get("phase") not in ("Running", "Succeeded")]
+        if (pods and not not_running) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert pods and not not_running, not_running

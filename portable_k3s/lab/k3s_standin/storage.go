@@ -128,7 +128,7 @@ func runHelper(ctx context.Context, client *kubernetes.Clientset, node, name, pa
 	parent := filepath.Dir(path)
 	directory := corev1.HostPathDirectoryOrCreate
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "helper-" + name},
+		ObjectMeta: metav1.ObjectMeta{Name: "helper-pod-" + name}, // the provisioner's own naming
 		Spec: corev1.PodSpec{
 			NodeName:      node,
 			RestartPolicy: corev1.RestartPolicyNever,
