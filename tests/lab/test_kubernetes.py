@@ -128,7 +128,9 @@ def test_a_clusterip_service_and_cluster_dns_answer_across_nodes(lab, pods):
     """CoreDNS (built from its Go module, deployed as k3s deploys it) resolves the Service; kube-proxy's rules
     take the client on h4 to the pod on h3."""
     service_ip = json.loads(kubectl(lab, f"-n {NAMESPACE} get service web -o json"))["spec"]["clusterIP"]
-    lookup = kubectl(lab, f"-n {NAMESPACE} exec client -- nslookup web.{NAMESPACE}.svc.cluster.local 10.43.0.10")
+    # busybox's nslookup asks once: a UDP query lost on a fresh VXLAN path is asked again, as a resolver would.
+    lookup = kubectl(lab, f"-n {NAMESPACE} exec client -- sh -c 'for i in 1 2 3 4 5; do "
+                          f"nslookup web.{NAMESPACE}.svc.cluster.local 10.43.0.10 && exit 0; sleep 2; done; exit 1'")
     assert service_ip in lookup, lookup
     body = kubectl(lab, f"-n {NAMESPACE} exec client -- wget -q -O- http://web.{NAMESPACE}.svc.cluster.local/")
     assert body.strip() == "hello-from-h3"
