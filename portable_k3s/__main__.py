@@ -11,7 +11,11 @@ host; secrets are never read, a placeholder naming the secret's key stands in fo
 single-use tailnet key and a k3s join token minted for it over SSH (see portable_k3s.cloud_init).
 
 ``doctor INVENTORY`` walks the path a request takes (public DNS, the entrance, SNI routing, headscale, the tailnet,
-the ingress, k3s) and prints one line per hop, failing ones first, with the likely fix (see portable_k3s.doctor).
+the ingress, k3s, the apps' backups) and prints one line per hop, failing ones first, with the likely fix (see
+portable_k3s.doctor).
+
+``backups INVENTORY`` lists each backed-up app's snapshots, their age and size, and which app is late;
+``restore INVENTORY APP [--snapshot ID]`` restores an app's volume from its backup (see portable_k3s.backups).
 """
 
 from __future__ import annotations
@@ -170,6 +174,65 @@ def cloud_init(inventory_path: str, cwd: str | None, name: str, expires: str, ou
     return 0
 
 
+def _cluster_for_backups(inventory_path: str, cwd: str | None) -> tuple[Any, Any] | int:
+    """The validated inventory and an SSH probe, or an exit status when the inventory has no app backups."""
+    from portable_k3s.doctor import NetworkProbe
+
+    try:
+        inventory = load_inventory(inventory_path, cwd=cwd)
+        config = validate_inventory(inventory, require_secrets=False, cwd=cwd)
+    except ConfigError as error:
+        print("\n".join(error.problems), file=sys.stderr)
+        return 1
+    if config.addons.backups is None or not config.hosts_in("k3s_servers"):
+        print(f"{inventory_path}: no app backups (set app_backup_s3, app_backup_password, s3_access_key and "
+              "s3_secret_key, and have a k3s_servers group)", file=sys.stderr)
+        return 1
+    return config, NetworkProbe(inventory, timeout=10.0)
+
+
+def backups(inventory_path: str, cwd: str | None) -> int:
+    """List each backed-up app's snapshots; exit status 1 when an app has none as new as its schedule allows."""
+    from portable_k3s.backups import BackupError, list_backups
+
+    found = _cluster_for_backups(inventory_path, cwd)
+    if isinstance(found, int):
+        return found
+    config, probe = found
+    try:
+        app_states = list_backups(config, probe.run)
+    except BackupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        probe.close()
+    for state in app_states:
+        print(f"{'ok  ' if state.ok else 'LATE'}  {state.app}: {state.detail}")
+    late = [state.app for state in app_states if not state.ok]
+    print(f"backups: {len(app_states)} apps, {len(late)} late{': ' + ', '.join(late) if late else ''}")
+    return 1 if late else 0
+
+
+def restore(inventory_path: str, cwd: str | None, app: str, snapshot: str) -> int:
+    """Restore an app's volume from a snapshot: the app is stopped meanwhile and started again after."""
+    from portable_k3s.backups import BackupError
+    from portable_k3s.backups import restore as restore_app
+
+    found = _cluster_for_backups(inventory_path, cwd)
+    if isinstance(found, int):
+        return found
+    config, probe = found
+    try:
+        print(restore_app(config, app, probe.run, snapshot))
+    except BackupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    finally:
+        probe.close()
+    print(f"ok: {app} restored from {snapshot} and started again")
+    return 0
+
+
 def _is_ipv4(value: str) -> bool:
     import ipaddress
 
@@ -249,6 +312,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                               help="write the user-data to FILE (mode 0600) instead of stdout")
     cloud_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
 
+    backups_parser = commands.add_parser(
+        "backups",
+        help="list each app's backups (snapshots, age, size) and say which are late (connects to the first server)",
+        description="List the snapshots of every backed-up app's restic repository, with the newest one's age and "
+        "size. Exit status 1 when an app has no snapshot as new as its schedule allows.",
+    )
+    backups_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    backups_parser.add_argument("--cwd", metavar="DIR", default=None,
+                                help="project directory whose group_data/ applies")
+
+    restore_parser = commands.add_parser(
+        "restore",
+        help="restore an app's volume from its backup (the newest, or --snapshot ID); the app stops meanwhile",
+        description="Stop the app, empty its volume, restore it from a snapshot of its restic repository and start "
+        "the app again. Works on the same cluster and on a rebuilt one (deploy first, so the app and its volume "
+        "exist).",
+    )
+    restore_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    restore_parser.add_argument("app", metavar="APP", help="the app's name in the catalog")
+    restore_parser.add_argument("--snapshot", default="latest", metavar="ID",
+                                help="a snapshot ID as `portable-k3s backups` shows it (default: the newest)")
+    restore_parser.add_argument("--cwd", metavar="DIR", default=None,
+                                help="project directory whose group_data/ applies")
+
     args = parser.parse_args(argv)
     if args.command == "check":
         return check(args.inventory, args.cwd)
@@ -258,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return doctor(args.inventory, args.cwd, args.resolve, args.ca, args.timeout)
     if args.command == "cloud-init":
         return cloud_init(args.inventory, args.cwd, args.host, args.expires, args.output)
+    if args.command == "backups":
+        return backups(args.inventory, args.cwd)
+    if args.command == "restore":
+        return restore(args.inventory, args.cwd, args.app, args.snapshot)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -23,7 +23,7 @@ import ipaddress
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +34,13 @@ from pyinfra.api.host import Host
 from portable_k3s.deploys.alerts import ALERTS_DEFAULTS
 from portable_k3s.deploys.base import DEFAULTS as BASE_DEFAULTS
 from portable_k3s.deploys.base import default_hostname
-from portable_k3s.deploys.cluster import CLUSTER_DEFAULTS, DNS01_PROVIDERS, INTERNAL_ISSUER, ISSUERS
+from portable_k3s.deploys.cluster import BACKUP_KEEP, CLUSTER_DEFAULTS, DNS01_PROVIDERS, INTERNAL_ISSUER, ISSUERS
 from portable_k3s.deploys.headscale import BUILTIN_TAGS, HEADSCALE_DEFAULTS, host_tags, tailnet_policy
 from portable_k3s.deploys.k3s import K3S_DEFAULTS
 from portable_k3s.deploys.node_baseline import DEFAULTS as NODE_BASELINE_DEFAULTS
-from portable_k3s.manifests.apps import KINDS, kind_of
+from portable_k3s.manifests.apps import KINDS, AppKind, kind_of
 from portable_k3s.operations import hardware as hardware_ops
+from portable_k3s.schedule import cron_problem
 from portable_k3s.versions import VERSIONS
 
 # Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
@@ -55,12 +56,13 @@ TAILNET_GROUPS = KNOWN_GROUPS
 # Data keys that hold secrets: only {"env": NAME}, {"file": PATH} or a HiddenValue are accepted.
 SECRET_KEYS: set[str] = {
     "k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token", "alerts_ntfy_token",
+    "app_backup_password",
 }
 
 # Keys an app table in ``apps`` may have; each one is read in ``_check_app``.
 APP_KEYS: tuple[str, ...] = (
     "name", "hostname", "public", "tcp_port", "proxy_protocol",
-    "kind", "image", "port", "storage", "storage_path", "env", "secrets", "resources",
+    "kind", "image", "port", "storage", "storage_path", "env", "secrets", "resources", "backup", "backup_schedule",
 )
 
 # Ports the entrance itself listens on: SSH, HTTP (ACME + redirect) and the TLS passthrough.
@@ -123,6 +125,9 @@ class App:
     + secrets: secret references by name: the kind's (e.g. nextcloud's ``admin_password``), or for the
       ``container`` kind environment variable names
     + resources: ``{"cpu": "100m", "memory": "256Mi"}`` requests (memory is also the limit)
+    + backup: back its volume up with the other apps' (``app_backup_s3``); default: the kind's (on, except for
+      prometheus)
+    + backup_schedule: its own cron schedule (default ``app_backup_schedule``)
     """
 
     name: str
@@ -138,6 +143,8 @@ class App:
     env: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, str] = field(default_factory=dict)
+    backup: bool | None = None
+    backup_schedule: str | None = None
 
     @property
     def deployed(self) -> bool:
@@ -193,6 +200,21 @@ class TailnetConfig:
 
 
 @dataclass
+class AppBackups:
+    """
+    The apps' off-site backups (restic, one repository per app under ``s3``'s folder), validated.
+
+    + s3: ``{"endpoint", "bucket", "region", "folder", "insecure"}`` (the ``app_backup_s3`` key)
+    + schedule: the default cron schedule
+    + keep: snapshots kept per period, e.g. ``{"daily": 7, "weekly": 4, "monthly": 6}``
+    """
+
+    s3: dict[str, Any]
+    schedule: str
+    keep: dict[str, int]
+
+
+@dataclass
 class AddonsConfig:
     """
     The cluster add-ons (``deploys.cluster``), validated.
@@ -203,6 +225,8 @@ class AddonsConfig:
     + acme_email, acme_issuer, acme_solver, dns01_provider: cert-manager's Let's Encrypt issuers
     + rook_ceph: rook-ceph runs on the nodes' ``external_ssd``; ceph_replicas copies of each block
     + ceph_nodes: ``(node name, device)`` of every k3s node with an ``external_ssd``
+    + ceph_toolbox: rook's toolbox Deployment along with the Ceph cluster
+    + backups: where and when the apps' volumes are backed up, or None (no app backups)
     """
 
     metallb_pools: list[str] = field(default_factory=list)
@@ -216,6 +240,8 @@ class AddonsConfig:
     rook_ceph: bool = False
     ceph_replicas: int = 1
     ceph_nodes: list[tuple[str, str]] = field(default_factory=list)
+    ceph_toolbox: bool = True
+    backups: AppBackups | None = None
 
     @property
     def storage_class(self) -> str | None:
@@ -607,6 +633,33 @@ def _is_pinned_image(value: Any) -> bool:
     return bool(tag) and tag != "latest"
 
 
+def _check_app_backup(raw: dict[Any, Any], key: str, kind: AppKind, kind_name: str, problems: _Problems
+                      ) -> dict[str, Any]:
+    """An app's ``backup`` and ``backup_schedule``; returns the valid ones as ``App`` fields."""
+    found: dict[str, Any] = {}
+    if "backup" in raw:
+        check = _check_bool(raw["backup"])
+        for problem, expected in check:
+            problems.add(f"{key}.backup", problem, expected + " (False: its volume is not backed up)")
+        has_volume = not kind.chart and (raw.get("storage") or kind.storage)
+        if not check and raw["backup"] and not has_volume:
+            what = "its Helm chart's volumes" if kind.chart else "no volume (give it storage)"
+            problems.add(f"{key}.backup", f"True for a {kind_name} app with {what}",
+                         "False, or an app with a volume (storage)")
+        elif not check:
+            found["backup"] = raw["backup"]
+    if raw.get("backup_schedule") is not None:
+        wrong = cron_problem(raw["backup_schedule"])
+        if wrong:
+            problems.add(f"{key}.backup_schedule", f"{_show(raw['backup_schedule'])}: {wrong}", _CRON_EXPECTED)
+        else:
+            found["backup_schedule"] = raw["backup_schedule"]
+    return found
+
+
+_CRON_EXPECTED = "a cron schedule like '30 3 * * *' (minute hour day-of-month month day-of-week) or @daily"
+
+
 def _check_app_deployment(
     raw: dict[Any, Any], key: str, domain: str | None, problems: _Problems, require_secrets: bool, cwd: str | None,
 ) -> dict[str, Any]:
@@ -620,7 +673,8 @@ def _check_app_deployment(
     if kind_name is not None:
         found["kind"] = kind_name
     kind = KINDS.get(kind_name) if kind_name else KINDS.get(name) if isinstance(name, str) else None
-    deployed_keys = [k for k in ("image", "port", "storage", "storage_path", "env", "secrets", "resources") if k in raw]
+    deployed_keys = [k for k in ("image", "port", "storage", "storage_path", "env", "secrets", "resources", "backup",
+                                 "backup_schedule") if k in raw]
     if kind is None:
         for unused in deployed_keys:
             problems.add(f"{key}.{unused}", "is set on an app without a kind (the cluster does not run it)",
@@ -679,6 +733,7 @@ def _check_app_deployment(
                 elif not (isinstance(quantity, str) and _QUANTITY_RE[res][0].match(quantity)):
                     problems.add(f"{key}.resources.{res}", f"{_show(quantity)} is not a quantity", _QUANTITY_RE[res][1])
             found["resources"] = {k: v for k, v in resources.items() if k in ("cpu", "memory") and isinstance(v, str)}
+    found.update(_check_app_backup(raw, key, kind, str(kind_name or name), problems))
     secrets = raw.get("secrets", {})
     if not isinstance(secrets, dict):
         problems.add(f"{key}.secrets", _wrong_type(secrets),
@@ -1603,6 +1658,11 @@ def _check_addons(inventory: Inventory, problems: _Problems, hosts: dict[str, Ho
             problems.add("all.dns01_token", "is missing while acme_solver is 'dns01'",
                          f"{_REFERENCE_SHAPES}: the DNS provider's API token")
         config.dns01_provider = provider
+    config.backups = _check_app_backups(inventory, problems, value)
+    source, toolbox = value("rook_ceph_toolbox")
+    for problem, expected in _check_bool(toolbox):
+        problems.add(f"{source}.rook_ceph_toolbox", problem, expected)
+    config.ceph_toolbox = toolbox is not False
     # rook-ceph
     source, rook = value("rook_ceph")
     replicas_source, replicas = value("rook_ceph_replicas")
@@ -1631,6 +1691,46 @@ def _check_addons(inventory: Inventory, problems: _Problems, hosts: dict[str, Ho
         config.ceph_replicas = wanted
         config.ceph_nodes = devices
     return config
+
+
+def _check_app_backups(inventory: Inventory, problems: _Problems, value: Callable[[str], tuple[str, Any]]
+                       ) -> AppBackups | None:
+    """The apps' backup keys, and the secrets a backup needs on the first k3s server."""
+    before = len(problems.lines)
+    s3_source, s3 = value("app_backup_s3")
+    for problem, expected in _check_s3(s3, "backups", ("insecure",)):
+        problems.add(f"{s3_source}.app_backup_s3", problem, expected)
+    if isinstance(s3, dict) and "insecure" in s3 and not isinstance(s3["insecure"], bool):
+        problems.add(f"{s3_source}.app_backup_s3", f"insecure {_show(s3['insecure'])} is not True or False",
+                     "True (plain http, e.g. a store on the tailnet) or False (https)")
+    source, schedule = value("app_backup_schedule")
+    wrong = cron_problem(schedule)
+    if wrong:
+        problems.add(f"{source}.app_backup_schedule", f"{_show(schedule)}: {wrong}", _CRON_EXPECTED)
+    source, keep = value("app_backup_keep")
+    expected = ('snapshots to keep per period, like {"daily": 7, "weekly": 4, "monthly": 6} '
+                f'({", ".join(BACKUP_KEEP)})')
+    if not isinstance(keep, dict):
+        problems.add(f"{source}.app_backup_keep", _wrong_type(keep), expected)
+    else:
+        for period, count in keep.items():
+            if period not in BACKUP_KEEP:
+                problems.add(f"{source}.app_backup_keep.{period}", "is not a period",
+                             f"one of {', '.join(BACKUP_KEEP)}")
+            for problem, wanted in _check_int_range(count, 1, 10000, "a number of snapshots, 1-10000"):
+                problems.add(f"{source}.app_backup_keep.{period}", problem, wanted)
+        if not keep:
+            problems.add(f"{source}.app_backup_keep", "keeps nothing (every snapshot would be removed)", expected)
+    if s3 is None:
+        return None
+    servers = _group_hosts(inventory, K3S_SERVERS)
+    for key, what in (("app_backup_password", "the password that encrypts the apps' restic repositories"),
+                      ("s3_access_key", "the S3 bucket's key"), ("s3_secret_key", "the S3 bucket's key")):
+        if servers and _lookup(inventory, servers[0], key)[1] in (None, _MISSING):
+            problems.add(f"all.{key}", "is missing while app_backup_s3 is set", f"{_REFERENCE_SHAPES}: {what}")
+    if len(problems.lines) > before:
+        return None
+    return AppBackups(s3=dict(s3), schedule=schedule, keep=dict(keep))
 
 
 def _is_ipv4_network(value: str) -> bool:

@@ -2,7 +2,8 @@
 ``python -m portable_k3s doctor INVENTORY``: walk the path a request takes, hop by hop, and say which one is broken.
 
 The path: public DNS → the entrance listening → SNI routing on the entrance → headscale and each node's place in
-the tailnet → tailnet from the entrance to each k3s node → the ingress on each node → k3s's view of its nodes.
+the tailnet → tailnet from the entrance to each k3s node → the ingress on each node → k3s's view of its nodes; and
+each backed-up app's newest snapshot (see portable_k3s.backups).
 Every hop gives one line, failing ones first, each with the likely fix. A hop whose prerequisite failed is not
 checked (and says which one), so the first cause stands out instead of everything behind it.
 
@@ -21,10 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from portable_k3s.backups import AppBackupState, BackupError, backed_up_apps, list_backups
 from portable_k3s.config import ENTRANCE, ClusterConfig, HostConfig
 from portable_k3s.facts.headscale import Headscale, HeadscaleInfo
 from portable_k3s.facts.k3s import K3sNodes
 from portable_k3s.manifests.apps import kind_of
+from portable_k3s.manifests.backups import NAMESPACE as BACKUPS_NAMESPACE
 
 INGRESS_PORT = 443
 
@@ -54,7 +57,7 @@ class Probe(Protocol):
 
     def tls(self, address: str, port: int, server_name: str) -> tuple[str | None, str | None]: ...
 
-    def run(self, host: str, command: str) -> tuple[bool, str]: ...
+    def run(self, host: str, command: str, timeout: float | None = None) -> tuple[bool, str]: ...
 
 
 @dataclass
@@ -142,6 +145,13 @@ def diagnose(config: ClusterConfig, probe: Probe, resolved: dict[str, list[str]]
         for node in nodes:
             path.add(f"k3s {node.name}", [f"ssh {first.name}", f"node {node.name}"],
                      lambda n=node: _k3s(first, n, ready))
+        # The apps' backups: each app's newest snapshot as new as its schedule allows.
+        apps = backed_up_apps(config)
+        if apps:
+            states = _backups(probe, config) if ssh_ok[first.name] and ready else None
+            for app in apps:
+                path.add(f"backup {app.name}", [f"ssh {first.name}", f"k3s {first.name}"],
+                         lambda app=app: _backup(app.name, states))
     return path.report()
 
 
@@ -302,6 +312,25 @@ def _k3s(server: HostConfig, node: HostConfig, ready: dict[str, dict[str, Any]])
     return True, f"Ready ({found.get('version') or 'unknown version'})", ""
 
 
+def _backups(probe: Probe, config: ClusterConfig) -> dict[str, AppBackupState] | str:
+    try:
+        return {state.app: state for state in list_backups(config, probe.run)}
+    except BackupError as error:
+        return str(error)
+
+
+def _backup(app: str, listed: dict[str, AppBackupState] | str | None) -> Result:
+    if not isinstance(listed, dict):
+        return False, f"the backups could not be listed: {(listed or 'k3s not ready').splitlines()[0]}", (
+            f"portable-k3s backups INVENTORY (its output says why); kubectl -n {BACKUPS_NAMESPACE} get pods")
+    state = listed[app]
+    if state.ok:
+        return True, state.detail, ""
+    return False, state.detail, (
+        f"kubectl -n app-{app} get cronjob,jobs,pods -l app.kubernetes.io/component=backup; "
+        f"kubectl -n app-{app} logs job/<the newest backup job> --all-containers")
+
+
 # -- the real world --------------------------------------------------------------------------------------------
 
 
@@ -349,7 +378,8 @@ class NetworkProbe:
             with context.wrap_socket(raw, server_hostname=server_name):
                 pass
 
-    def run(self, host: str, command: str) -> tuple[bool, str]:
+    def run(self, host: str, command: str, timeout: float | None = None) -> tuple[bool, str]:
+        """Run ``command`` on ``host`` over SSH, for at most ``timeout`` seconds (default: 6 times the probes')."""
         from pyinfra.api import StringCommand
         from pyinfra.api.exceptions import ConnectError
 
@@ -361,7 +391,7 @@ class NetworkProbe:
         except ConnectError as exc:
             self.errors[host] = str(exc)
             return False, str(exc)
-        wrapped = f"timeout {int(self.timeout * 6)} sh -c {shlex.quote(command)}"
+        wrapped = f"timeout {int(timeout or self.timeout * 6)} sh -c {shlex.quote(command)}"
         ok, output = target.run_shell_command(StringCommand(wrapped), print_output=False, print_input=False)
         return ok, output.stdout if ok else output.output
 

@@ -33,4 +33,7 @@ IMAGES: dict[str, str] = {
     "prometheus": "prom/prometheus:v3.5.0",
     "baikal": "ckulka/baikal:0.10.1-nginx",
     "minecraft": "itzg/minecraft-server:2025.6.2-java21",
+    # App backups: restic, and sqlite3 for the consistent copies of SQLite databases before each backup.
+    "restic": "restic/restic:0.18.1",
+    "sqlite": "keinos/sqlite3:3.47.2",
 }

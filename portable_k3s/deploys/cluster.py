@@ -26,7 +26,15 @@ CLUSTER_DEFAULTS: dict[str, Any] = {
     "dns01_provider": None,  # with "dns01": "cloudflare" or "digitalocean", and the token in dns01_token
     "rook_ceph": None,  # None: on when every k3s node has an external_ssd; True; False (apps use k3s's local-path)
     "rook_ceph_replicas": None,  # None: one per k3s node, at most 3
+    "rook_ceph_toolbox": True,  # rook's toolbox Deployment (ceph, rados, rbd) with rook-ceph
+    # Off-site backups of every deployed app's volume with restic (encrypted with app_backup_password, S3 keys in
+    # s3_access_key / s3_secret_key): {"endpoint": "s3.example.org", "bucket": …, "region": …, "folder": …,
+    # "insecure": False}; None: no app backups
+    "app_backup_s3": None,
+    "app_backup_schedule": "30 3 * * *",  # cron, in the k3s server's time zone; an app's backup_schedule overrides
+    "app_backup_keep": {"daily": 7, "weekly": 4, "monthly": 6},  # snapshots kept (restic forget --keep-*)
 }
+BACKUP_KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 ISSUERS = ("letsencrypt-production", "letsencrypt-staging")
 INTERNAL_ISSUER = "portable-k3s-internal-ca"  # private apps' certificates under HTTP-01 (Let's Encrypt can't reach)
 DNS01_PROVIDERS = ("cloudflare", "digitalocean")

@@ -17,10 +17,11 @@ from .core import LabError, go_arch, log
 
 @dataclass(frozen=True)
 class GoTool:
-    """A command built from a Go module: ``go build <package>`` at ``module@version``."""
+    """A command built from a Go module: ``go build <package>`` at ``module@version`` (with build ``tags``)."""
 
     module: str
     packages: tuple[str, ...]
+    tags: tuple[str, ...] = ()
 
 
 def go() -> str:
@@ -70,7 +71,8 @@ def build_go_tool(name: str, tool: GoTool, version: str, cache_dir: str | Path, 
         run_step([go(), "mod", "init", f"portable-k3s.invalid/build-{name}"], Path(work), env, f"{name}: go mod init")
         run_step([go(), "get", *(f"{pkg}@v{version}" for pkg in tool.packages)], Path(work), env,
                  f"{name} v{version}: fetching its Go module (once; cached in {out})")
-        run_step([go(), "build", "-ldflags=-s -w", "-o", str(partial) + "/", *tool.packages], Path(work), env,
+        tags = [f"-tags={','.join(tool.tags)}"] if tool.tags else []
+        run_step([go(), "build", *tags, "-ldflags=-s -w", "-o", str(partial) + "/", *tool.packages], Path(work), env,
                  f"{name} v{version}: building")
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)

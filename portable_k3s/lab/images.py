@@ -12,7 +12,11 @@ Images cannot be pulled in the lab. A real airgapped k3s imports every tarball i
   the CoreDNS image that the pinned k3s's ``coredns.yaml`` deploys;
 * Traefik, built from its Go module (``github.com/traefik/traefik/v3``), named as k3s's mirrored Traefik image;
 * nginx for the catalog's ``static`` kind, from Debian's ``nginx`` package (the binary and the libraries it loads,
-  with the official image's configuration and Debian's busybox-static for a shell), under the catalog's image name.
+  with the official image's configuration and Debian's busybox-static for a shell), under the catalog's image name;
+* restic for the apps' backups, built from its Go module as its release is, with busybox for the backup scripts,
+  under upstream's image name (``versions.IMAGES["restic"]``);
+* sqlite3 for consistent copies of the apps' SQLite databases, from Debian's ``sqlite3`` package as nginx (the
+  binary, the libraries it loads, busybox), under the pinned image's name (``versions.IMAGES["sqlite"]``).
 
 Each image is an OCI image layout tarball (``oci-layout``, ``index.json``, ``blobs/sha256/…``) that also carries
 Docker's ``manifest.json``, as ``docker save`` writes it, so containerd's and Docker's importers both name it.
@@ -32,7 +36,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +82,7 @@ TRAEFIK_CRDS = "docs/content/reference/dynamic-configuration/kubernetes-crd-defi
 # nginx, not upstream's alpine build: no registry is reachable from here.
 STATIC_IMAGE = f"{DEFAULT_DOMAIN}/library/{IMAGES['static']}"
 NGINX_PACKAGES = ("nginx", "nginx-common", "libc6", "libcrypt1", "libpcre2-8-0", "libssl3", "zlib1g")
+NGINX_APPLETS = ("sh", "cat", "ls", "mkdir", "rm", "tar", "echo")
 # The official nginx image's nginx.conf and conf.d/default.conf in one file (access log to stdout with
 # X-Forwarded-For, the document root /usr/share/nginx/html that the static kind mounts its volume at).
 NGINX_CONF = b"""user nginx;
@@ -111,6 +116,26 @@ http {
     }
 }
 """
+
+# The busybox applets of the backup images (restic's and sqlite3's): what their backup and restore scripts run.
+BACKUP_APPLETS = (
+    "sh", "cat", "ls", "mkdir", "rm", "cp", "mv", "find", "head", "grep", "sed", "date", "sleep", "test", "[",
+    "echo", "wc", "stat", "xargs", "tr", "cut", "sort", "touch", "env", "true", "false", "du", "chmod", "chown",
+    "dirname", "basename",
+)
+
+# restic as upstream's image has it (versions.IMAGES["restic"]), built here from its Go module as its release is
+# (helpers/build-release-binaries: ./cmd/restic, CGO off, -trimpath, -ldflags "-s -w", these tags). The source
+# sets the version itself (cmd/restic/global.go), so no -X flag.
+RESTIC_MODULE = "github.com/restic/restic"
+RESTIC_VERSION = IMAGES["restic"].rsplit(":", 1)[1]
+RESTIC_IMAGE = f"{DEFAULT_DOMAIN}/{IMAGES['restic']}"
+RESTIC_BUILD_TAGS = ("selfupdate", "disable_grpc_modules")
+
+# The backups' sqlite3 image (versions.IMAGES["sqlite"]). The lab's image under this name is Debian's sqlite3, not
+# upstream's alpine build (which runs ``sqlite3`` as its command).
+SQLITE_IMAGE = f"{DEFAULT_DOMAIN}/{IMAGES['sqlite']}"
+SQLITE_PACKAGES = ("sqlite3", "libsqlite3-0", "libreadline8", "libtinfo6", "zlib1g", "libc6")
 
 # Bump when what goes into an image changes for the same inputs (the cache keys include it).
 RECIPE_VERSION = "1"
@@ -693,6 +718,19 @@ def build_traefik(cache_dir: str | Path, binary: Path | None = None) -> Path:
     return out
 
 
+def restic_binary_path(cache_dir: str | Path, version: str = RESTIC_VERSION) -> Path:
+    """Where :func:`build_restic_binary` keeps restic ``version`` (``<cache_dir>/go-bin/restic-<V>-<arch>/``)."""
+    return Path(cache_dir) / "go-bin" / f"restic-{version}-{go_arch()}" / "restic"
+
+
+def build_restic_binary(cache_dir: str | Path, version: str = RESTIC_VERSION, offline: bool = False) -> Path:
+    """restic ``version`` (no leading v) built from its Go module as its release is (``./cmd/restic``, CGO off,
+    stripped, :data:`RESTIC_BUILD_TAGS`) into ``<cache_dir>/go-bin/restic-<version>-<arch>/restic``, once;
+    ``offline`` takes the modules from the Go module cache only."""
+    tool = GoTool(RESTIC_MODULE, (f"{RESTIC_MODULE}/cmd/restic",), RESTIC_BUILD_TAGS)
+    return build_go_tool("restic", tool, version, cache_dir, offline=offline) / "restic"
+
+
 def _resolve_in(root: Path, path: str) -> str:
     """``path`` (relative to ``root``) with its symlinks followed inside ``root`` (absolute links mean ``root``)."""
     parts = [p for p in path.strip("/").split("/") if p]
@@ -733,63 +771,207 @@ def _loaded_libraries(root: Path, binary: Path) -> list[str]:
     return found
 
 
+def unpack_debs(packages: Sequence[DebianPackage], work: Path) -> Path:
+    """Download ``packages`` (apt's candidates, checked) into ``<work>/debs`` and unpack them all into
+    ``<work>/root``; return that root."""
+    root = work / "root"
+    for package in packages:
+        deb = download_deb(package, work / "debs")
+        _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+    return root
+
+
+def busybox_entries(root: Path, applets: Sequence[str]) -> list[Entry]:
+    """``/bin/busybox`` from Debian's busybox-static unpacked under ``root`` and a link to it in /bin for each of
+    ``applets`` (each checked against ``busybox --list``)."""
+    busybox = root / "bin" / "busybox"
+    if not busybox.exists():
+        raise LabError(f"no /bin/busybox under {root}: is {BUSYBOX_PACKAGE} unpacked there?")
+    missing = sorted(set(applets) - set(busybox_applets(busybox)))
+    if missing:
+        raise LabError(f"{BUSYBOX_PACKAGE} has no applet {', '.join(missing)}")
+    return [Entry("bin/busybox", busybox.read_bytes(), 0o755), *(Entry(f"bin/{a}", link="busybox") for a in applets)]
+
+
+def program_entries(root: Path, program: str) -> list[Entry]:
+    """``program`` (its path, e.g. ``usr/sbin/nginx``) from the packages unpacked under ``root``, and every shared
+    object it loads: the real files, plus the links it loads them by."""
+    entries = [Entry(program, (root / program).read_bytes(), 0o755)]
+    for library in _loaded_libraries(root, root / program):
+        real = _resolve_in(root, library)
+        entries.append(Entry(real, (root / real).read_bytes(), 0o755))
+        if real != library:
+            entries.append(Entry(library, link="/" + real))
+    return entries
+
+
+def build_debian_program_image(
+    cache_dir: str | Path,
+    image: str,
+    program: str,
+    packages: Sequence[DebianPackage],
+    applets: Sequence[str],
+    files: Callable[[Path], Sequence[Entry]],
+    config: Mapping[str, Any],
+    recipe: Sequence[str] = (),
+) -> Path:
+    """An image of one Debian program as an OCI tarball: the program and the libraries it loads, busybox-static's
+    ``applets`` in /bin, and ``files``; built once per package versions; cached.
+
+    + cache_dir: the lab's cache (the tarball goes under ``<cache_dir>/images/``)
+    + image: the full image name
+    + program: the program's path in its package and in the image (``usr/sbin/nginx``)
+    + packages: apt's candidates of the program's package (first: it names the tarball) and of the libraries it
+      loads; busybox-static is added
+    + applets: the busybox applets to link in /bin
+    + files: the image's other files, from the root the packages are unpacked under (configuration, users, /tmp…)
+    + config: the runtime part of the image config (see :func:`oci_archive`)
+    + recipe: anything else that defines the image's content (part of the cache key, e.g. a configuration file)
+
+    .. code:: python
+
+        packages = [apt_candidate(name) for name in SQLITE_PACKAGES]
+        build_debian_program_image(cache_dir, SQLITE_IMAGE, "usr/bin/sqlite3", packages, ["sh"],
+                                   lambda root: [Entry("tmp/", mode=0o1777)], {"Cmd": ["sqlite3"]})
+    """
+    arch = go_arch()
+    everything = [*packages, apt_candidate(BUSYBOX_PACKAGE)]
+    key = _cache_key(image, *(p.sha256 for p in everything), *recipe, arch)
+    name, version = program.rsplit("/", 1)[-1], packages[0].version
+    out = _images_dir(cache_dir) / f"{name}-{version.replace(':', '_')}-{arch}-{key}.tar"
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory(prefix=f"portable-k3s-{name}-") as work:
+        with _step(f"downloaded Debian's {name} {version} and the packages it loads"):
+            root = unpack_debs(everything, Path(work))
+        with _step(f"built the {name} image {out.name}"):
+            entries = [*program_entries(root, program), *busybox_entries(root, applets), *files(root)]
+            unique = {e.path: e for e in entries}
+            oci_archive(image, [tar_bytes(_with_parents(list(unique.values())))], config, out,
+                        created_by=f"dpkg-deb -x {' '.join(p.name + '=' + p.version for p in everything)}")
+    return out
+
+
 def build_nginx(cache_dir: str | Path) -> Path:
     """The static kind's image (:data:`STATIC_IMAGE`) as an OCI tarball, from Debian's nginx: ``/usr/sbin/nginx``
     and the libraries it loads (from the packages apt would install), mime.types, the official image's
     configuration (:data:`NGINX_CONF`), its ``nginx`` user, and busybox for a shell; built once per package
     versions; cached."""
-    arch = go_arch()
-    packages = [apt_candidate(name) for name in (*NGINX_PACKAGES, BUSYBOX_PACKAGE)]
-    key = _cache_key(STATIC_IMAGE, *(p.sha256 for p in packages), NGINX_CONF.decode(), arch)
+    packages = [apt_candidate(name) for name in NGINX_PACKAGES]
     version = packages[0].version
-    out = _images_dir(cache_dir) / f"nginx-{version.replace(':', '_')}-{arch}-{key}.tar"
+
+    def nginx_files(root: Path) -> list[Entry]:
+        return [
+            Entry("etc/nginx/nginx.conf", NGINX_CONF),
+            Entry("etc/nginx/mime.types", (root / "etc" / "nginx" / "mime.types").read_bytes()),
+            Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101:nginx:/nonexistent:/bin/false\n"),
+            Entry("etc/group", b"root:x:0:\nnginx:x:101:\n"),
+            Entry("usr/share/nginx/html/index.html", b"<h1>Welcome to nginx!</h1>\n"),
+            *(Entry(f"{d}/", mode=0o755) for d in ("var/lib/nginx", "var/log/nginx", "run", "root")),
+            Entry("tmp/", mode=0o1777),
+            Entry("usr/share/doc/nginx/copyright", (root / "usr/share/doc/nginx/copyright").read_bytes()),
+        ]
+
+    config = {
+        "Entrypoint": ["/usr/sbin/nginx"],
+        "Cmd": ["-g", "daemon off;"],
+        "Env": [PATH_ENV],
+        "ExposedPorts": {"80/tcp": {}},
+        "StopSignal": "SIGQUIT",
+        "Labels": {
+            "org.opencontainers.image.version": version,
+            "org.opencontainers.image.description": (
+                f"Debian's nginx {version} with the official image's configuration: the portable-k3s lab's "
+                f"image under the static kind's name ({image_tag(STATIC_IMAGE)}), not upstream's build"
+            ),
+        },
+    }
+    return build_debian_program_image(cache_dir, STATIC_IMAGE, "usr/sbin/nginx", packages, NGINX_APPLETS,
+                                      nginx_files, config, recipe=(NGINX_CONF.decode(),))
+
+
+def backup_base_entries(root: Path) -> list[Entry]:
+    """What the backup images share besides busybox: root and nobody in /etc, root's home, /tmp, and busybox's
+    copyright (from busybox-static unpacked under ``root``)."""
+    copyright_file = root / "usr" / "share" / "doc" / BUSYBOX_PACKAGE / "copyright"
+    return [
+        Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        Entry("etc/group", b"root:x:0:\nnobody:x:65534:\n"),
+        Entry("root/", mode=0o700),
+        Entry("tmp/", mode=0o1777),
+        *([Entry(f"usr/share/doc/{BUSYBOX_PACKAGE}/copyright", copyright_file.read_bytes())]
+          if copyright_file.exists() else []),
+    ]
+
+
+def build_sqlite(cache_dir: str | Path) -> Path:
+    """The backups' sqlite3 image (:data:`SQLITE_IMAGE`) as an OCI tarball, from Debian's sqlite3:
+    ``/usr/bin/sqlite3`` and the libraries it loads, busybox's :data:`BACKUP_APPLETS`; its command is ``sqlite3``
+    (as upstream's), run as root; built once per package versions; cached."""
+    packages = [apt_candidate(name) for name in SQLITE_PACKAGES]
+    version = packages[0].version
+
+    def sqlite_files(root: Path) -> list[Entry]:
+        return [
+            *backup_base_entries(root),
+            Entry("usr/share/doc/sqlite3/copyright", (root / "usr/share/doc/sqlite3/copyright").read_bytes()),
+        ]
+
+    config = {
+        "Cmd": ["sqlite3"],
+        "Env": [PATH_ENV],
+        "Labels": {
+            "org.opencontainers.image.version": version,
+            "org.opencontainers.image.description": (
+                f"Debian's sqlite3 {version}: the portable-k3s lab's image under the pinned image's name "
+                f"({familiar_name(SQLITE_IMAGE)}), not upstream's build"
+            ),
+        },
+    }
+    return build_debian_program_image(cache_dir, SQLITE_IMAGE, "usr/bin/sqlite3", packages, BACKUP_APPLETS,
+                                      sqlite_files, config, recipe=BACKUP_APPLETS)
+
+
+def build_restic(cache_dir: str | Path, binary: Path | None = None) -> Path:
+    """The backups' restic image (:data:`RESTIC_IMAGE`) as an OCI tarball: ``/usr/bin/restic`` (the entrypoint, as
+    upstream's) and Debian's busybox-static with :data:`BACKUP_APPLETS` for the backup scripts; built once per
+    binary and busybox; cached.
+
+    + cache_dir: the lab's cache (the tarball goes under ``<cache_dir>/images/``, the binary under ``go-bin/``)
+    + binary: a restic :data:`RESTIC_VERSION` binary to use (default: :func:`build_restic_binary`)
+    """
+    if binary is None:
+        binary = build_restic_binary(cache_dir)
+    data = binary.read_bytes()
+    busybox = apt_candidate(BUSYBOX_PACKAGE)
+    arch = go_arch()
+    key = _cache_key(RESTIC_IMAGE, RESTIC_VERSION, hashlib.sha256(data).hexdigest(), busybox.sha256,
+                     *BACKUP_APPLETS, arch)
+    out = _images_dir(cache_dir) / f"restic-{RESTIC_VERSION}-{arch}-{key}.tar"
     if out.exists():
         return out
-    with tempfile.TemporaryDirectory(prefix="portable-k3s-nginx-") as work:
-        root = Path(work) / "root"
-        with _step(f"downloaded Debian's nginx {version} and the packages it loads"):
-            for package in packages:
-                deb = download_deb(package, Path(work) / "debs")
-                _run(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
-        with _step(f"built the nginx image {out.name}"):
-            nginx = root / "usr" / "sbin" / "nginx"
-            entries = [Entry("usr/sbin/nginx", nginx.read_bytes(), 0o755)]
-            for library in _loaded_libraries(root, nginx):
-                real = _resolve_in(root, library)
-                entries.append(Entry(real, (root / real).read_bytes(), 0o755))
-                if real != library:
-                    entries.append(Entry(library, link="/" + real))
-            busybox = root / "bin" / "busybox"
-            entries += [
-                Entry("bin/busybox", busybox.read_bytes(), 0o755),
-                *(Entry(f"bin/{applet}", link="busybox")
-                  for applet in ("sh", "cat", "ls", "mkdir", "rm", "tar", "echo")),
-                Entry("etc/nginx/nginx.conf", NGINX_CONF),
-                Entry("etc/nginx/mime.types", (root / "etc" / "nginx" / "mime.types").read_bytes()),
-                Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnginx:x:101:101:nginx:/nonexistent:/bin/false\n"),
-                Entry("etc/group", b"root:x:0:\nnginx:x:101:\n"),
-                Entry("usr/share/nginx/html/index.html", b"<h1>Welcome to nginx!</h1>\n"),
-                *(Entry(f"{d}/", mode=0o755) for d in ("var/lib/nginx", "var/log/nginx", "run", "root")),
-                Entry("tmp/", mode=0o1777),
-                Entry("usr/share/doc/nginx/copyright", (root / "usr/share/doc/nginx/copyright").read_bytes()),
-            ]
-            unique = {e.path: e for e in entries}
+    with tempfile.TemporaryDirectory(prefix="portable-k3s-restic-") as work:
+        with _step(f"downloaded {BUSYBOX_PACKAGE} {busybox.version}"):
+            root = unpack_debs([busybox], Path(work))
+        with _step(f"built the restic image {out.name}"):
+            entries = [Entry("usr/bin/restic", data, 0o755), *busybox_entries(root, BACKUP_APPLETS),
+                       *backup_base_entries(root)]
             config = {
-                "Entrypoint": ["/usr/sbin/nginx"],
-                "Cmd": ["-g", "daemon off;"],
+                "Entrypoint": ["/usr/bin/restic"],
                 "Env": [PATH_ENV],
-                "ExposedPorts": {"80/tcp": {}},
-                "StopSignal": "SIGQUIT",
                 "Labels": {
-                    "org.opencontainers.image.version": version,
+                    "org.opencontainers.image.version": RESTIC_VERSION,
                     "org.opencontainers.image.description": (
-                        f"Debian's nginx {version} with the official image's configuration: the portable-k3s lab's "
-                        f"image under the static kind's name ({image_tag(STATIC_IMAGE)}), not upstream's build"
+                        f"restic {RESTIC_VERSION} from {RESTIC_MODULE}@v{RESTIC_VERSION} (./cmd/restic, CGO off), "
+                        f"built by the portable-k3s lab under upstream's image name ({familiar_name(RESTIC_IMAGE)}), "
+                        f"with Debian's {BUSYBOX_PACKAGE} {busybox.version} for a shell"
                     ),
                 },
             }
-            oci_archive(STATIC_IMAGE, [tar_bytes(_with_parents(list(unique.values())))], config, out,
-                        created_by=f"dpkg-deb -x {' '.join(p.name + '=' + p.version for p in packages)}")
+            created_by = (f"go build -trimpath -tags {','.join(RESTIC_BUILD_TAGS)} -ldflags='-s -w' ./cmd/restic in "
+                          f"{RESTIC_MODULE}@v{RESTIC_VERSION} (CGO_ENABLED=0); dpkg-deb -x {BUSYBOX_PACKAGE}="
+                          f"{busybox.version}")
+            oci_archive(RESTIC_IMAGE, [tar_bytes(_with_parents(entries))], config, out, created_by=created_by)
     return out
 
 
@@ -799,15 +981,15 @@ def airgap_file_name(arch: str | None = None) -> str:
 
 
 def build_airgap_images(cache_dir: str | Path, k3s_version: str = VERSIONS["k3s"]) -> Path:
-    """Every lab image (pause, busybox, CoreDNS, Traefik, nginx) in one ``k3s-airgap-images-<arch>.tar.zst``, built
-    once per inputs; cached.
+    """Every lab image (pause, busybox, CoreDNS, Traefik, nginx, restic, sqlite3) in one
+    ``k3s-airgap-images-<arch>.tar.zst``, built once per inputs; cached.
 
     Put it (under any name ending ``.tar.zst``) into :data:`AIRGAP_DIR` on a node, or serve it where k3s's release
     publishes that asset.
     """
     with _step("lab images ready"):
         images = [build_pause(cache_dir, k3s_version), build_busybox(cache_dir), build_coredns(cache_dir),
-                  build_traefik(cache_dir), build_nginx(cache_dir)]
+                  build_traefik(cache_dir), build_nginx(cache_dir), build_restic(cache_dir), build_sqlite(cache_dir)]
         key = _cache_key(*(image.name for image in images))
         out = _images_dir(cache_dir) / f"airgap-{key}" / airgap_file_name()
         if not out.exists():

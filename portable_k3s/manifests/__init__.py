@@ -2,7 +2,7 @@
 
 Each manifest is one file, ``portable-k3s-<name>.yaml``: k3s applies it (its HelmChart resources through its Helm
 controller) when it appears or changes. One module per add-on renders its manifests: ``metallb``, ``traefik``,
-``cert_manager``, ``rook_ceph``, and ``apps`` for the app catalog.
+``cert_manager``, ``rook_ceph``, ``apps`` for the app catalog and ``backups`` for the apps' backups.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import apps as apps_manifests
-from . import cert_manager, metallb, rook_ceph, traefik
+from . import backups, cert_manager, metallb, rook_ceph, traefik
 from .apps import SecretReader
 
 if TYPE_CHECKING:
@@ -56,8 +56,19 @@ def render_manifests(
     )
     if addons.rook_ceph:
         found[file_name("rook-ceph")] = rook_ceph.render_operator()
-        found[file_name("ceph-cluster")] = rook_ceph.render_cluster(addons.ceph_nodes, addons.ceph_replicas)
+        found[file_name("ceph-cluster")] = rook_ceph.render_cluster(addons.ceph_nodes, addons.ceph_replicas,
+                                                                    addons.ceph_toolbox)
+    backup_secret = None
+    if addons.backups is not None:
+        server = cluster.hosts_in("k3s_servers")[0]
+        backup_secret = backups.secret_values(*(
+            secret(f"all.{key}", server.secrets.get(key))
+            for key in ("app_backup_password", "s3_access_key", "s3_secret_key")))
+        found[file_name("backups")] = backups.render_backups_namespace(backup_secret)
     for index, app in enumerate(cluster.apps):
         if app.deployed:
-            found[file_name(f"app-{app.name}")] = apps_manifests.render_app(app, index, addons, secret)
+            text = apps_manifests.render_app(app, index, addons, secret)
+            if addons.backups is not None and backup_secret and backups.backed_up(app, addons):
+                text = text.rstrip("\n") + "\n" + backups.render_app_backup(app, addons.backups, backup_secret)
+            found[file_name(f"app-{app.name}")] = text
     return found

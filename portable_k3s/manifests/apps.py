@@ -39,6 +39,8 @@ class AppKind:
     + user, group: ``runAsUser`` and ``fsGroup`` (the volume's group)
     + cpu, memory: default requests (memory is also the limit)
     + chart: installed from this ``CHARTS`` Helm chart instead of a Deployment
+    + backup: its volume is backed up unless the app says otherwise (``app_backup_s3``)
+    + sqlite: it keeps SQLite databases on its volume: each backup first takes a consistent copy of every one
     """
 
     summary: str
@@ -55,12 +57,14 @@ class AppKind:
     cpu: str = "50m"
     memory: str = "128Mi"
     chart: str | None = None
+    backup: bool = True
+    sqlite: bool = False
 
 
 KINDS: dict[str, AppKind] = {
     "container": AppKind(
         "any container image of yours (a random project): image, port, optional volume, env and secrets",
-        image=None, storage=None,
+        image=None, storage=None, sqlite=True,
     ),
     "static": AppKind(
         "a static website (e.g. your personal site) served by nginx from its volume",
@@ -77,7 +81,7 @@ KINDS: dict[str, AppKind] = {
     "kutt": AppKind(
         "Kutt, a URL shortener (SQLite on its volume)", image="kutt", port=3000, mounts=(("", "/var/lib/kutt"),),
         env={"DB_FILENAME": "/var/lib/kutt/data.sqlite", "DEFAULT_DOMAIN": "{hostname}", "TRUST_PROXY": "true"},
-        secrets={"jwt_secret": ("JWT_SECRET", True)}, memory="192Mi",
+        secrets={"jwt_secret": ("JWT_SECRET", True)}, memory="192Mi", sqlite=True,
     ),
     "nextcloud": AppKind(
         "Nextcloud, files and calendars (SQLite on its volume)", image="nextcloud", storage="50Gi",
@@ -85,6 +89,7 @@ KINDS: dict[str, AppKind] = {
         env={"NEXTCLOUD_TRUSTED_DOMAINS": "{hostname}", "SQLITE_DATABASE": "nextcloud", "NEXTCLOUD_ADMIN_USER": "admin",
              "OVERWRITEPROTOCOL": "https", "TRUSTED_PROXIES": "10.42.0.0/16"},
         secrets={"admin_password": ("NEXTCLOUD_ADMIN_PASSWORD", True)}, group=33, cpu="100m", memory="512Mi",
+        sqlite=True,
     ),
     "gitea": AppKind(
         "Gitea, git hosting (SQLite on its volume)", image="gitea", port=3000, storage="10Gi",
@@ -93,24 +98,25 @@ KINDS: dict[str, AppKind] = {
              "GITEA__server__ROOT_URL": "{url}/", "GITEA__database__DB_TYPE": "sqlite3",
              "GITEA__security__INSTALL_LOCK": "true", "GITEA__service__DISABLE_REGISTRATION": "true"},
         secrets={"secret_key": ("GITEA__security__SECRET_KEY", False)}, user=1000, group=1000, memory="256Mi",
+        sqlite=True,
     ),
     "vaultwarden": AppKind(
         "Vaultwarden, a Bitwarden-compatible password manager", image="vaultwarden",
         env={"DOMAIN": "{url}", "SIGNUPS_ALLOWED": "false"}, secrets={"admin_token": ("ADMIN_TOKEN", False)},
-        memory="64Mi",
+        memory="64Mi", sqlite=True,
     ),
     "ntfy": AppKind(
         "ntfy, push notifications to your phone", image="ntfy", mounts=(("", "/var/cache/ntfy"),), args=("serve",),
         env={"NTFY_BASE_URL": "{url}", "NTFY_CACHE_FILE": "/var/cache/ntfy/cache.db", "NTFY_BEHIND_PROXY": "true",
              "NTFY_LISTEN_HTTP": ":80"},
-        memory="64Mi",
+        memory="64Mi", sqlite=True,
     ),
     "prometheus": AppKind(
         "Prometheus, metrics of the cluster's nodes, pods and services", image="prometheus", port=9090,
         storage="10Gi", mounts=(("", "/prometheus"),),
         args=("--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
               "--storage.tsdb.retention.time=15d", "--web.external-url={url}"),
-        user=65534, group=65534, cpu="100m", memory="512Mi",
+        user=65534, group=65534, cpu="100m", memory="512Mi", backup=False,
     ),
     "jupyterhub": AppKind(
         "JupyterHub (its Helm chart): one notebook server per user, each with a volume", image=None,
@@ -119,6 +125,7 @@ KINDS: dict[str, AppKind] = {
     "baikal": AppKind(
         "Baïkal, a CalDAV/CardDAV server", image="baikal",
         mounts=(("config", "/var/www/baikal/config"), ("specific", "/var/www/baikal/Specific")), memory="64Mi",
+        sqlite=True,
     ),
     "minecraft": AppKind(
         "a Minecraft server (raw TCP: give it tcp_port 25565)", image="minecraft", port=25565, storage="10Gi",

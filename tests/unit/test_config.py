@@ -400,7 +400,7 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
     ("unknown app key", lambda: with_app(1, replicas=2), [
         "all.apps[1].replicas: is not an app key "
         "(expected only name, hostname, public, tcp_port, proxy_protocol, kind, image, port, storage, storage_path, "
-        "env, secrets, resources)",
+        "env, secrets, resources, backup, backup_schedule)",
     ]),
     ("app name missing", lambda: with_app(3, name=None), [
         "all.apps[3].name: is missing (expected a unique app name like blog)",

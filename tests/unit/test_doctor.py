@@ -58,7 +58,7 @@ class World:
             return "EOF occurred in violation of protocol", None
         return None, None if self.certificate_valid else "self-signed certificate"
 
-    def run(self, host: str, command: str) -> tuple[bool, str]:
+    def run(self, host: str, command: str, timeout: float | None = None) -> tuple[bool, str]:
         self.commands.append((host, command))
         if host in self.unreachable:
             return False, "Could not connect (timed out)"

@@ -19,7 +19,7 @@ import yaml
 
 from portable_k3s.lab import images
 from portable_k3s.lab.core import LabError
-from portable_k3s.versions import VERSIONS
+from portable_k3s.versions import IMAGES, VERSIONS
 
 
 def sha256(data: bytes) -> str:
@@ -320,14 +320,33 @@ def traefik_binary() -> Path:
 
 
 @pytest.fixture(scope="module")
+def restic_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """restic from the lab's cache, else built here from the Go module cache (no network)."""
+    from portable_k3s.lab.core import LabConfig
+
+    cached = images.restic_binary_path(LabConfig.from_env().cache_dir)
+    if cached.exists():
+        return cached
+    if shutil.which("go") is None and not Path("/usr/local/go/bin/go").exists():
+        pytest.skip("the Go toolchain is missing: the restic image is built from its Go module")
+    try:
+        return images.build_restic_binary(tmp_path_factory.mktemp("cache"), offline=True)
+    except LabError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        pytest.skip(f"restic is neither built in the lab's cache nor buildable from the Go module cache "
+                    f"(go mod download {images.RESTIC_MODULE}@v{images.RESTIC_VERSION}): {reason}")
+
+
+@pytest.fixture(scope="module")
 def lab_cache(
     tmp_path_factory: pytest.TempPathFactory, kubernetes_dir: Path, busybox_deb: Path, coredns_binary: Path,
-    traefik_binary: Path,
+    traefik_binary: Path, restic_binary: Path,
 ) -> Path:
     """A lab cache holding every image, each built once for this module."""
     cache = tmp_path_factory.mktemp("lab-cache")
     for built, binary in ((images.coredns_binary_path(cache), coredns_binary),
-                          (cache / "go-bin" / traefik_binary.parent.name / "traefik", traefik_binary)):
+                          (cache / "go-bin" / traefik_binary.parent.name / "traefik", traefik_binary),
+                          (images.restic_binary_path(cache), restic_binary)):
         if not built.exists():
             built.parent.mkdir(parents=True)
             built.symlink_to(binary)
@@ -362,6 +381,7 @@ def test_airgap_bundle_carries_every_lab_image(lab_cache: Path) -> None:
         tar.unlink()
     assert sorted(found) == sorted([
         images.PAUSE_IMAGE, images.BUSYBOX_IMAGE, images.COREDNS_IMAGE, images.TRAEFIK_IMAGE, images.STATIC_IMAGE,
+        images.RESTIC_IMAGE, images.SQLITE_IMAGE,
     ])
 
 
@@ -405,3 +425,82 @@ def test_nginx_image_is_debians_nginx_with_every_library_it_loads(lab_cache: Pat
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0 and "syntax is ok" in checked.stderr, checked.stderr
     assert images.build_nginx(lab_cache) == out, "cached"
+
+
+def test_backup_images_are_named_as_the_pins() -> None:
+    assert images.RESTIC_IMAGE == f"docker.io/{IMAGES['restic']}" == "docker.io/restic/restic:0.18.1"
+    assert images.familiar_name(images.RESTIC_IMAGE) == IMAGES["restic"]
+    assert images.image_tag(images.RESTIC_IMAGE) == images.RESTIC_VERSION == "0.18.1"
+    assert images.SQLITE_IMAGE == f"docker.io/{IMAGES['sqlite']}" == "docker.io/keinos/sqlite3:3.47.2"
+    assert images.familiar_name(images.SQLITE_IMAGE) == IMAGES["sqlite"]
+    assert {"sh", "find", "head", "grep", "sed", "cp", "mkdir", "dirname", "[", "xargs"} <= set(images.BACKUP_APPLETS)
+
+
+def test_busybox_entries_link_the_applets_and_refuse_missing_ones(tmp_path: Path, busybox_deb: Path) -> None:
+    subprocess.run(["dpkg-deb", "-x", str(busybox_deb), str(tmp_path)], check=True)
+    entries = {e.path: e for e in images.busybox_entries(tmp_path, images.BACKUP_APPLETS)}
+    assert entries["bin/busybox"].mode == 0o755 and entries["bin/busybox"].data[:4] == b"\x7fELF"
+    assert all(entries[f"bin/{applet}"].link == "busybox" for applet in images.BACKUP_APPLETS)
+    with pytest.raises(LabError, match="no applet no-such-applet"):
+        images.busybox_entries(tmp_path, ["sh", "no-such-applet"])
+
+
+def check_backup_layer(files: dict[str, tarfile.TarInfo]) -> None:
+    """The parts the backup images share: busybox's applets in /bin, root, /tmp and root's home."""
+    assert files["bin/busybox"].isfile() and files["bin/busybox"].mode == 0o755
+    for applet in images.BACKUP_APPLETS:
+        assert files[f"bin/{applet}"].issym() and files[f"bin/{applet}"].linkname == "busybox", applet
+    assert files["tmp"].mode == 0o1777 and files["root"].isdir()
+    assert {"etc/passwd", "etc/group"} <= set(files)
+
+
+def test_restic_binary_is_the_pinned_version(restic_binary: Path) -> None:
+    version = subprocess.run([restic_binary, "version"], capture_output=True, text=True, timeout=30).stdout
+    assert version.startswith(f"restic {images.RESTIC_VERSION} compiled with go"), version
+
+
+def test_restic_image_runs_restic_with_a_busybox_shell(lab_cache: Path, restic_binary: Path) -> None:
+    out = images.build_restic(lab_cache)
+    found = check_archive(out)
+    assert list(found) == [images.RESTIC_IMAGE]
+    config = found[images.RESTIC_IMAGE]["config"]["config"]
+    assert config["Entrypoint"] == ["/usr/bin/restic"] and "User" not in config  # as upstream's: root
+    assert config["Labels"]["org.opencontainers.image.version"] == images.RESTIC_VERSION
+    (layer,) = found[images.RESTIC_IMAGE]["layers"]
+    files = layer_files(layer)
+    assert files["usr/bin/restic"].mode == 0o755
+    check_backup_layer(files)
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        assert tar.extractfile("usr/bin/restic").read() == restic_binary.read_bytes()  # type: ignore[union-attr]
+    assert images.build_restic(lab_cache) == out, "cached"
+
+
+def test_sqlite_image_is_debians_sqlite3_and_backs_up_a_database(lab_cache: Path, tmp_path: Path) -> None:
+    out = images.build_sqlite(lab_cache)
+    found = check_archive(out)
+    assert list(found) == [images.SQLITE_IMAGE]
+    config = found[images.SQLITE_IMAGE]["config"]["config"]
+    assert config["Cmd"] == ["sqlite3"] and "Entrypoint" not in config and "User" not in config
+    assert "Debian's sqlite3" in config["Labels"]["org.opencontainers.image.description"]
+    (layer,) = found[images.SQLITE_IMAGE]["layers"]
+    files = layer_files(layer)
+    assert files["usr/bin/sqlite3"].mode == 0o755
+    assert any(re.search(r"/libsqlite3\.so\.", name) for name in files)
+    check_backup_layer(files)
+    root = tmp_path / "root"
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        tar.extractall(root, filter="tar")
+    # sqlite3 with only the image's libraries, through the image's own loader
+    loader = next(p for p in root.rglob("ld-linux-*") if p.is_file() and not p.is_symlink())
+    library_path = ":".join(str(d) for d in sorted({p.parent for p in root.rglob("*.so*")}))
+
+    def sqlite3(*args: str) -> str:
+        proc = subprocess.run([str(loader), "--library-path", library_path, str(root / "usr/bin/sqlite3"), *args],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    sqlite3(str(tmp_path / "app.db"), "create table t(x); insert into t values (1), (2), (3);")
+    sqlite3(str(tmp_path / "app.db"), f".backup '{tmp_path / 'copy.db'}'")
+    assert sqlite3(str(tmp_path / "copy.db"), "pragma integrity_check; select sum(x) from t;").split() == ["ok", "6"]
+    assert images.build_sqlite(lab_cache) == out, "cached"

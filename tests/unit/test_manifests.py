@@ -53,7 +53,13 @@ def _variants() -> dict[str, dict[str, str]]:
     return {
         "home": render_manifests(home, [ENTRANCE_IP], _secret),
         "metallb+dns01": render_manifests(routed, [ENTRANCE_IP, "100.64.0.8"], _secret),
+        "backups": render_manifests(_home(**BACKUPS), [ENTRANCE_IP], _secret),
     }
+
+
+BACKUPS = {"app_backup_s3": {"endpoint": "s3.example.org", "bucket": "backups", "folder": "apps", "region": "eu-1"},
+           "app_backup_password": {"env": "APP_BACKUP_PASSWORD"}, "s3_access_key": {"env": "S3_ACCESS_KEY"},
+           "s3_secret_key": {"env": "S3_SECRET_KEY"}}
 
 
 # Schemas of the custom resources' fields we write, taken from the upstream CRD definitions (openAPIV3Schema) at
@@ -145,7 +151,7 @@ def test_kubernetes_validate_knows_the_pinned_k3s_kubernetes() -> None:
     assert KUBERNETES in kubernetes_validate.utils.all_versions()
 
 
-@pytest.mark.parametrize("variant", ["home", "metallb+dns01"])
+@pytest.mark.parametrize("variant", ["home", "metallb+dns01", "backups"])
 def test_every_manifest_parses_and_every_resource_is_valid(variant: str) -> None:
     documents = _documents(_variants()[variant])
     assert documents

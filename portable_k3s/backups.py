@@ -1,0 +1,205 @@
+"""
+The apps' backups, seen from the first k3s server: ``portable-k3s backups INVENTORY`` lists each app's snapshots,
+their age and size, and says which app has none as new as its schedule allows; ``portable-k3s restore INVENTORY APP``
+restores an app's volume from a snapshot (the newest by default). Doctor reports the listing as one hop per app.
+
+Both run ``k3s kubectl`` over SSH on the first server (the machine running them is not in the tailnet): a one-shot
+Job (``portable_k3s.manifests.backups``) that runs restic with the cluster's ``backup`` Secret, then its log. No
+secret leaves the cluster or appears in a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from string import hexdigits
+from typing import TYPE_CHECKING, Any
+
+from .manifests.apps import namespace
+from .manifests.backups import NAMESPACE, backed_up, list_job, restore_job
+from .schedule import longest_gap
+
+if TYPE_CHECKING:
+    from .config import App, ClusterConfig
+
+# Runs a shell command on a host: (host name, command, timeout in seconds) -> (ok, output).
+Runner = Callable[[str, str, float], tuple[bool, str]]
+GRACE = timedelta(hours=2)  # a scheduled backup may start late and take this long before its snapshot is late
+LIST_TIMEOUT = 300
+RESTORE_TIMEOUT = 6 * 3600
+HEREDOC = "PORTABLE_K3S_MANIFEST"
+
+
+class BackupError(Exception):
+    """A listing or restore that could not be done; the message says why and what to check."""
+
+
+def backed_up_apps(config: ClusterConfig) -> list[App]:
+    """The catalog's apps whose volumes are backed up."""
+    return [app for app in config.apps if backed_up(app, config.addons)]
+
+
+def _job_script(namespace_name: str, name: str, manifest: str, timeout: int) -> str:
+    """Shell that applies a Job, waits until it succeeds or fails (at most ``timeout`` s), prints its log and the
+    word ``succeeded`` or ``failed`` last, and deletes it."""
+    return f"""k() {{ k3s kubectl "$@"; }}
+k -n {namespace_name} delete job {name} --ignore-not-found >/dev/null
+cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
+{manifest.rstrip()}
+{HEREDOC}
+state=timeout
+end=$(($(date +%s) + {timeout}))
+while [ "$(date +%s)" -lt "$end" ]; do
+  case "$(k -n {namespace_name} get job {name} -o jsonpath='{{.status.succeeded}}/{{.status.failed}}')" in
+    1/*) state=succeeded; break ;;
+    */[1-9]*) state=failed; break ;;
+  esac
+  sleep 2
+done
+k -n {namespace_name} logs job/{name} --all-containers 2>&1 | tail -n 200
+k -n {namespace_name} delete job {name} --wait=false >/dev/null 2>&1
+echo "$state"
+"""
+
+
+def list_script(app_names: list[str], config: ClusterConfig, name: str = "backups-list") -> str:
+    """The command that prints each app's snapshots (see ``parse_listing``)."""
+    assert config.addons.backups is not None
+    return _job_script(NAMESPACE, name, list_job(app_names, config.addons.backups, name), LIST_TIMEOUT)
+
+
+def parse_listing(output: str) -> dict[str, list[dict[str, Any]] | str]:
+    """The listing's snapshots by app (restic's JSON, oldest first), or a reason there are none to read."""
+    found: dict[str, list[dict[str, Any]] | str] = {}
+    app = None
+    for line in output.splitlines():
+        if line.startswith("== "):
+            app = line[3:].strip()
+            found[app] = "no answer from restic"
+        elif app is not None and line.startswith("["):
+            try:
+                found[app] = sorted(json.loads(line), key=lambda s: str(s.get("time", "")))
+            except json.JSONDecodeError:
+                found[app] = f"unreadable listing: {line[:80]}"
+        elif app is not None and line == "null":
+            found[app] = []
+        elif app is not None and line.startswith("error "):
+            found[app] = f"restic failed (exit status {line[6:]}): wrong password or S3 keys, or S3 unreachable?"
+    return found
+
+
+def snapshot_time(snapshot: dict[str, Any]) -> datetime:
+    """When restic took the snapshot (its ``time``, with nanoseconds and a UTC offset)."""
+    text = str(snapshot["time"]).replace("Z", "+00:00")
+    if "." in text:  # nanoseconds: more digits than Python reads
+        head, _, rest = text.partition(".")
+        text = head + rest.lstrip("0123456789")
+    parsed = datetime.fromisoformat(text if "+" in text[10:] or "-" in text[10:] else text + "+00:00")
+    return parsed.astimezone(UTC)
+
+
+@dataclass
+class AppBackupState:
+    """One app's backups: ``ok`` when its newest snapshot is as new as its schedule allows."""
+
+    app: str
+    schedule: str
+    snapshots: int
+    newest: datetime | None
+    size: int | None
+    ok: bool
+    detail: str
+
+
+def states(config: ClusterConfig, listing: dict[str, list[dict[str, Any]] | str],
+           now: datetime | None = None) -> list[AppBackupState]:
+    """Each backed-up app's state from a listing."""
+    now = now or datetime.now(UTC)
+    backups = config.addons.backups
+    assert backups is not None
+    found = []
+    for app in backed_up_apps(config):
+        schedule = app.backup_schedule or backups.schedule
+        allowed = longest_gap(schedule) + GRACE
+        snapshots = listing.get(app.name, "not listed")
+        if isinstance(snapshots, str):
+            found.append(AppBackupState(app.name, schedule, 0, None, None, False, snapshots))
+            continue
+        if not snapshots:
+            found.append(AppBackupState(app.name, schedule, 0, None, None, False,
+                                        f"no snapshot yet (schedule {schedule!r})"))
+            continue
+        newest = snapshots[-1]
+        taken = snapshot_time(newest)
+        size = (newest.get("summary") or {}).get("total_bytes_processed")
+        age = now - taken
+        ok = age <= allowed
+        detail = (f"{len(snapshots)} snapshots, newest {newest.get('short_id', '?')} {_age(age)} ago"
+                  + (f", {_size(size)}" if isinstance(size, int) else "")
+                  + ("" if ok else f": late, its schedule {schedule!r} allows {_age(allowed)}"))
+        found.append(AppBackupState(app.name, schedule, len(snapshots), taken,
+                                    size if isinstance(size, int) else None, ok, detail))
+    return found
+
+
+def list_backups(config: ClusterConfig, run: Runner) -> list[AppBackupState]:
+    """List every backed-up app's snapshots on the cluster (``run`` reaches the first k3s server)."""
+    server = config.hosts_in("k3s_servers")[0].name
+    apps = [app.name for app in backed_up_apps(config)]
+    ok, output = run(server, list_script(apps, config), LIST_TIMEOUT + 60)
+    if not ok or output.rstrip().rsplit("\n", 1)[-1].strip() != "succeeded":
+        raise BackupError(f"listing the backups on {server} failed:\n{output.strip()[-2000:]}\n"
+                          f"check: k3s kubectl -n {NAMESPACE} get pods; the Secret backup; app_backup_s3")
+    return states(config, parse_listing(output))
+
+
+def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str) -> str:
+    """The command that stops ``app``, restores its volume from ``snapshot`` and starts it again (also on failure)."""
+    assert config.addons.backups is not None
+    ns = namespace(app)
+    job = _job_script(ns, name, restore_job(app, config.addons.backups, snapshot, name), RESTORE_TIMEOUT)
+    return f"""k() {{ k3s kubectl "$@"; }}
+replicas=$(k -n {ns} get deployment {app.name} -o jsonpath='{{.spec.replicas}}') || exit 1
+start_again() {{ k -n {ns} scale deployment {app.name} --replicas="${{replicas:-1}}" >/dev/null; }}
+trap start_again EXIT
+k -n {ns} scale deployment {app.name} --replicas=0 >/dev/null || exit 1
+k -n {ns} wait --for=delete pod -l app.kubernetes.io/name={app.name} --timeout=300s >/dev/null 2>&1
+{job}"""
+
+
+def restore(config: ClusterConfig, app_name: str, run: Runner, snapshot: str = "latest") -> str:
+    """Restore ``app_name``'s volume from ``snapshot`` (an ID, or ``latest``); returns the restore's log."""
+    apps = {app.name: app for app in backed_up_apps(config)}
+    if app_name not in apps:
+        raise BackupError(f"{app_name!r} is not a backed-up app of the catalog (backed up: "
+                          f"{', '.join(apps) or 'none; set app_backup_s3'})")
+    if snapshot != "latest" and not (all(c in hexdigits for c in snapshot) and 8 <= len(snapshot) <= 64):
+        raise BackupError(f"--snapshot {snapshot!r} is not a snapshot ID (8-64 hex digits, as "
+                          "`portable-k3s backups` shows them) or latest")
+    server = config.hosts_in("k3s_servers")[0].name
+    name = f"restore-{time.strftime('%Y%m%d-%H%M%S')}"
+    ok, output = run(server, restore_script(apps[app_name], config, snapshot, name), RESTORE_TIMEOUT + 600)
+    if not ok or output.rstrip().rsplit("\n", 1)[-1].strip() != "succeeded":
+        raise BackupError(f"restoring {app_name} on {server} failed:\n{output.strip()[-3000:]}")
+    return output.rstrip().rsplit("\n", 1)[0]
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 3600:
+        return f"{max(seconds, 0) // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} days"
+
+
+def _size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
