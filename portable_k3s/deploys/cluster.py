@@ -53,12 +53,14 @@ def cluster_addons(config: ClusterConfig, entrances: list[Host]) -> None:
     On the first k3s server, write every add-on's and deployed app's manifest (0600) into k3s's auto-deploy
     directory, where k3s applies it (HelmCharts through its Helm controller): MetalLB and its pools, Traefik's
     HelmChartConfig trusting the entrances' tailnet addresses, cert-manager and its ClusterIssuers, rook-ceph and
-    its CephCluster, and one manifest per app. Manifests this library wrote that are no longer rendered (an app
-    removed from the catalog) are removed, with their resources.
+    its CephCluster (and toolbox), and one manifest per app (with its backup CronJob). Manifests this library
+    wrote that are no longer rendered (an app removed from the catalog) are removed, with their resources.
 
     Data keys (defaults in ``CLUSTER_DEFAULTS``): ``metallb_pools``, ``acme_email``, ``acme_issuer``,
-    ``acme_solver``, ``dns01_provider`` (+ ``dns01_token``), ``rook_ceph``, ``rook_ceph_replicas``; each node's
-    ``external_ssd``; the app catalog ``apps``; ``entrance_upstream``.
+    ``acme_solver``, ``dns01_provider`` (+ ``dns01_token``), ``rook_ceph``, ``rook_ceph_replicas``,
+    ``rook_ceph_toolbox``, ``app_backup_s3`` (+ ``app_backup_password``, ``s3_access_key``, ``s3_secret_key``),
+    ``app_backup_schedule``, ``app_backup_keep``; each node's ``external_ssd``; the app catalog ``apps``;
+    ``entrance_upstream``.
 
     + config: the validated inventory (``config.validate_state(state)``)
     + entrances: the inventory hosts of the ``entrance`` group (Traefik trusts their tailnet addresses)
