@@ -137,7 +137,7 @@ def states(config: ClusterConfig, listing: dict[str, list[dict[str, Any]] | str]
         size = (newest.get("summary") or {}).get("total_bytes_processed")
         age = now - taken
         ok = age <= allowed
-        detail = (f"{len(snapshots)} snapshots, newest {newest.get('short_id', '?')} {_age(age)} ago"
+        detail = (f"{len(snapshots)} snapshot{'' if len(snapshots) == 1 else 's'}, newest {newest.get('short_id', '?')} {_age(age)} ago"
                   + (f", {_size(size)}" if isinstance(size, int) else "")
                   + ("" if ok else f": late, its schedule {schedule!r} allows {_age(allowed)}"))
         found.append(AppBackupState(app.name, schedule, len(snapshots), taken,

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 NAMESPACE = "portable-k3s-backups"
 SECRET = "backup"  # noqa: S105 - the Secret's name
-SECRET_KEYS = ("RESTIC_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+SECRET_KEYS = ("password", "credentials")  # restic's password file, the S3 keys as an AWS credentials file
+SECRETS_DIR = "/secrets"  # where the pods mount them (files, never environment variables)
 # Where the pods mount the app's volume, and the consistent copies of its SQLite databases (the snapshot's paths).
 DATA = "/data"
 COPIES = "/consistent"
@@ -102,8 +103,10 @@ def backed_up(app: App, addons: AddonsConfig) -> bool:
 
 
 def secret_values(password: str, access_key: str, secret_key: str) -> dict[str, str]:
-    """The ``backup`` Secret's data."""
-    return dict(zip(SECRET_KEYS, (password, access_key, secret_key), strict=True))
+    """The ``backup`` Secret's data: the repositories' password, and the S3 key pair as an AWS credentials file."""
+    credentials = (f"[default]\naws_access_key_id = {access_key.strip()}\n"
+                   f"aws_secret_access_key = {secret_key.strip()}\n")
+    return dict(zip(SECRET_KEYS, (password.strip(), credentials), strict=True))
 
 
 def _secret(namespace_name: str, values: dict[str, str]) -> dict[str, Any]:
@@ -115,14 +118,19 @@ def _env(backups: AppBackups, **values: Any) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": "AWS_DEFAULT_REGION", "value": str(backups.s3.get("region") or "us-east-1")},
                                  {"name": "RESTIC_CACHE_DIR", "value": "/cache"}]
     env += [{"name": name, "value": value} for name, value in values.items()]
-    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": key}}} for key in SECRET_KEYS]
+    env += [{"name": "RESTIC_PASSWORD_FILE", "value": f"{SECRETS_DIR}/password"},
+            {"name": "AWS_SHARED_CREDENTIALS_FILE", "value": f"{SECRETS_DIR}/credentials"}]
     return env
+
+
+SECRETS_VOLUME = {"name": "secrets", "secret": {"secretName": SECRET, "defaultMode": 0o400}}
 
 
 def _restic(script: str, env: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": "restic", "image": IMAGES["restic"], "command": ["/bin/sh", "-c", script], "env": env,
-        "volumeMounts": [*mounts, {"name": "cache", "mountPath": "/cache"}],
+        "volumeMounts": [*mounts, {"name": "cache", "mountPath": "/cache"},
+                         {"name": "secrets", "mountPath": SECRETS_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
     }
 
@@ -140,6 +148,7 @@ def _pod(app: App, backups: AppBackups, script: str, values: dict[str, Any], sql
             {"name": "data", "persistentVolumeClaim": {"claimName": app.name}},
             {"name": "copies", "emptyDir": {}},
             {"name": "cache", "emptyDir": {}},
+            SECRETS_VOLUME,
         ],
     }
     if read_only:
@@ -226,7 +235,7 @@ def list_job(app_names: list[str], backups: AppBackups, name: str) -> str:
                  "template": {"metadata": {"labels": _labels("backups", "list")}, "spec": {
                      "restartPolicy": "Never",
                      "containers": [_restic(LIST, env, [])],
-                     "volumes": [{"name": "cache", "emptyDir": {}}],
+                     "volumes": [{"name": "cache", "emptyDir": {}}, SECRETS_VOLUME],
                  }}},
     }
     return to_yaml(job) + "\n"

@@ -128,8 +128,11 @@ def test_every_backed_up_app_has_a_cronjob_and_its_secret_and_no_secret_elsewher
         assert env["RESTIC_REPOSITORY"]["value"] == f"s3:https://s3.example.org/backups/apps/{name}"
         assert env["KEEP"]["value"] == "--keep-daily 7 --keep-weekly 4 --keep-monthly 6"
         assert env["AWS_DEFAULT_REGION"]["value"] == "eu-1"
-        for key in SECRET_KEYS:
-            assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "backup", "key": key}
+        # The secrets are files from the Secret (not environment variables, which land in the container's spec).
+        assert env["RESTIC_PASSWORD_FILE"]["value"] == "/secrets/password"
+        assert env["AWS_SHARED_CREDENTIALS_FILE"]["value"] == "/secrets/credentials"
+        assert {"name": "secrets", "secret": {"secretName": "backup", "defaultMode": 0o400}} in pod["volumes"]
+        assert not [e for e in env.values() if "valueFrom" in e]
         assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == name
         assert pod["containers"][0]["image"] == "restic/restic:0.18.1"
         sqlite = [c for c in pod.get("initContainers", []) if c["name"] == "sqlite-copies"]
@@ -137,8 +140,9 @@ def test_every_backed_up_app_has_a_cronjob_and_its_secret_and_no_secret_elsewher
     secrets = [doc for doc in documents if doc["kind"] == "Secret" and doc["metadata"]["name"] == "backup"]
     assert {doc["metadata"]["namespace"] for doc in secrets} == {f"app-{n}" for n in backed} | {NAMESPACE}
     for doc in secrets:
-        assert doc["stringData"] == {"RESTIC_PASSWORD": "pw-0123456789", "AWS_ACCESS_KEY_ID": "AKIDLAB",
-                                     "AWS_SECRET_ACCESS_KEY": "s3-secret-9876"}
+        assert doc["stringData"] == {"password": "pw-0123456789", "credentials": (
+            "[default]\naws_access_key_id = AKIDLAB\naws_secret_access_key = s3-secret-9876\n")}
+        assert set(doc["stringData"]) == set(SECRET_KEYS)
     others = [doc for doc in documents if not (doc["kind"] == "Secret" and doc["metadata"]["name"] == "backup")]
     for value in SECRET_VALUES.values():
         assert value not in yaml.safe_dump_all(others)
