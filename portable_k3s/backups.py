@@ -66,9 +66,26 @@ echo "$state"
 
 
 def list_script(app_names: list[str], config: ClusterConfig, name: str = "backups-list") -> str:
-    """The command that prints each app's snapshots (see ``parse_listing``)."""
+    """The command that prints when each app's backup CronJob was made, then each app's snapshots (see
+    ``parse_listing``)."""
     assert config.addons.backups is not None
-    return _job_script(NAMESPACE, name, list_job(app_names, config.addons.backups, name), LIST_TIMEOUT)
+    created = ("k3s kubectl get cronjobs -A -l app.kubernetes.io/component=backup -o jsonpath='{range .items[*]}"
+               "created {.metadata.labels.app\\.kubernetes\\.io/part-of} {.metadata.creationTimestamp}"
+               "{\"\\n\"}{end}'\n")
+    return created + _job_script(NAMESPACE, name, list_job(app_names, config.addons.backups, name), LIST_TIMEOUT)
+
+
+def parse_created(output: str) -> dict[str, datetime]:
+    """When each app's backup CronJob was made, from the listing's ``created APP TIME`` lines."""
+    found = {}
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "created":
+            try:
+                found[words[1]] = datetime.fromisoformat(words[2].replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return found
 
 
 def parse_listing(output: str) -> dict[str, list[dict[str, Any]] | str]:
@@ -115,8 +132,9 @@ class AppBackupState:
 
 
 def states(config: ClusterConfig, listing: dict[str, list[dict[str, Any]] | str],
-           now: datetime | None = None) -> list[AppBackupState]:
-    """Each backed-up app's state from a listing."""
+           created: dict[str, datetime] | None = None, now: datetime | None = None) -> list[AppBackupState]:
+    """Each backed-up app's state from a listing; ``created``: when each app's backup CronJob was made (an app
+    without a snapshot is late only once its schedule had time for one)."""
     now = now or datetime.now(UTC)
     backups = config.addons.backups
     assert backups is not None
@@ -129,15 +147,22 @@ def states(config: ClusterConfig, listing: dict[str, list[dict[str, Any]] | str]
             found.append(AppBackupState(app.name, schedule, 0, None, None, False, snapshots))
             continue
         if not snapshots:
-            found.append(AppBackupState(app.name, schedule, 0, None, None, False,
-                                        f"no snapshot yet (schedule {schedule!r})"))
+            since = (created or {}).get(app.name)
+            if since is not None and now - since <= allowed:
+                found.append(AppBackupState(app.name, schedule, 0, None, None, True,
+                                            f"no snapshot yet: its backups began {_age(now - since)} ago "
+                                            f"(schedule {schedule!r})"))
+            else:
+                found.append(AppBackupState(app.name, schedule, 0, None, None, False,
+                                            f"no snapshot yet (schedule {schedule!r})"))
             continue
         newest = snapshots[-1]
         taken = snapshot_time(newest)
         size = (newest.get("summary") or {}).get("total_bytes_processed")
         age = now - taken
         ok = age <= allowed
-        detail = (f"{len(snapshots)} snapshot{'' if len(snapshots) == 1 else 's'}, newest {newest.get('short_id', '?')} {_age(age)} ago"
+        count = f"{len(snapshots)} snapshot{'' if len(snapshots) == 1 else 's'}"
+        detail = (f"{count}, newest {newest.get('short_id', '?')} {_age(age)} ago"
                   + (f", {_size(size)}" if isinstance(size, int) else "")
                   + ("" if ok else f": late, its schedule {schedule!r} allows {_age(allowed)}"))
         found.append(AppBackupState(app.name, schedule, len(snapshots), taken,
@@ -153,7 +178,7 @@ def list_backups(config: ClusterConfig, run: Runner) -> list[AppBackupState]:
     if not ok or output.rstrip().rsplit("\n", 1)[-1].strip() != "succeeded":
         raise BackupError(f"listing the backups on {server} failed:\n{output.strip()[-2000:]}\n"
                           f"check: k3s kubectl -n {NAMESPACE} get pods; the Secret backup; app_backup_s3")
-    return states(config, parse_listing(output))
+    return states(config, parse_listing(output), parse_created(output))
 
 
 def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str) -> str:

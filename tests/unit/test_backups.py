@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 import yaml
 
-from portable_k3s.backups import BackupError, parse_listing, restore, restore_script, snapshot_time, states
+from portable_k3s.backups import (
+    BackupError,
+    parse_created,
+    parse_listing,
+    restore,
+    restore_script,
+    snapshot_time,
+    states,
+)
 from portable_k3s.config import load_inventory
 from portable_k3s.manifests import render_manifests
 from portable_k3s.manifests.backups import NAMESPACE, SECRET_KEYS, backed_up, list_job, repository_base
@@ -205,12 +213,17 @@ def test_listing_parsed_and_late_apps_named() -> None:
     listing = parse_listing(output)
     assert [s["short_id"] for s in listing["blog"]] == ["aaaa1111", "bbbb2222"]  # type: ignore[index]
     assert listing["nextcloud"] == [] and "exit status 1" in str(listing["gitea"])
-    found = {state.app: state for state in states(config, listing, now)}
+    created = parse_created("created blog 2026-11-01T00:00:00Z\ncreated nextcloud 2026-12-05T10:00:00Z\n"
+                            "created kutt 2026-11-01T00:00:00Z\n")
+    found = {state.app: state for state in states(config, listing, created, now)}
     assert found["blog"].ok and found["blog"].snapshots == 2 and found["blog"].size == 2048
     assert "newest bbbb2222 20 h ago, 2.0 KiB" in found["blog"].detail
     assert not found["kutt"].ok and "late, its schedule '30 3 * * *' allows 26 h" in found["kutt"].detail
-    assert not found["nextcloud"].ok and "no snapshot yet" in found["nextcloud"].detail
+    # Nextcloud's backups began 2 h ago: its first snapshot is not due yet. Without a CronJob's age, none is late.
+    assert found["nextcloud"].ok and "no snapshot yet: its backups began 2 h ago" in found["nextcloud"].detail
     assert not found["gitea"].ok and not found["website"].ok
+    late = {s.app: s for s in states(config, {"nextcloud": []}, {}, now)}
+    assert not late["nextcloud"].ok and late["nextcloud"].detail == "no snapshot yet (schedule '30 3 * * *')"
 
 
 def json_line(snapshots: list[dict[str, Any]]) -> str:
