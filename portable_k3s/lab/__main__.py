@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             for host in lab.up(args.hosts):
                 print(f"{host.name}\t{host.site}\t{host.address}\t{','.join(host.groups)}")
+            from .s3 import start_s3  # noqa: PLC0415 - builds the S3 server on first use
+
+            print(f"S3 (the off-site store of the lab's backups): {start_s3(lab)}")
             print(f"ssh: python -m portable_k3s.lab ssh h1   (or ssh -F {lab.ssh_config} h1)")
         elif args.command == "move":
             for host in lab.move_home(args.to, args.public_index):

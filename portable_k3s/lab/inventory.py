@@ -11,6 +11,9 @@ from typing import Any
 from .artifacts import HEADSCALE_PATH, K3S_PATH, TAILSCALE_PATH
 from .core import Lab, LabConfig, LabError
 
+# The lab's S3 server runs on the cloud host h1: the "off-site" VM the home hosts back up to.
+LAB_S3_HOST = "h1"
+
 
 def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Return ``{group: [(host, data), ...]}`` for every host of the lab, with SSH data pinned to the lab's
@@ -54,10 +57,14 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         # ingress logs.
         "alerts_interval": 86400,
         "alerts_ntfy_token": {"file": str(lab_ntfy_token(lab.state_dir))},
-        # Headscale's backups are also copied to an S3 URL on this machine, where the backup test runs an S3
-        # STAND-IN that checks AWS Signature V4 (no S3-compatible server is served here); plain http, lab keys.
-        "headscale_backup_s3": {"endpoint": f"{lab.gateway('cloud')}:{lab_s3_port(lab.config)}",
-                                "bucket": "lab-backups", "folder": "headscale", "region": "lab-1", "insecure": True},
+        # Headscale's backups are also copied to the lab's S3 on h1, the "off-site" VM, where the backup test runs
+        # it (gofakes3 behind the lab's AWS Signature V4 check, see portable_k3s/lab/s3.py); plain http, lab keys.
+        "headscale_backup_s3": {"endpoint": lab_s3_endpoint(lab), "bucket": "lab-backups", "folder": "headscale",
+                                "region": "lab-1", "insecure": True},
+        # The apps' volumes are backed up there too (restic, one repository per app under apps/).
+        "app_backup_s3": {"endpoint": lab_s3_endpoint(lab), "bucket": "lab-backups", "folder": "apps",
+                          "region": "lab-1", "insecure": True},
+        "app_backup_password": {"file": str(lab_secret(lab.state_dir, "app-backup-password"))},
         "s3_access_key": {"file": str(lab_secret(lab.state_dir, "s3-access-key", "LAB"))},
         "s3_secret_key": {"file": str(lab_secret(lab.state_dir, "s3-secret-key"))},
     }
@@ -84,8 +91,16 @@ def lab_ntfy_port(config: LabConfig) -> int:
 
 
 def lab_s3_port(config: LabConfig) -> int:
-    """The port of the lab's S3 URL, on the cloud gateway (next to the artifact server's)."""
+    """The port of the lab's S3 server, on ``LAB_S3_HOST`` (next to the artifact server's port number)."""
     return config.artifact_port + 11
+
+
+def lab_s3_endpoint(lab: Lab) -> str:
+    """``ADDRESS:PORT`` of the lab's S3 server: ``LAB_S3_HOST``'s cloud address (see ``portable_k3s.lab.s3``)."""
+    host = next((h for h in lab.hosts() if h.name == LAB_S3_HOST), None)
+    if host is None or not host.address:
+        raise LabError(f"no lab host {LAB_S3_HOST} for the lab's S3 server (bring the lab up first)")
+    return f"{host.address}:{lab_s3_port(lab.config)}"
 
 
 def lab_ntfy_token(state_dir: Path) -> Path:

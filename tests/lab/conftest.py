@@ -14,6 +14,7 @@ import pytest
 
 from portable_k3s.lab import Lab, LabConfig
 from portable_k3s.lab.apps import ca_dir, serve_apps
+from portable_k3s.lab.s3 import start_s3
 
 from .public import PUBLIC
 
@@ -72,6 +73,7 @@ def lab(pytestconfig: pytest.Config) -> Iterator[Lab]:
         # Shown as they happen: the first run on a machine builds the lab's release files for minutes.
         with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
             lab.up(4)
+            start_s3(lab)  # the off-site store of the lab's backups, on h1, as `lab up` starts it
         yield lab
     finally:
         lab.down()

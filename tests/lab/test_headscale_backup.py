@@ -1,14 +1,14 @@
 """Lab tier: headscale backup and restore with the real headscale. The backup timer's service makes an archive and
-copies it to S3 (the S3 STAND-IN of s3_standin.py, which checks AWS Signature V4); the headscale host is destroyed
-(a fresh disk at the same address, as a replacement VM behind the same server URL); the deploy restores the archive
-there. The other nodes stay joined and keep talking, with no re-join.
+copies it to S3: the lab's S3 server on the cloud host h1 (gofakes3 v1.2.0 behind the lab's AWS Signature V4 check,
+``portable_k3s.lab.s3``); the headscale host is destroyed (a fresh disk at the same address, as a replacement VM
+behind the same server URL); the deploy restores the archive there. The other nodes stay joined and keep talking,
+with no re-join.
 
 Runs after the other lab tests (it rebuilds a lab host), before the move-house test.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from portable_k3s.lab.inventory import lab_s3_port, lab_secret
+from portable_k3s.lab.images import BUSYBOX_IMAGE
+from portable_k3s.lab.s3 import S3_UNIT, s3_keys, s3_log, s3_object, s3_objects, start_s3, stop_s3
 
 from .public import PUBLIC, served, tls
-from .s3_standin import S3Standin
 
 HOME = ("h2", "h3", "h4")
 
@@ -34,34 +34,62 @@ def _node_key(lab, name: str) -> str:
 
 
 @pytest.fixture
-def s3(lab) -> Iterator[S3Standin]:
-    """The S3 STAND-IN (AWS Signature V4 checked) at the lab's S3 URL, with the lab's key pair."""
-    keys = {lab_secret(lab.state_dir, "s3-access-key", "LAB").read_text().strip():
-            lab_secret(lab.state_dir, "s3-secret-key").read_text().strip()}
-    with S3Standin((lab.gateway("cloud"), lab_s3_port(lab.config)), keys, "lab-1") as server:
-        yield server
+def s3(lab) -> Iterator[str]:
+    """The lab's S3 server on h1 with the lab's key pair, empty; its endpoint URL. It runs on afterwards, empty, as
+    the lab's other tests expect it."""
+    stop_s3(lab, purge=True)
+    endpoint = start_s3(lab)
+    try:
+        yield endpoint
+    finally:
+        stop_s3(lab, purge=True)
+        start_s3(lab)
+
+
+def test_s3_answers_the_home_hosts_and_their_pods_and_only_signed_requests(lab, converged_entrance, s3):
+    """h1's S3 is reachable from home (through the home site's NAT), from a host and from a pod, and refuses an
+    unsigned request with S3's error."""
+    for name in ("h2", "h4"):
+        answer = lab.ssh(name, f"curl -sS {s3}/lab-backups/headscale/").stdout
+        assert "<Code>AccessDenied</Code>" in answer, (name, answer)
+    pod = lab.ssh("h2", f"k3s kubectl run lab-s3-probe --image={BUSYBOX_IMAGE} --image-pull-policy=Never "
+                        "--restart=Never --rm -i --quiet --overrides='{\"spec\": {\"nodeName\": \"h3\"}}' -- "
+                        f"wget -S -O- {s3}/lab-backups/", check=False, timeout=180)
+    assert "403 Forbidden" in pod.stdout + pod.stderr, pod.stdout + pod.stderr
+    log = s3_log(lab)  # both came through the home site's NAT
+    nat = lab.home_public_address()
+    assert f"refused GET /lab-backups/headscale/ from {nat}:" in log, log  # h2's and h4's curl
+    assert f"refused GET /lab-backups/ from {nat}:" in log, log  # the pod's wget
 
 
 def test_a_backup_is_copied_to_s3_signed_with_the_key_pair_it_never_shows(lab, converged_entrance, s3):
-    keys = dict(s3.keys)
+    access, secret = s3_keys(lab)
     made = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service && "
                          "ls -t /var/backups/headscale | head -n 1")
     name = made.stdout.split()[-1]
     local = lab.ssh("h1", f"sha256sum /var/backups/headscale/{name}").stdout.split()[0]
-    assert list(s3.objects) == [f"lab-backups/headscale/{name}"] and not s3.refused, (s3.objects, s3.refused)
-    assert hashlib.sha256(s3.objects[f"lab-backups/headscale/{name}"]).hexdigest() == local
-    (access, secret), = keys.items()
+    objects = s3_objects(lab, "lab-backups")
+    assert objects == {f"headscale/{name}": local}, objects  # the archive, byte for byte, and nothing else
+    copy = s3_object(lab, f"headscale/{name}", "lab-backups")
+    listing = subprocess.run(["tar", "-tzf", "-"], input=copy, capture_output=True, check=True).stdout.decode()
+    assert "./db.sqlite" in listing.split() and "./noise_private.key" in listing.split(), listing
+    log = s3_log(lab)
+    assert f"PUT /lab-backups/headscale/{name}" in log and "refused" not in log, log[-2000:]
     unit = lab.ssh("h1", "systemctl cat portable-k3s-headscale-backup.service; "
                          "cat /usr/local/lib/portable-k3s/headscale-backup; "
                          "stat -c %a /etc/portable-k3s/headscale-backup-s3").stdout
     assert secret not in unit and access not in unit and unit.rstrip().endswith("600")
-    log = lab.ssh("h1", "journalctl -u portable-k3s-headscale-backup.service --no-pager").stdout
-    assert secret not in log and f"copied to http://{lab.gateway('cloud')}" in log
+    journal = lab.ssh("h1", "journalctl -u portable-k3s-headscale-backup.service --no-pager").stdout
+    assert secret not in journal and f"copied to {s3}/lab-backups/headscale/{name}" in journal
+    server = lab.ssh("h1", f"systemctl show -p ExecStart {S3_UNIT}; stat -c %a /etc/portable-k3s-lab/s3-keys").stdout
+    assert secret not in server + log and access not in server + log and server.rstrip().endswith("600"), server
 
-    s3.keys = {access: "not-the-secret"}  # the check can fail: the same request under another secret is refused
+    start_s3(lab, keys={access: "not-the-secret"})  # the check can fail: the same request under another secret
     failed = lab.ssh("h1", "systemctl start portable-k3s-headscale-backup.service", check=False)
-    assert failed.returncode != 0 and s3.refused and s3.refused[-1].startswith("SignatureDoesNotMatch"), s3.refused
-    assert len(s3.objects) == 1
+    assert failed.returncode != 0
+    refusals = [line for line in s3_log(lab).splitlines() if "refused PUT /lab-backups/headscale/" in line]
+    assert refusals and "SignatureDoesNotMatch" in refusals[-1], refusals
+    assert list(s3_objects(lab, "lab-backups")) == [f"headscale/{name}"]  # the refused upload was not stored
 
 
 @pytest.mark.moves_lab
