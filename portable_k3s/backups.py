@@ -30,6 +30,7 @@ Runner = Callable[[str, str, float], tuple[bool, str]]
 GRACE = timedelta(hours=2)  # a scheduled backup may start late and take this long before its snapshot is late
 LIST_TIMEOUT = 300
 RESTORE_TIMEOUT = 6 * 3600
+START_TIMEOUT = 300  # a Job's pod that is still Pending after this will not start (no image, no node for its volume)
 HEREDOC = "PORTABLE_K3S_MANIFEST"
 
 
@@ -43,20 +44,31 @@ def backed_up_apps(config: ClusterConfig) -> list[App]:
 
 
 def _job_script(namespace_name: str, name: str, manifest: str, timeout: int) -> str:
-    """Shell that applies a Job, waits until it succeeds or fails (at most ``timeout`` s), prints its log and the
-    word ``succeeded`` or ``failed`` last, and deletes it."""
+    """Shell that applies a Job, waits until it succeeds or fails (at most ``timeout`` s; a pod that has not started
+    within :data:`START_TIMEOUT` s fails it, with its events), prints its log and the word ``succeeded`` or ``failed``
+    last, and deletes it."""
     return f"""k() {{ k3s kubectl "$@"; }}
 k -n {namespace_name} delete job {name} --ignore-not-found >/dev/null
 cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
 {manifest.rstrip()}
 {HEREDOC}
-state=timeout
-end=$(($(date +%s) + {timeout}))
-while [ "$(date +%s)" -lt "$end" ]; do
+state=failed
+now=$(date +%s)
+end=$((now + {timeout}))
+start_by=$((now + {START_TIMEOUT}))
+while :; do
+  now=$(date +%s)
   case "$(k -n {namespace_name} get job {name} -o jsonpath='{{.status.succeeded}}/{{.status.failed}}')" in
     1/*) state=succeeded; break ;;
-    */[1-9]*) state=failed; break ;;
+    */[1-9]*) break ;;
   esac
+  if [ "$now" -gt "$end" ]; then echo "not done after {timeout} s"; break; fi
+  phase=$(k -n {namespace_name} get pods -l job-name={name} -o jsonpath='{{.items[0].status.phase}}')
+  if [ "$now" -gt "$start_by" ] && [ "${{phase:-Pending}}" = Pending ]; then
+    echo "its pod did not start within {START_TIMEOUT} s:"
+    k -n {namespace_name} describe pods -l job-name={name} | sed -n '/^Events:/,$p' | tail -n 8
+    break
+  fi
   sleep 2
 done
 k -n {namespace_name} logs job/{name} --all-containers 2>&1 | tail -n 200

@@ -65,7 +65,7 @@ restic forget --host "$APP" --prune $KEEP
 # put in place of the live file it was taken from.
 RESTORE = f"""set -eu
 restic snapshots --host "$APP" "$SNAPSHOT" >/dev/null
-find {DATA} -mindepth 1 -delete
+find {DATA} -mindepth 1 -maxdepth 1 -exec rm -rf {{}} +
 restic restore "$SNAPSHOT" --host "$APP" --target /
 cd {COPIES}
 find . -type f ! -path ./.live | while IFS= read -r copy; do

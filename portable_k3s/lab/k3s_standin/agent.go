@@ -456,6 +456,11 @@ func kubeletResolvConf(cfg config) (string, error) {
 	return path, writeIfChanged(path, []byte("nameserver 8.8.8.8\n"), 0o644)
 }
 
+// writeKubeletConfig writes the kubelet's configuration as k3s does (its eviction thresholds), with one lab-only
+// difference: image garbage collection is off. k3s pins the images it imports (the airgap bundle, the pause image)
+// and its containerd 2 reports the pin, so the kubelet never collects them; the lab's containerd (Debian's 1.6)
+// does not report pins, and on a machine whose disk looks over 85 % full the kubelet would delete the lab's
+// images, which no registry can give back.
 func writeKubeletConfig(cfg config, resolvConf string) error {
 	conf := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -481,6 +486,8 @@ evictionMinimumReclaim:
 failCgroupV1: false
 failSwapOn: false
 healthzBindAddress: 127.0.0.1
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 resolvConf: %s
 serializeImagePulls: false
 tlsCertFile: %s
