@@ -161,9 +161,9 @@ spec:
 
 
 def _sqlite_pod(lab, name: str, script: str) -> None:
+    """A pod of the lab's sqlite3 image with the SQLite app's volume at /data, running ``script``."""
     manifest = SQLITE_POD.format(name=name, app=SQLITE_APP, script=json.dumps(script))
     _kubectl(lab, "apply -f -", input=manifest)
-    _kubectl(lab, f"-n app-{SQLITE_APP} wait --for=condition=Ready --timeout=120s pod/{name}", check=False)
 
 
 def _sqlite_pod_output(lab, name: str) -> str:
@@ -179,6 +179,7 @@ def test_a_sqlite_database_with_rows_only_in_its_wal_comes_back_whole(lab, lab_e
               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<5000) "
               "INSERT INTO t SELECT i FROM n;'; echo 'SELECT count(*) FROM t;'; sleep 600) | sqlite3 data.sqlite")
     _sqlite_pod(lab, "writer", writer)
+    _kubectl(lab, f"-n app-{SQLITE_APP} wait --for=condition=Ready --timeout=120s pod/writer")
     deadline = time.monotonic() + 60
     while "5000" not in _kubectl(lab, f"-n app-{SQLITE_APP} logs writer", check=False).stdout:
         assert time.monotonic() < deadline, "the writer did not write"
