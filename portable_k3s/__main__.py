@@ -213,7 +213,7 @@ def backups(inventory_path: str, cwd: str | None) -> int:
     return 1 if late else 0
 
 
-def restore(inventory_path: str, cwd: str | None, app: str, snapshot: str) -> int:
+def restore(inventory_path: str, cwd: str | None, app: str, snapshot: str, new_volume: bool = False) -> int:
     """Restore an app's volume from a snapshot: the app is stopped meanwhile and started again after."""
     from portable_k3s.backups import BackupError
     from portable_k3s.backups import restore as restore_app
@@ -223,7 +223,7 @@ def restore(inventory_path: str, cwd: str | None, app: str, snapshot: str) -> in
         return found
     config, probe = found
     try:
-        print(restore_app(config, app, probe.run, snapshot))
+        print(restore_app(config, app, probe.run, snapshot, new_volume))
     except BackupError as error:
         print(error, file=sys.stderr)
         return 1
@@ -333,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_parser.add_argument("app", metavar="APP", help="the app's name in the catalog")
     restore_parser.add_argument("--snapshot", default="latest", metavar="ID",
                                 help="a snapshot ID as `portable-k3s backups` shows it (default: the newest)")
+    restore_parser.add_argument("--new-volume", action="store_true",
+                                help="delete the app's volume and restore into a new one (its node is gone)")
     restore_parser.add_argument("--cwd", metavar="DIR", default=None,
                                 help="project directory whose group_data/ applies")
 
@@ -348,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "backups":
         return backups(args.inventory, args.cwd)
     if args.command == "restore":
-        return restore(args.inventory, args.cwd, args.app, args.snapshot)
+        return restore(args.inventory, args.cwd, args.app, args.snapshot, args.new_volume)
     parser.error(f"unknown command {args.command}")
     return 2
 

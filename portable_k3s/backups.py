@@ -18,8 +18,11 @@ from datetime import UTC, datetime, timedelta
 from string import hexdigits
 from typing import TYPE_CHECKING, Any
 
-from .manifests.apps import namespace
+import yaml
+
+from .manifests.apps import namespace, render_app
 from .manifests.backups import NAMESPACE, backed_up, list_job, restore_job
+from .render import to_yaml
 from .schedule import longest_gap
 
 if TYPE_CHECKING:
@@ -193,22 +196,36 @@ def list_backups(config: ClusterConfig, run: Runner) -> list[AppBackupState]:
     return states(config, parse_listing(output), parse_created(output))
 
 
-def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str) -> str:
-    """The command that stops ``app``, restores its volume from ``snapshot`` and starts it again (also on failure)."""
+def volume_claim(app: App, config: ClusterConfig) -> str:
+    """The app's PersistentVolumeClaim as its manifest declares it (YAML)."""
+    text = render_app(app, config.apps.index(app), config.addons, lambda key, reference: "")
+    return to_yaml(next(doc for doc in yaml.safe_load_all(text) if doc and doc["kind"] == "PersistentVolumeClaim"))
+
+
+def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str, new_volume: bool = False) -> str:
+    """The command that stops ``app``, restores its volume from ``snapshot`` and starts it again (also on failure);
+    with ``new_volume``, into a new, empty volume (the old one is deleted first: lost with its node)."""
     assert config.addons.backups is not None
     ns = namespace(app)
     job = _job_script(ns, name, restore_job(app, config.addons.backups, snapshot, name), RESTORE_TIMEOUT)
+    renew = f"""k -n {ns} delete pvc {app.name} --ignore-not-found --wait=true --timeout=300s >/dev/null || exit 1
+cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
+{volume_claim(app, config)}
+{HEREDOC}
+""" if new_volume else ""
     return f"""k() {{ k3s kubectl "$@"; }}
 replicas=$(k -n {ns} get deployment {app.name} -o jsonpath='{{.spec.replicas}}') || exit 1
 start_again() {{ k -n {ns} scale deployment {app.name} --replicas="${{replicas:-1}}" >/dev/null; }}
 trap start_again EXIT
 k -n {ns} scale deployment {app.name} --replicas=0 >/dev/null || exit 1
 k -n {ns} wait --for=delete pod -l app.kubernetes.io/name={app.name} --timeout=300s >/dev/null 2>&1
-{job}"""
+{renew}{job}"""
 
 
-def restore(config: ClusterConfig, app_name: str, run: Runner, snapshot: str = "latest") -> str:
-    """Restore ``app_name``'s volume from ``snapshot`` (an ID, or ``latest``); returns the restore's log."""
+def restore(config: ClusterConfig, app_name: str, run: Runner, snapshot: str = "latest",
+            new_volume: bool = False) -> str:
+    """Restore ``app_name``'s volume from ``snapshot`` (an ID, or ``latest``), into a new volume with
+    ``new_volume``; returns the restore's log."""
     apps = {app.name: app for app in backed_up_apps(config)}
     if app_name not in apps:
         raise BackupError(f"{app_name!r} is not a backed-up app of the catalog (backed up: "
@@ -218,9 +235,12 @@ def restore(config: ClusterConfig, app_name: str, run: Runner, snapshot: str = "
                           "`portable-k3s backups` shows them) or latest")
     server = config.hosts_in("k3s_servers")[0].name
     name = f"restore-{time.strftime('%Y%m%d-%H%M%S')}"
-    ok, output = run(server, restore_script(apps[app_name], config, snapshot, name), RESTORE_TIMEOUT + 600)
+    script = restore_script(apps[app_name], config, snapshot, name, new_volume)
+    ok, output = run(server, script, RESTORE_TIMEOUT + 600)
     if not ok or output.rstrip().rsplit("\n", 1)[-1].strip() != "succeeded":
-        raise BackupError(f"restoring {app_name} on {server} failed:\n{output.strip()[-3000:]}")
+        hint = ("\nits volume's node is gone (local-path volumes stay on their node): restore into a new volume "
+                "with --new-volume") if "volume node affinity" in output and not new_volume else ""
+        raise BackupError(f"restoring {app_name} on {server} failed:\n{output.strip()[-3000:]}{hint}")
     return output.rstrip().rsplit("\n", 1)[0]
 
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[2]
 PUBLIC = "blog.example.org"  # the catalog's hugo blog: nginx serving its volume
 PUBLIC_APP = "blog"
 PRIVATE = "pass.example.org"
@@ -66,3 +70,21 @@ def hostport_connections(lab, port: int = 443) -> int:
 
 def kubectl_json(lab, args: str) -> dict:
     return json.loads(lab.ssh("h2", f"k3s kubectl {args} -o json", timeout=60).stdout)
+
+
+def cli(lab_env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``python -m portable_k3s ARGS`` from the repository, against the lab (``lab_env``)."""
+    return subprocess.run([sys.executable, "-m", "portable_k3s", *args], cwd=REPO, env=lab_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def backup_now(lab, app: str, name: str) -> float:
+    """Run the app's backup CronJob now (as the README says); the seconds it took."""
+    started = time.monotonic()
+    lab.ssh("h2", f"k3s kubectl -n app-{app} create job --from=cronjob/backup {name}")
+    waited = lab.ssh("h2", f"k3s kubectl -n app-{app} wait --for=condition=complete --timeout=300s job/{name}",
+                     check=False, timeout=330)
+    logs = lab.ssh("h2", f"k3s kubectl -n app-{app} logs job/{name} --all-containers", check=False).stdout
+    assert waited.returncode == 0, (waited.stderr, logs[-3000:])
+    assert "snapshot " in logs and " saved" in logs, logs[-3000:]
+    return time.monotonic() - started

@@ -26,7 +26,7 @@ import pytest
 from portable_k3s.lab.apps import issue_certificates
 from portable_k3s.lab.s3 import s3_keys, s3_objects, start_s3
 
-from .public import PUBLIC, PUBLIC_APP, served, tls
+from .public import PUBLIC, PUBLIC_APP, backup_now, cli, served, tls
 
 REPO = Path(__file__).resolve().parents[2]
 PROOF = "backup-proof.txt"
@@ -39,25 +39,9 @@ def s3(lab, converged_entrance) -> str:
     return start_s3(lab)
 
 
-def _cli(lab_env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portable_k3s", *args], cwd=REPO, env=lab_env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def _kubectl(lab, args: str, input: str | None = None, check: bool = True,  # noqa: A002
              timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return lab.ssh("h2", f"k3s kubectl {args}", input=input, check=check, timeout=timeout)
-
-
-def _backup_now(lab, app: str, name: str) -> float:
-    """Run the app's backup CronJob now (as the README says); the seconds it took."""
-    started = time.monotonic()
-    _kubectl(lab, f"-n app-{app} create job --from=cronjob/backup {name}")
-    waited = _kubectl(lab, f"-n app-{app} wait --for=condition=complete --timeout=300s job/{name}", check=False)
-    logs = _kubectl(lab, f"-n app-{app} logs job/{name} --all-containers", check=False).stdout
-    assert waited.returncode == 0, (waited.stderr, logs[-3000:])
-    assert "snapshot " in logs and " saved" in logs, logs[-3000:]
-    return time.monotonic() - started
 
 
 def _get(lab, ca: Path, path: str) -> tuple[str, str]:
@@ -100,14 +84,14 @@ def test_the_public_apps_volume_is_backed_up_destroyed_and_restored_byte_for_byt
     status, body = _get(lab, served_apps, f"/{PROOF}")
     assert " 200 " in status and body == content
 
-    backup_seconds = _backup_now(lab, PUBLIC_APP, "backup-lab-1")
+    backup_seconds = backup_now(lab, PUBLIC_APP, "backup-lab-1")
     repository = s3_objects(lab, "lab-backups", f"apps/{PUBLIC_APP}/")
     assert f"apps/{PUBLIC_APP}/config" in repository and any(k.startswith(f"apps/{PUBLIC_APP}/data/")
                                                                for k in repository), repository
     # The repository is encrypted: the content is in no object in the clear.
     assert not any(content[:64].encode() in _object(lab, key) for key in repository if "/data/" in key)
 
-    listed = _cli(lab_env, "backups", "inventories/lab.py")
+    listed = cli(lab_env, "backups", "inventories/lab.py")
     line = next((ln for ln in listed.stdout.splitlines() if f" {PUBLIC_APP}: " in ln), "")
     assert line.startswith("ok") and re.search(r"\d+ snapshots?, newest", line), listed.stdout + listed.stderr
     # The catalog's other apps have no snapshot yet, but their backups began minutes ago: none is late.
@@ -117,7 +101,7 @@ def test_the_public_apps_volume_is_backed_up_destroyed_and_restored_byte_for_byt
     assert " 404 " in _get(lab, served_apps, f"/{PROOF}")[0]
 
     started = time.monotonic()
-    restored = _cli(lab_env, "restore", "inventories/lab.py", PUBLIC_APP)
+    restored = cli(lab_env, "restore", "inventories/lab.py", PUBLIC_APP)
     restore_seconds = time.monotonic() - started
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     assert f"restored {PUBLIC_APP} from snapshot latest" in restored.stdout
@@ -187,7 +171,7 @@ def test_a_sqlite_database_with_rows_only_in_its_wal_comes_back_whole(lab, lab_e
     sizes = _kubectl(lab, f"-n app-{SQLITE_APP} exec writer -- sh -c 'stat -c \"%n %s\" /data/data.sqlite*'").stdout
     assert "data.sqlite-wal" in sizes, sizes
 
-    _backup_now(lab, SQLITE_APP, "backup-lab-sqlite")
+    backup_now(lab, SQLITE_APP, "backup-lab-sqlite")
     logs = _kubectl(lab, f"-n app-{SQLITE_APP} logs job/backup-lab-sqlite -c sqlite-copies").stdout
     assert "consistent copy of /data/data.sqlite" in logs, logs
 
@@ -196,7 +180,7 @@ def test_a_sqlite_database_with_rows_only_in_its_wal_comes_back_whole(lab, lab_e
     assert "wiped" in _sqlite_pod_output(lab, "wipe")
     _kubectl(lab, f"-n app-{SQLITE_APP} delete pod wipe")
 
-    restored = _cli(lab_env, "restore", "inventories/lab.py", SQLITE_APP)
+    restored = cli(lab_env, "restore", "inventories/lab.py", SQLITE_APP)
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     _sqlite_pod(lab, "reader", "cd /data && ls -a && sqlite3 data.sqlite "
                                "'PRAGMA integrity_check; SELECT count(*), sum(x) FROM t;'")
@@ -229,7 +213,7 @@ def test_a_removed_app_comes_back_empty_and_is_restored_from_its_repository(lab,
     status, _body = _until(lab, served_apps, f"/{PROOF}", code="404")
     assert " 404 " in status, status  # served again, from an empty volume
 
-    restored = _cli(lab_env, "restore", "inventories/lab.py", PUBLIC_APP)
+    restored = cli(lab_env, "restore", "inventories/lab.py", PUBLIC_APP)
     assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
     status, body = _until(lab, served_apps, f"/{PROOF}")
     assert " 200 " in status and len(body) == 512 * 1024 + 1, status

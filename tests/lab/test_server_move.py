@@ -6,7 +6,8 @@ snapshot's bootstrap data, opened with the token, as in k3s), and objects made b
 The owner takes the old server out of k3s_servers (into a group of its own), lists the new machine first in
 k3s_servers with `k3s_move_from` naming the old one, and runs the deploy once: snapshot on the old server, copy,
 restore on the new one before its first start, every agent and the entrance pointed at it, k3s taken off the old
-one. Runs last: it moves the server every other lab test talks to."""
+one. The public app's data, backed up before the move, comes back after it into a new volume (its local-path volume
+may have been on the old server). Runs last: it moves the server every other lab test talks to."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from .public import PUBLIC, PUBLIC_APP, served, tls
+from .public import PUBLIC, PUBLIC_APP, backup_now, cli, served, tls
 
 
 def _nodes(lab, server: str) -> dict[str, dict]:
@@ -38,7 +39,7 @@ def _started(lab, name: str, unit: str) -> int:
 
 
 @pytest.mark.moves_lab
-def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, served_apps):
+def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, lab_env, pyinfra, served_apps):
     lab.up(len(lab.hosts()) + 1, timeout=120)
     new = lab.hosts()[-1].name
     old = next(h.name for h in lab.hosts() if "k3s_servers" in h.groups)
@@ -49,6 +50,7 @@ def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, served_a
     claim = json.loads(lab.ssh(old, f"k3s kubectl -n app-{PUBLIC_APP} get pvc {PUBLIC_APP} -o json").stdout)
     volume = json.loads(lab.ssh(old, f"k3s kubectl get pv {claim['spec']['volumeName']} -o json").stdout)
     volume_node = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
+    backup_now(lab, PUBLIC_APP, "backup-before-the-move")  # the app's data off-site (the lab's S3 on h1)
     lab.ssh(old, f"k3s kubectl cordon {agents[0]}")  # cluster state that only the snapshot can carry over
     lab.ssh(old, "k3s kubectl -n default create configmap made-before-the-move --from-literal=marker=moved")
     token = lab.ssh(old, "cat /var/lib/rancher/k3s/server/token").stdout
@@ -122,6 +124,19 @@ def test_the_k3s_server_moves_to_a_new_machine_in_one_run(lab, pyinfra, served_a
     else:
         assert body.startswith("HTTP/1.") and " 503 " in body.splitlines()[0], (body[:300], error)
     lab.ssh(new, f"k3s kubectl uncordon {agents[0]}")
+    # Its data comes back from its backup into a new volume on the moved cluster, whichever node the old one was on.
+    restored = cli(lab_env, "restore", "inventories/lab.py", PUBLIC_APP, "--new-volume")
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    claim = json.loads(lab.ssh(new, f"k3s kubectl -n app-{PUBLIC_APP} get pvc {PUBLIC_APP} -o json").stdout)
+    assert claim["spec"]["volumeName"] != volume["metadata"]["name"]  # a new volume
+    deadline = time.monotonic() + 180
+    while not served(body) and time.monotonic() < deadline:
+        time.sleep(3)
+        try:
+            _cert, body = tls(lab, served_apps, PUBLIC)
+        except OSError:
+            continue
+    assert served(body), body[:300]
 
     again = pyinfra()
     assert again.returncode == 0, again.stderr[-4000:]

@@ -264,3 +264,22 @@ def test_restore_stops_the_app_restores_and_starts_it_again_without_secrets_in_t
 
     with pytest.raises(BackupError, match="no matching snapshot"):
         restore(config, "kutt", failing)
+
+
+def test_a_restore_into_a_new_volume_deletes_the_old_claim_and_makes_the_manifests_one_first() -> None:
+    config = _cluster()
+    app = next(a for a in config.apps if a.name == "kutt")
+    plain = restore_script(app, config, "latest", "restore-1")
+    assert "delete pvc" not in plain
+    script = restore_script(app, config, "latest", "restore-1", new_volume=True)
+    claim = script[script.index("kind: PersistentVolumeClaim") - 40:]
+    assert script.index("--replicas=0") < script.index("delete pvc kutt") < script.index(
+        "kind: PersistentVolumeClaim") < script.index("kind: Job")
+    assert "storage: 1Gi" in claim and "name: kutt" in claim
+
+    def stuck(host: str, command: str, timeout: float) -> tuple[bool, str]:
+        return True, ("its pod did not start within 300 s:\n  Warning  FailedScheduling  0/3 nodes are available: "
+                      "3 node(s) had volume node affinity conflict.\nfailed\n")
+
+    with pytest.raises(BackupError, match="restore into a new volume with --new-volume"):
+        restore(config, "kutt", stuck)
