@@ -184,3 +184,51 @@ def test_a_raw_tcp_apps_name_gets_no_certificate_check() -> None:
     names = {hop.name for hop in diagnose(config, world) if hop.ok}
     assert {"dns mc.example.org", "whitelist cloud", "sni blog.example.org via cloud"} <= names
     assert "sni mc.example.org via cloud" not in {hop.name for hop in diagnose(config, world)}
+
+
+def _backed_up_config():
+    data = {"domain": "example.org", "headscale_url": "https://headscale.example.org",
+            "tailnet_domain": "tailnet.example.org", "apps": APPS,
+            "app_backup_s3": {"endpoint": "s3.example.org", "bucket": "b"}, "app_backup_password": {"env": "P"},
+            "s3_access_key": {"env": "A"}, "s3_secret_key": {"env": "S"}}
+    return validate_inventory(Inventory(
+        (["cloud", "master", "t420", "t410"], data),
+        headscale=([("cloud", {"ssh_hostname": ENTRANCE_IP})], {}), entrance=(["cloud"], {}),
+        k3s_servers=(["master"], {}), k3s_agents=(["t420", "t410"], {}),
+    ), require_secrets=False)
+
+
+class BackedUpWorld(World):
+    """The healthy world, whose first server also lists the apps' snapshots (``listing`` after the Job ran)."""
+
+    listing: str = ""
+
+    def run(self, host: str, command: str, timeout: float | None = None) -> tuple[bool, str]:
+        if "backups-list" in command:
+            self.commands.append((host, command))
+            return True, self.listing
+        return super().run(host, command, timeout)
+
+
+def test_each_backed_up_app_is_a_hop_late_ones_fail_with_the_fix():
+    from datetime import UTC, datetime, timedelta
+
+    recent = (datetime.now(UTC) - timedelta(hours=3)).strftime("%Y-%m-%dT%H:%M:%S.5+00:00")
+    old = (datetime.now(UTC) - timedelta(days=4)).strftime("%Y-%m-%dT%H:%M:%S.5+00:00")
+    world = BackedUpWorld()
+    world.listing = (f"created blog 2026-01-01T00:00:00Z\ncreated vault 2026-01-01T00:00:00Z\n== blog\n"
+                     f'[{{"time": "{recent}", "short_id": "aaaa1111", "summary": {{"total_bytes_processed": 5}}}}]\n'
+                     f'== vault\n[{{"time": "{old}", "short_id": "bbbb2222"}}]\nsucceeded\n')
+    hops = {hop.name: hop for hop in diagnose(_backed_up_config(), world)}
+    assert hops["backup blog"].ok and "1 snapshot, newest aaaa1111 3 h ago" in hops["backup blog"].detail
+    assert hops["backup vault"].ok is False and "late" in hops["backup vault"].detail
+    assert "kubectl -n app-vault get cronjob" in hops["backup vault"].fix
+    # One listing Job for all apps, on the first server only.
+    assert [h for h, c in world.commands if "backups-list" in c] == ["master"]
+    world.listing = "Error from server: S3 refused\nfailed\n"
+    hops = {hop.name: hop for hop in diagnose(_backed_up_config(), world)}
+    assert hops["backup blog"].ok is False and "could not be listed" in hops["backup blog"].detail
+
+
+def test_no_backup_hops_without_app_backup_s3():
+    assert not [hop for hop in diagnose(_config(), World()) if hop.name.startswith("backup")]
