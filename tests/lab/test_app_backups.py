@@ -18,8 +18,12 @@ import re
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -84,7 +88,9 @@ def test_the_public_apps_volume_is_backed_up_destroyed_and_restored_byte_for_byt
     status, body = _get(lab, served_apps, f"/{PROOF}")
     assert " 200 " in status and body == content
 
-    backup_seconds = backup_now(lab, PUBLIC_APP, "backup-lab-1")
+    with _argv_sampler(lab, node) as argv:  # every process's command line on the volume's node meanwhile
+        backup_seconds = backup_now(lab, PUBLIC_APP, "backup-lab-1")
+    assert "restic backup --host blog" in argv.read(), "the sampler saw nothing of the backup"
     repository = s3_objects(lab, "lab-backups", f"apps/{PUBLIC_APP}/")
     assert f"apps/{PUBLIC_APP}/config" in repository and any(k.startswith(f"apps/{PUBLIC_APP}/data/")
                                                                for k in repository), repository
@@ -109,12 +115,41 @@ def test_the_public_apps_volume_is_backed_up_destroyed_and_restored_byte_for_byt
     assert " 200 " in status and body == content, status
     _cert, page = tls(lab, served_apps, PUBLIC)
     assert served(page), page[:300]
+    argv.seek(0)
+    seen = argv.read()
     for value in _secret_values(lab):
         assert value not in listed.stdout + listed.stderr + restored.stdout + restored.stderr
+        assert value not in seen, "a backup secret was in a process argv"
+    # On the hosts: in the 0600 manifest, k3s's datastore (0600) and the pods' secret volumes (0400) only.
+    for host in lab.hosts():
+        for value in _secret_values(lab)[:1] + [_secret_values(lab)[2]]:
+            found = lab.ssh(host.name, f"grep -rlF {value} /etc /root /run /tmp /var/lib 2>/dev/null "
+                                       "| xargs -r stat -L -c '%a %n'", check=False, timeout=300).stdout.splitlines()
+            loose = [line for line in found if line.split()[0] not in ("600", "400")]
+            assert not loose, (host.name, loose)
     size = sum(len(_object(lab, k)) for k in s3_objects(lab, "lab-backups", f"apps/{PUBLIC_APP}/"))
     print(f"\nbackup of {PUBLIC_APP} ({len(content) // 1024} KiB + its page): {backup_seconds:.1f} s "
           f"(job created to complete); restore: {restore_seconds:.1f} s (stop, restore, start); "
           f"repository {size // 1024} KiB")
+
+
+@contextmanager
+def _argv_sampler(lab, node: str) -> Iterator[IO[str]]:
+    """The command lines of every process on ``node``, sampled over and over while the block runs (a file)."""
+    samples = tempfile.TemporaryFile(mode="w+")
+    sampler = subprocess.Popen(
+        ["ssh", "-F", str(lab.ssh_config), node,
+         "end=$(($(date +%s)+300)); while [ $(date +%s) -lt $end ] && [ ! -e /tmp/stop-sampler ]; do "
+         "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '; echo; done"],
+        stdout=samples, stderr=subprocess.DEVNULL, text=True)
+    try:
+        time.sleep(1)
+        yield samples
+    finally:
+        lab.ssh(node, "touch /tmp/stop-sampler")
+        sampler.wait(timeout=60)
+        lab.ssh(node, "rm -f /tmp/stop-sampler")
+        samples.seek(0)
 
 
 def _object(lab, key: str) -> bytes:
