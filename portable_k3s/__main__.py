@@ -243,6 +243,13 @@ def _is_ipv4(value: str) -> bool:
     return True
 
 
+def _inventory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The INVENTORY argument and ``--cwd``, which every command takes."""
+    parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file, e.g. inventories/home.py")
+    parser.add_argument("--cwd", metavar="DIR", default=None,
+                        help="project directory whose group_data/ applies (default: the current directory)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="portable-k3s",
@@ -285,8 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Check public DNS, the entrances, SNI routing, headscale, the tailnet, the ingress and k3s; "
         "one line per hop, failing ones first, with the likely fix. Exit status 1 when a hop fails.",
     )
-    doctor_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
-    doctor_parser.add_argument("--cwd", metavar="DIR", default=None, help="project directory whose group_data/ applies")
+    _inventory_arguments(doctor_parser)
     doctor_parser.add_argument(
         "--resolve", action="append", default=[], metavar="NAME=IP",
         help="use IP for NAME instead of asking DNS (repeatable), e.g. before the DNS records exist",
@@ -318,9 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="List the snapshots of every backed-up app's restic repository, with the newest one's age and "
         "size. Exit status 1 when an app has no snapshot as new as its schedule allows.",
     )
-    backups_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
-    backups_parser.add_argument("--cwd", metavar="DIR", default=None,
-                                help="project directory whose group_data/ applies")
+    _inventory_arguments(backups_parser)
 
     restore_parser = commands.add_parser(
         "restore",
@@ -329,14 +333,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the app again. Works on the same cluster and on a rebuilt one (deploy first, so the app and its volume "
         "exist).",
     )
-    restore_parser.add_argument("inventory", metavar="INVENTORY", help="pyinfra inventory file")
+    _inventory_arguments(restore_parser)
     restore_parser.add_argument("app", metavar="APP", help="the app's name in the catalog")
     restore_parser.add_argument("--snapshot", default="latest", metavar="ID",
                                 help="a snapshot ID as `portable-k3s backups` shows it (default: the newest)")
     restore_parser.add_argument("--new-volume", action="store_true",
                                 help="delete the app's volume and restore into a new one (its node is gone)")
-    restore_parser.add_argument("--cwd", metavar="DIR", default=None,
-                                help="project directory whose group_data/ applies")
 
     args = parser.parse_args(argv)
     if args.command == "check":
