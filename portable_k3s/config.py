@@ -1260,6 +1260,15 @@ def _check_s3(value: Any, bucket: str = "etcd", options: tuple[str, ...] = ()) -
     return problems
 
 
+def _check_etcd_s3(value: Any) -> Check:
+    """``k3s_etcd_s3``: an S3 location with ``insecure`` (True: plain http, k3s's ``etcd-s3-insecure``)."""
+    problems = _check_s3(value, "etcd", ("insecure",))
+    if isinstance(value, dict) and "insecure" in value and not isinstance(value["insecure"], bool):
+        problems.append((f"insecure {_show(value['insecure'])} is not True or False",
+                         "True (plain http, e.g. a store on the tailnet) or False (https)"))
+    return problems
+
+
 _REGISTRY_RE = re.compile(r"^(\*|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?)$")
 _REGISTRIES_SHAPE = ('{"mirrors": {"docker.io": {"endpoint": ["https://registry.lan:5000"]}}, "configs": '
                      '{"registry.lan:5000": {"auth": {"username": "me", "password": {"env": "REGISTRY_PASSWORD"}}, '
@@ -1402,7 +1411,7 @@ def _k3s_checks() -> dict[str, Any]:
         "k3s_etcd_snapshot_schedule": lambda v: [] if v is None or (isinstance(v, str) and _CRON_RE.match(v))
         else [(f"{_show(v)} is not a cron schedule", "five cron fields like '0 */6 * * *', or None for no snapshots")],
         "k3s_etcd_snapshot_retention": lambda v: _check_int_range(v, 1, 1000, "a number of snapshots, 1-1000"),
-        "k3s_etcd_s3": _check_s3,
+        "k3s_etcd_s3": _check_etcd_s3,
         "k3s_extra_config": _check_k3s_extra,
         "k3s_registries": _check_registries,
         "k3s_drain_timeout": seconds,

@@ -37,7 +37,9 @@ K3S_DEFAULTS: dict[str, Any] = {
     "k3s_node_taints": [],  # "key=value:NoSchedule"
     "k3s_etcd_snapshot_schedule": "0 */6 * * *",  # cron, on servers with embedded etcd
     "k3s_etcd_snapshot_retention": 20,
-    "k3s_etcd_s3": None,  # {"endpoint": …, "bucket": …, "region": …, "folder": …}; keys: s3_access_key/secret_key
+    # {"endpoint": …, "bucket": …, "region": …, "folder": …, "insecure": False (True: plain http)}; keys:
+    # s3_access_key/secret_key
+    "k3s_etcd_s3": None,
     "k3s_extra_config": {},  # more config.yaml keys (k3s flag names); the tailnet ones are set by the deploy
     # /etc/rancher/k3s/registries.yaml: {"mirrors": {"docker.io": {"endpoint": ["https://…"]}}, "configs":
     # {"registry.lan:5000": {"auth": {"username": …, "password": {"env": …}}, "tls": {…}}}}; None: not managed
@@ -117,6 +119,8 @@ def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
             for key in ("region", "folder"):
                 if s3.get(key):
                     settings[f"etcd-s3-{key}"] = s3[key]
+            if s3.get("insecure"):
+                settings["etcd-s3-insecure"] = True  # plain http
             settings["etcd-s3-access-key"] = resolve_secret(data.s3_access_key, "s3_access_key").unmask()
             settings["etcd-s3-secret-key"] = resolve_secret(data.s3_secret_key, "s3_secret_key").unmask()
     settings.update(data.k3s_extra_config or {})

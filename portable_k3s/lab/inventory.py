@@ -64,6 +64,9 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         # The apps' volumes are backed up there too (restic, one repository per app under apps/).
         "app_backup_s3": {"endpoint": lab_s3_endpoint(lab), "bucket": "lab-backups", "folder": "apps",
                           "region": "lab-1", "insecure": True},
+        # And the k3s server's etcd snapshots (`k3s etcd-snapshot save` uploads each under etcd/, as k3s does).
+        "k3s_etcd_s3": {"endpoint": lab_s3_endpoint(lab), "bucket": "lab-backups", "folder": "etcd",
+                        "region": "lab-1", "insecure": True},
         "app_backup_password": {"file": str(lab_secret(lab.state_dir, "app-backup-password"))},
         "s3_access_key": {"file": str(lab_secret(lab.state_dir, "s3-access-key", "LAB"))},
         "s3_secret_key": {"file": str(lab_secret(lab.state_dir, "s3-secret-key"))},

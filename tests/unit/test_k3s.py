@@ -397,6 +397,23 @@ def test_first_server_settings_with_snapshots_to_s3(monkeypatch: pytest.MonkeyPa
     }
 
 
+def test_snapshots_to_an_s3_store_over_plain_http_set_etcd_s3_insecure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_S3_ACCESS", "AKIAEXAMPLE")
+    monkeypatch.setenv("TEST_S3_SECRET", "s3cr3t")
+    s3 = {"endpoint": "10.0.0.5:9000", "bucket": "etcd", "region": "lab-1", "insecure": True}
+    data = _data(k3s_etcd_s3=s3, s3_access_key={"env": "TEST_S3_ACCESS"}, s3_secret_key={"env": "TEST_S3_SECRET"})
+    settings = node_settings(data, "server", first=True)
+    assert {k: v for k, v in settings.items() if k.startswith("etcd-s3")} == {
+        "etcd-s3": True, "etcd-s3-endpoint": "10.0.0.5:9000", "etcd-s3-bucket": "etcd", "etcd-s3-region": "lab-1",
+        "etcd-s3-insecure": True, "etcd-s3-access-key": "AKIAEXAMPLE", "etcd-s3-secret-key": "s3cr3t",
+    }
+    https = node_settings(_data(k3s_etcd_s3={**s3, "insecure": False}, s3_access_key={"env": "TEST_S3_ACCESS"},
+                                s3_secret_key={"env": "TEST_S3_SECRET"}), "server", first=True)
+    assert "etcd-s3-insecure" not in https  # k3s's default: https
+    keys = {"s3_access_key": {"env": "TEST_S3_ACCESS"}, "s3_secret_key": {"env": "TEST_S3_SECRET"}}
+    assert problems_of(with_data(k3s_etcd_s3=s3, **keys), require_secrets=False) == []
+
+
 def test_joining_server_and_agent_settings() -> None:
     data = _data(k3s_node_labels=["disk=ssd"], k3s_extra_config={"kubelet-arg": ["max-pods=50"]})
     assert node_settings(data, "server", first=False) == {
@@ -491,6 +508,12 @@ K3S_BAD_CASES: list[tuple[str, Any, str]] = [
      "'0 */6 * * *', or None for no snapshots)"),
     ("retention", lambda: with_data(k3s_etcd_snapshot_retention=0),
      "all.k3s_etcd_snapshot_retention: 0 is out of range (expected a number of snapshots, 1-1000)"),
+    ("s3 insecure", lambda: with_data(k3s_etcd_s3={"endpoint": "s3.example.org", "bucket": "etcd", "insecure": "yes"}),
+     "all.k3s_etcd_s3: insecure 'yes' is not True or False (expected True (plain http, e.g. a store on the tailnet) "
+     "or False (https))"),
+    ("s3 unknown key", lambda: with_data(k3s_etcd_s3={"endpoint": "s3.example.org", "bucket": "etcd", "tls": False}),
+     "all.k3s_etcd_s3: unknown keys ['tls'] (expected {\"endpoint\": \"s3.example.org\", \"bucket\": \"etcd\", "
+     "\"region\": …, \"folder\": …, \"insecure\": …} or None)"),
     ("s3 keys", lambda: with_data(k3s_etcd_s3={"endpoint": "s3.example.org", "bucket": "etcd"}),
      'master.s3_access_key: is missing while k3s_etcd_s3 is set (expected {"env": "NAME"} or {"file": "PATH"}; '
      "never a literal secret in group_data, for the S3 bucket's key)"),

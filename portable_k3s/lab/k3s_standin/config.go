@@ -64,6 +64,7 @@ func readConfig(args []string) (config, error) {
 
 var boolFlags = map[string]bool{
 	"cluster-init": true, "cluster-reset": true, "disable-network-policy": true, "debug": true,
+	"etcd-s3": true, "etcd-s3-insecure": true, "etcd-s3-skip-ssl-verify": true,
 }
 
 func (c config) str(key string) string {

@@ -6,7 +6,7 @@
 // github.com/flannel-io/flannel, kubectl; containerd, runc and the CNI plugins are Debian's, installed on the lab's
 // hosts. What this program emulates is k3s's own part: reading /etc/rancher/k3s/config.yaml, the certificates and
 // the join endpoints of its supervisor, the token files, the agent images directory, the deploy controller of
-// server/manifests, `k3s token`, `k3s etcd-snapshot` and `--cluster-reset`.
+// server/manifests, `k3s token`, `k3s etcd-snapshot` (with its copy to S3, by minio-go as in k3s) and `--cluster-reset`.
 //
 //	k3s --version | server | agent | kubectl ... | ctr ... | token create|list | etcd-snapshot save | check-config
 package main

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -279,7 +280,11 @@ func runServer(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	supervisor := &supervisor{pki: pki, passphrase: pass, api: startup.Handler, client: admin}
+	s3, err := etcdS3FromConfig(cfg)
+	if err != nil {
+		return err
+	}
+	supervisor := &supervisor{pki: pki, passphrase: pass, api: startup.Handler, client: admin, cfg: cfg, etcdS3: s3}
 	if err := supervisor.listen(); err != nil {
 		return err
 	}
@@ -410,13 +415,17 @@ func waitAPIReady(ctx context.Context, client *kubernetes.Clientset) error {
 	}
 }
 
-// supervisor serves :6443 as k3s does: /cacerts and the /v1-k3s/ join endpoints itself, everything else by the
-// embedded apiserver's handler (which authenticates the client certificate the TLS handshake asked for).
+// supervisor serves :6443 as k3s does: /cacerts, the /v1-k3s/ join endpoints and /db/snapshot itself, everything
+// else by the embedded apiserver's handler (which authenticates the client certificate the TLS handshake asked for).
 type supervisor struct {
 	pki        *serverPKI
 	passphrase string
 	api        http.Handler
 	client     *kubernetes.Clientset
+	cfg        config
+	etcdS3     *etcdS3       // the server's own etcd-s3 settings (nil without etcd-s3)
+	s3         *s3Controller // made on the first snapshot to S3
+	snapshotMu sync.Mutex
 }
 
 func (s *supervisor) listen() error {
@@ -437,6 +446,7 @@ func (s *supervisor) listen() error {
 	mux.HandleFunc("/cacerts", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(s.pki.caBundle) })
 	mux.HandleFunc("/ping", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("pong")) })
 	mux.HandleFunc("/v1-k3s/", s.joinEndpoint)
+	mux.HandleFunc("/db/snapshot", s.snapshotEndpoint)
 	mux.Handle("/", s.api)
 	go func() { fatalf("supervisor exited: %v", http.Serve(listener, mux)) }()
 	return nil
