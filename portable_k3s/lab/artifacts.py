@@ -24,6 +24,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..versions import VERSIONS
@@ -161,9 +162,20 @@ def publish_k3s_standin(version: str, cache_dir: str, artifact_dir: Path, sha256
 
 
 def publish_all(versions: dict[str, str], cache_dir: str, artifact_dir: Path) -> dict[str, Path]:
-    """Build (cached) and publish every component the deploys download (k3s: its lab stand-in)."""
+    """Build (cached) and publish every component the deploys download (k3s: its lab stand-in).
+
+    The builds run side by side: on a machine with empty caches each one spends minutes fetching Go modules, which
+    another one's compiling fills (the Go module and build caches take concurrent builds).
+    """
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="lab-build") as pool:
+        headscale = pool.submit(publish_headscale, versions["headscale"], cache_dir, artifact_dir)
+        tailscale = pool.submit(publish_tailscale, versions["tailscale"], cache_dir, artifact_dir)
+        builds = [pool.submit(build_k3s_standin, versions["k3s"], cache_dir),
+                  pool.submit(build_airgap_images, cache_dir, VERSIONS["k3s"])]
+        for future in [headscale, tailscale, *builds]:
+            future.result()  # the first failure, with its build's output
     return {
-        "headscale": publish_headscale(versions["headscale"], cache_dir, artifact_dir),
-        "tailscale": publish_tailscale(versions["tailscale"], cache_dir, artifact_dir),
+        "headscale": headscale.result(),
+        "tailscale": tailscale.result(),
         "k3s": publish_k3s_standin(versions["k3s"], cache_dir, artifact_dir),
     }

@@ -45,7 +45,7 @@ def _listing(lab, name: str) -> dict[str, str]:
 def test_manifests_land_on_the_first_server_only_0600(lab, converged):
     found = _listing(lab, "h2")
     expected = {"portable-k3s-traefik-config.yaml", "portable-k3s-cert-manager.yaml",
-                "portable-k3s-cluster-issuers.yaml"}
+                "portable-k3s-cluster-issuers.yaml", "portable-k3s-backups.yaml"}  # the lab backs its apps up
     expected |= {f"portable-k3s-app-{app['name']}.yaml" for app in _catalog()}
     assert set(found) == expected, found  # no rook-ceph (no external_ssd in the lab), no MetalLB (no pools)
     assert set(found.values()) == {"600"}, found

@@ -28,6 +28,8 @@ from portable_k3s.lab.images import BUSYBOX_IMAGE, PAUSE_IMAGE, STATIC_IMAGE, TR
 from portable_k3s.operations.k3s import REGISTRIES
 from portable_k3s.versions import VERSIONS
 
+from .public import PUBLIC_APP
+
 REPO = Path(__file__).resolve().parents[2]
 # The version the upgrade test bumps to. Its Kubernetes fork (v1.35.4-k3s1) is refused by the Go module proxy here,
 # so the stand-in "v1.35.4+k3s1" is the same Kubernetes code built with that version string (as kubelet reports it).
@@ -240,9 +242,11 @@ def test_airgap_images_are_verified_installed_and_imported_pinned(lab, converged
 
 
 def test_uninstall_leaves_nothing_and_a_normal_run_reinstalls(lab, lab_env, converged):
-    """k3s_state = "absent" with k3s_remove_data on h4: its unit, binary, config, token and data go; a second
-    such run changes nothing; the next normal run installs it again and it rejoins."""
-    extra = {"h4": {"k3s_state": "absent", "k3s_remove_data": True}}
+    """k3s_state = "absent" with k3s_remove_data on an agent: its unit, binary, config, token and data go; a second
+    such run changes nothing; the next normal run installs it again and it rejoins. The agent is one that does not
+    hold the public app's volume (a local-path volume goes with its node's data; the later tests serve the app)."""
+    agent = _agent_without_the_public_volume(lab)
+    extra = {agent: {"k3s_state": "absent", "k3s_remove_data": True}}
     env = {**lab_env, "PORTABLE_K3S_TEST_HOST_DATA": json.dumps(extra)}
 
     def run() -> dict:
@@ -253,15 +257,15 @@ def test_uninstall_leaves_nothing_and_a_normal_run_reinstalls(lab, lab_env, conv
         assert proc.returncode == 0, proc.stderr[-4000:]
         return _changed(proc.stdout)
 
-    assert run() == {"k3s | Agent: remove k3s": ["h4"]}
-    left = lab.ssh("h4", "ls -d /etc/systemd/system/k3s* /usr/local/bin/k3s /etc/rancher /var/lib/rancher "
+    assert run() == {"k3s | Agent: remove k3s": [agent]}
+    left = lab.ssh(agent, "ls -d /etc/systemd/system/k3s* /usr/local/bin/k3s /etc/rancher /var/lib/rancher "
                          "/var/lib/portable-k3s/releases/k3s 2>/dev/null; pgrep -fa 'k3s (server|agent)'",
                    check=False).stdout
     assert left == "", left
     # Nothing of the pod network stays either: no CNI or flannel interface, no kube-proxy, flannel or CNI rule.
-    links = lab.ssh("h4", "ls /sys/class/net").stdout.split()
+    links = lab.ssh(agent, "ls /sys/class/net").stdout.split()
     assert not {"cni0", "flannel.1"} & set(links), links
-    rules = lab.ssh("h4", "iptables-save | grep -cE '^-A (KUBE-|CNI-|FLANNEL)' || true").stdout.strip()
+    rules = lab.ssh(agent, "iptables-save | grep -cE '^-A (KUBE-|CNI-|FLANNEL)' || true").stdout.strip()
     assert rules == "0", rules
     assert run() == {}
     back = subprocess.run(
@@ -269,8 +273,17 @@ def test_uninstall_leaves_nothing_and_a_normal_run_reinstalls(lab, lab_env, conv
         cwd=REPO, env=lab_env, capture_output=True, text=True, timeout=600,
     )
     assert back.returncode == 0, back.stderr[-4000:]
-    assert _changed(back.stdout).get("k3s | Agent binary") == ["h4"]
-    assert "h4" in _wait_ready(lab, NODES, VERSIONS["k3s"])
+    assert _changed(back.stdout).get("k3s | Agent binary") == [agent]
+    assert agent in _wait_ready(lab, NODES, VERSIONS["k3s"])
+
+
+def _agent_without_the_public_volume(lab) -> str:
+    claim = json.loads(lab.ssh("h2", f"k3s kubectl -n app-{PUBLIC_APP} get pvc {PUBLIC_APP} -o json").stdout)
+    node = None
+    if claim["spec"].get("volumeName"):  # bound once its pod was scheduled
+        volume = json.loads(lab.ssh("h2", f"k3s kubectl get pv {claim['spec']['volumeName']} -o json").stdout)
+        node = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
+    return next(name for name in ("h4", "h3") if name != node)
 
 
 def _changed(json_output: str) -> dict[str, list[str]]:
