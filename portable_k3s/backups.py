@@ -208,7 +208,8 @@ def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str, ne
     assert config.addons.backups is not None
     ns = namespace(app)
     job = _job_script(ns, name, restore_job(app, config.addons.backups, snapshot, name), RESTORE_TIMEOUT)
-    renew = f"""k -n {ns} delete pvc {app.name} --ignore-not-found --wait=true --timeout=300s >/dev/null || exit 1
+    renew = f"""k -n {ns} delete pod -l app.kubernetes.io/name={app.name} --force --grace-period=0 >/dev/null 2>&1
+k -n {ns} delete pvc {app.name} --ignore-not-found --wait=true --timeout=300s >/dev/null || exit 1
 cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
 {volume_claim(app, config)}
 {HEREDOC}
