@@ -208,16 +208,30 @@ def restore_script(app: App, config: ClusterConfig, snapshot: str, name: str, ne
     assert config.addons.backups is not None
     ns = namespace(app)
     job = _job_script(ns, name, restore_job(app, config.addons.backups, snapshot, name), RESTORE_TIMEOUT)
-    renew = f"""k -n {ns} delete pod -l app.kubernetes.io/name={app.name} --force --grace-period=0 >/dev/null 2>&1
-k -n {ns} delete pvc {app.name} --ignore-not-found --wait=true --timeout=300s >/dev/null || exit 1
+    # Every pod that names the claim holds it, finished ones too (the backups' and on a gone node): all go first.
+    holders = (f"k -n {ns} get pods -o jsonpath='{{range .items[*]}}{{.metadata.name}} "
+               f"{{.spec.volumes[*].persistentVolumeClaim.claimName}}{{\"\\n\"}}{{end}}' | "
+               f"awk '{{for (i = 2; i <= NF; i++) if ($i == \"{app.name}\") {{print $1; next}}}}'")
+    renew = f"""for pod in $({holders}); do
+  k -n {ns} delete pod "$pod" --force --grace-period=0 >/dev/null 2>&1
+done
+if ! k -n {ns} delete pvc {app.name} --ignore-not-found --wait=true --timeout=300s >/dev/null; then
+  echo "the claim {app.name} is still held by: $({holders} | tr '\\n' ' ')"
+  exit 1
+fi
 cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
 {volume_claim(app, config)}
 {HEREDOC}
 """ if new_volume else ""
     return f"""k() {{ k3s kubectl "$@"; }}
 replicas=$(k -n {ns} get deployment {app.name} -o jsonpath='{{.spec.replicas}}') || exit 1
-start_again() {{ k -n {ns} scale deployment {app.name} --replicas="${{replicas:-1}}" >/dev/null; }}
+suspended=$(k -n {ns} get cronjob backup -o jsonpath='{{.spec.suspend}}' 2>/dev/null)
+start_again() {{
+  k -n {ns} scale deployment {app.name} --replicas="${{replicas:-1}}" >/dev/null
+  k -n {ns} patch cronjob backup -p "{{\\"spec\\":{{\\"suspend\\":${{suspended:-false}}}}}}" >/dev/null 2>&1
+}}
 trap start_again EXIT
+k -n {ns} patch cronjob backup -p '{{"spec":{{"suspend":true}}}}' >/dev/null 2>&1  # no backup of a half restore
 k -n {ns} scale deployment {app.name} --replicas=0 >/dev/null || exit 1
 k -n {ns} wait --for=delete pod -l app.kubernetes.io/name={app.name} --timeout=300s >/dev/null 2>&1
 {renew}{job}"""

@@ -4,6 +4,7 @@ first server and read back (restic's JSON)."""
 
 from __future__ import annotations
 
+import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -283,3 +284,35 @@ def test_a_restore_into_a_new_volume_deletes_the_old_claim_and_makes_the_manifes
 
     with pytest.raises(BackupError, match="restore into a new volume with --new-volume"):
         restore(config, "kutt", stuck)
+
+def test_a_restore_into_a_new_volume_lets_go_of_every_pod_holding_the_claim_then_starts_the_app_again(
+        tmp_path) -> None:
+    """The script itself, run by bash against a recording ``k3s``: every pod that names the claim (the app's, the
+    backups' finished ones: Kubernetes keeps a claim while any scheduled pod names it) is force-deleted, no other;
+    the backup CronJob is suspended during the restore and put back as it was, and the app scaled back."""
+    config = _cluster()
+    app = next(a for a in config.apps if a.name == "kutt")
+    script = restore_script(app, config, "latest", "restore-1", new_volume=True)
+    calls = tmp_path / "calls"
+    fake = tmp_path / "k3s"
+    fake.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+case "$*" in
+  *"get deployment kutt"*) printf 2 ;;
+  *"get pods -o jsonpath"*) printf 'kutt-7d9 kutt\\nbackup-29012-x cache kutt\\nother-1 data\\n' ;;
+  *"get job restore-1"*) printf 1/ ;;
+esac
+""")
+    fake.chmod(0o755)
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"})
+    assert done.stdout.rstrip().endswith("succeeded"), done.stdout + done.stderr
+    sent = calls.read_text().splitlines()
+    deleted = [line.split()[5] for line in sent if line.startswith("kubectl -n app-kutt delete pod ")]
+    assert deleted == ["kutt-7d9", "backup-29012-x"]
+    assert all("--force --grace-period=0" in line for line in sent if " delete pod " in line)
+    suspend = [i for i, line in enumerate(sent) if '"suspend":true' in line]
+    order = [next(i for i, line in enumerate(sent) if marker in line)
+             for marker in ("--replicas=0", "delete pod kutt-7d9", "delete pvc kutt", "apply -f -")]
+    assert suspend and suspend[0] < order[0] and order == sorted(order)
+    assert "scale deployment kutt --replicas=2" in sent[-2] and '"suspend":false' in sent[-1]
