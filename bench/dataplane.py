@@ -72,18 +72,17 @@ INVENTORY = '''"""The data-plane bench lab's hosts, with the test server's grant
 from portable_k3s.lab.inventory import lab_groups
 
 EXTRA = {extra!r}
-TAILSCALED_ENV = {tailscaled_env!r}
 for _group, _members in lab_groups().items():
-    globals()[_group] = [
-        (_name, {{**_data, **EXTRA, "tailscaled_env": {{**_data.get("tailscaled_env", {{}}), **TAILSCALED_ENV}}}})
-        for _name, _data in _members
-    ]
+    globals()[_group] = [(_name, {{**_data, **EXTRA}}) for _name, _data in _members]
 '''
 
 
-def inventory(tailscaled_env: dict[str, str]) -> str:
-    """The bench lab's inventory: the lab's, with :data:`PROBE_GRANT` and ``tailscaled_env`` added."""
-    return INVENTORY.format(extra={"tailnet_extra_grants": [PROBE_GRANT]}, tailscaled_env=tailscaled_env)
+def inventory(tailscale_mtu: int | None = None) -> str:
+    """The bench lab's inventory: the lab's, with :data:`PROBE_GRANT` and ``tailscale_mtu`` if given."""
+    extra: dict[str, Any] = {"tailnet_extra_grants": [PROBE_GRANT]}
+    if tailscale_mtu:
+        extra["tailscale_mtu"] = tailscale_mtu
+    return INVENTORY.format(extra=extra)
 
 
 def netns(lab: Lab, name: str) -> str:
@@ -131,10 +130,13 @@ def cpu(lab: Lab) -> dict[str, float]:
 
 
 def cpu_per_gib(before: dict[str, float], after: dict[str, float], moved: int) -> dict[str, float]:
-    """CPU seconds per GiB moved, for each process that used any."""
+    """CPU seconds per GiB moved, for each process that used at least 0.05 s per GiB."""
     gib = moved / (1 << 30)
     used = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
-    return {key: round(seconds / gib, 2) for key, seconds in sorted(used.items()) if seconds > 0.005 and gib > 0}
+    if gib <= 0:
+        return {}
+    per_gib = {key: round(seconds / gib, 2) for key, seconds in sorted(used.items())}
+    return {key: value for key, value in per_gib.items() if value >= 0.05}
 
 
 def measure(lab: Lab, namespace: str | None, address: str, port: int, sni: str, ca: str,
@@ -193,7 +195,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         env = {**os.environ, "PORTABLE_K3S_LAB_STATE_DIR": str(lab.state_dir)}
         log("converging the lab (real CLI)")
         (workdir / "inventory").mkdir()
-        (workdir / "inventory" / "lab.py").write_text(inventory(dict(args.tailscaled_env)))
+        (workdir / "inventory" / "lab.py").write_text(inventory(args.tailscale_mtu))
         deploy = subprocess.run([str(Path(PYTHON).with_name("pyinfra")), str(workdir / "inventory" / "lab.py"),
                                  "deploy.py", "-y"],
                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
@@ -204,6 +206,9 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ca = str(ca_dir(lab) / "ca.pem")
         h1, h2 = (next(h for h in lab.hosts() if h.name == n) for n in ("h1", "h2"))
         tailnet = {n: lab.ssh(n, "tailscale ip -4").stdout.strip() for n in ("h1", "h2")}
+        mtu = {n: int(lab.ssh(n, "cat /sys/class/net/tailscale0/mtu").stdout) for n in ("h1", "h2")}
+        if set(mtu.values()) != {args.tailscale_mtu or 1280}:
+            raise RuntimeError(f"tailscale0's MTU is {mtu}, not {args.tailscale_mtu or 1280}")
         chain, key = issue(*lab_ca(lab), [PROBE_NAME])
         (workdir / "probe.pem").write_bytes(chain)
         fd = os.open(workdir / "probe.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -223,7 +228,7 @@ def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "frp": (None, h1.address, FRP_REMOTE_PORT, PUBLIC),
         }
         results: dict[str, Any] = {"size_mib": args.size_mib, "count": args.count, "parallel": args.parallel,
-                                   "paths": {}}
+                                   "tailscale0_mtu": mtu, "paths": {}}
         for _ in range(args.rounds):
             for path, (namespace, address, port, sni) in routes.items():
                 log(f"{path}: {address}:{port} ({sni})")
@@ -293,22 +298,14 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _pair(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
-    return name, value
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=300, help="new connections timed per path (default 300)")
     parser.add_argument("--size-mib", type=int, default=64, help="the transferred file's size (default 64 MiB)")
     parser.add_argument("--parallel", type=int, default=16, help="transfers at once (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every path, interleaved (default 3)")
-    parser.add_argument("--tailscaled-env", type=_pair, action="append", default=[], metavar="NAME=VALUE",
-                        help="an environment variable for tailscaled on every host (tailscaled_env), e.g. "
-                             "TS_DEBUG_MTU=1420 to compare a larger tailnet MTU; repeatable")
+    parser.add_argument("--tailscale-mtu", type=int, help="the deploy's tailscale_mtu on every host (default: "
+                                                              "tailscale's 1280), e.g. 1420 to compare")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -322,7 +319,7 @@ def main() -> int:
             log("interrupted: the lab was torn down")
             return 130
     results["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
-    results["tailscaled_env"] = dict(args.tailscaled_env)
+    results["tailscale_mtu"] = args.tailscale_mtu
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))

@@ -1000,6 +1000,13 @@ def _check_tailnet(inventory: Inventory, problems: _Problems) -> TailnetConfig |
     _check_per_source(inventory, "tailscale_tags", lambda v: _check_tags(v, known_tags), problems)
     _check_per_source(inventory, "tailscale_advertise_routes", _check_routes, problems)
     _check_per_source(inventory, "tailscaled_env", _check_env, problems)
+    _check_per_source(inventory, "tailscale_mtu", _check_mtu, problems)
+    for host in inventory:
+        mtu_source, mtu = _lookup(inventory, host, "tailscale_mtu")
+        env_source, env = _lookup(inventory, host, "tailscaled_env")
+        if mtu not in (None, _MISSING) and isinstance(env, dict) and "TS_DEBUG_MTU" in env:
+            problems.add(f"{env_source}.tailscaled_env", f"sets TS_DEBUG_MTU while {mtu_source}.tailscale_mtu is set",
+                         "the MTU in tailscale_mtu only")
     routes: dict[str, set[str]] = {}
     for host in inventory:
         _, host_routes = _lookup(inventory, host, "tailscale_advertise_routes")
@@ -1126,6 +1133,13 @@ def _check_routes(value: Any) -> Check:
         if net is None or net.prefixlen == 0:
             return [(f"{_show(cidr)} is not a subnet", "networks like 192.168.1.0/24 (use exit_nodes for 0.0.0.0/0)")]
     return []
+
+
+def _check_mtu(value: Any) -> Check:
+    if value is None:
+        return []
+    return _check_int_range(value, 1280, 1420, "null (tailscale's 1280) or an MTU from 1280 to 1420 (1420: a "
+                            "1500-byte path; 1412 over PPPoE)")
 
 
 def _check_env(value: Any) -> Check:

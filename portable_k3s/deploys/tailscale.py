@@ -35,6 +35,7 @@ TAILSCALE_DEFAULTS: dict[str, Any] = {
     "tailscale_tags": [],  # extra tags (each must be in tailnet_tags)
     "tailscaled_port": 41641,
     "tailscaled_env": {},  # extra environment for tailscaled
+    "tailscale_mtu": None,  # the tailnet interface's MTU; None: tailscale's own 1280 (see the README's benchmark)
     "tailscale_upload_logs": False,  # True: let tailscaled send its logs to Tailscale Inc.'s log service
 }
 
@@ -49,6 +50,15 @@ APT_LIST = "/etc/apt/sources.list.d/tailscale.list"
 def tailscale_version(data: Any) -> str:
     """The tailscale version a host's data asks for (``versions["tailscale"]``, else the pinned one), no ``v``."""
     return str((data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"])).lstrip("v")
+
+
+def tailscaled_environment(data: Any) -> dict[str, str]:
+    """tailscaled's extra environment: ``tailscaled_env``, and ``tailscale_mtu`` as ``TS_DEBUG_MTU`` (tailscaled
+    reads it when it starts)."""
+    env = {str(key): str(value) for key, value in (data.get("tailscaled_env") or {}).items()}
+    if data.get("tailscale_mtu"):
+        env["TS_DEBUG_MTU"] = str(data.get("tailscale_mtu"))
+    return env
 
 
 def static_release(base: str, version: str, machine: str) -> tuple[str, dict[str, str]]:
@@ -70,7 +80,8 @@ def tailscale_node(headscale_host: Host) -> None:
     Install tailscale at the pinned version, run tailscaled and join the tailnet. Data keys (defaults in
     ``TAILSCALE_DEFAULTS``): ``headscale_url``, ``tailscale_install``, ``tailscale_download_url``,
     ``tailscale_accept_dns``, ``tailscale_accept_routes``, ``tailscale_advertise_routes``, ``tailscale_tags``,
-    ``tailscaled_port``, ``tailscaled_env``, ``tailscale_upload_logs``, ``hostname``, ``versions["tailscale"]``.
+    ``tailscaled_port``, ``tailscaled_env``, ``tailscale_mtu``, ``tailscale_upload_logs``, ``hostname``,
+    ``versions["tailscale"]``.
     Hosts in ``exit_nodes`` advertise themselves as exit nodes; tags come from the host's groups.
 
     + headscale_host: the inventory host running headscale (pre-auth keys are minted there)
@@ -121,7 +132,7 @@ def tailscale_node(headscale_host: Host) -> None:
     env = files.content(
         name="tailscaled settings", path=DEFAULTS_FILE, batch=managed,
         text=render(
-            "tailscaled.defaults.j2", port=data.tailscaled_port, env=dict(data.tailscaled_env),
+            "tailscaled.defaults.j2", port=data.tailscaled_port, env=tailscaled_environment(data),
             flags="" if data.tailscale_upload_logs else "--no-logs-no-support",
         ),
     )

@@ -698,14 +698,14 @@ class Lab:
 
     def reboot(self, name: str, timeout: float = 90.0) -> LabHost:
         """Shut ``name`` down and boot it again (same disk): what a power cycle does."""
-        count = self._shut_down(name)
+        count = self.shut_down(name)
         self.up(count, timeout)
         return next(h for h in self.hosts() if h.name == name)
 
     def reset_host(self, name: str, timeout: float = 90.0) -> LabHost:
         """A dead disk replaced: shut ``name`` down, throw its disk away (its overlay upper dir and containerd's
         directory) and boot it again as a fresh host (new host keys and machine-id, same name and address)."""
-        count = self._shut_down(name)
+        count = self.shut_down(name)
         for sub in ("upper", "work", "containerd"):
             shutil.rmtree(self.host_dir(name) / sub, ignore_errors=True)
         self.up(count, timeout)
@@ -722,8 +722,9 @@ class Lab:
         host["groups"], host["data"] = list(groups), dict(data or {})
         self.save_state(state)
 
-    def _shut_down(self, name: str) -> int:
-        """Shut lab host ``name`` down, keeping its disk; returns the number of hosts in the lab."""
+    def shut_down(self, name: str) -> int:
+        """Shut lab host ``name`` down, keeping its disk (``up`` boots it again); returns the number of hosts in
+        the lab."""
         state = self.load_state()
         self.adopt(state)
         hosts = [LabHost(**h) for h in state.get("hosts", [])]

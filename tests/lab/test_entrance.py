@@ -61,6 +61,19 @@ def test_other_names_are_closed_without_reaching_the_cluster(lab, served_apps, s
     assert hostport_connections(lab) == before
 
 
+def test_names_match_without_regard_to_case_and_a_trailing_dot_is_closed(lab, served_apps):
+    """DNS names are case-insensitive, so an upper-case SNI reaches the app; RFC 6066 says SNI carries the name
+    without a trailing dot (browsers and curl strip it before sending), so a name with one is closed at the
+    entrance like an unknown name."""
+    _, body = tls(lab, served_apps, PUBLIC.upper())
+    assert served(body), body[:300]
+    before = hostport_connections(lab)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        tls(lab, served_apps, PUBLIC + ".")
+    time.sleep(0.5)
+    assert hostport_connections(lab) == before
+
+
 def test_a_proxy_header_from_another_tailnet_address_is_not_trusted(lab, served_apps):
     """Another tailnet node (h4) connects to a node's port 443 and sends a PROXY header claiming 6.6.6.6: Traefik
     takes PROXY headers only from the entrances' /32s, so it reads and drops this one (go-proxyproto's IGNORE

@@ -837,3 +837,23 @@ def test_deploy_with_good_inventory_plans_base_on_every_host(fake_connector: Any
     for host in state.inventory:
         names = {name for meta in (state.op_meta[h] for h in state.ops[host]) for name in meta.names}
         assert {"Base host | Harden sshd", "Base host | Configure time sync"} <= names, (host.name, names)
+
+
+@pytest.mark.parametrize(("mtu", "problem"), [
+    (1279, "all.tailscale_mtu: 1279 is out of range"), (1500, "all.tailscale_mtu: 1500 is out of range"),
+    ("1420", "all.tailscale_mtu: "), (True, "all.tailscale_mtu: "),
+])
+def test_the_tailnet_mtu_is_refused_outside_what_a_1500_byte_path_carries(mtu: Any, problem: str) -> None:
+    found = problems_of(make_inventory({**good_data(), "tailscale_mtu": mtu}))
+    assert [p for p in found if "tailscale_mtu" in p] == [next(p for p in found if p.startswith(problem))]
+    assert "1412 over PPPoE" in next(p for p in found if "tailscale_mtu" in p)
+
+
+def test_the_tailnet_mtu_is_set_in_one_place() -> None:
+    assert problems_of(make_inventory({**good_data(), "tailscale_mtu": 1420})) == []
+    assert problems_of(make_inventory({**good_data(), "tailscale_mtu": None})) == []
+    groups = good_groups()
+    groups["k3s_agents"] = (groups["k3s_agents"][0], {"tailscaled_env": {"TS_DEBUG_MTU": "1400"}})
+    found = problems_of(make_inventory({**good_data(), "tailscale_mtu": 1420}, groups))
+    assert found == ["k3s_agents.tailscaled_env: sets TS_DEBUG_MTU while all.tailscale_mtu is set "
+                     "(expected the MTU in tailscale_mtu only)"], found

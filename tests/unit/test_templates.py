@@ -139,6 +139,7 @@ def _deploy_contexts(monkeypatch: pytest.MonkeyPatch, connector: type[FakeConnec
                 {
                     "tailscale_install": "static",
                     "tailscaled_env": {"TS_DEBUG_FIREWALL_MODE": "nftables"},
+                    "tailscale_mtu": 1420,
                     "tailscale_upload_logs": True,
                 },
             ),
@@ -206,7 +207,7 @@ def test_deploys_render_their_templates_with_the_host_data(
     defaults = [context for name, context in contexts if name == "tailscaled.defaults.j2"]
     assert sorted(defaults, key=lambda context: len(context["env"])) == [
         {"port": 41641, "env": {}, "flags": "--no-logs-no-support"},
-        {"port": 41641, "env": {"TS_DEBUG_FIREWALL_MODE": "nftables"}, "flags": ""},
+        {"port": 41641, "env": {"TS_DEBUG_FIREWALL_MODE": "nftables", "TS_DEBUG_MTU": "1420"}, "flags": ""},
     ]
     # The unit file is only rendered for the static install (the Debian package ships its own).
     assert [name for name, _ in contexts].count("tailscaled.service.j2") == 1
