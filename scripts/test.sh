@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy portable_k3s
-exec .venv/bin/pytest tests/unit tests/lab "$@"
+exec .venv/bin/pytest --durations=25 tests/unit tests/lab "$@"

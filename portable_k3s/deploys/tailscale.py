@@ -14,7 +14,7 @@ from pyinfra.operations.util import any_changed
 from ..connection import tcp_nodelay
 from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
-from ..facts.services import ServiceStates
+from ..facts.services import ServiceState, ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, prefetch, release, services, tailscale
 from ..operations.util import shared_fact
@@ -24,6 +24,7 @@ from .base import default_hostname
 from .headscale import host_tags
 
 K3S_GROUPS = {"k3s_servers", "k3s_agents"}
+K3S_UNITS = ("k3s.service", "k3s-agent.service")
 K3S_RESTART_TIMEOUT = 300  # seconds for k3s to be active again after tailscaled restarted
 
 TAILSCALE_DEFAULTS: dict[str, Any] = {
@@ -50,6 +51,13 @@ APT_LIST = "/etc/apt/sources.list.d/tailscale.list"
 def tailscale_version(data: Any) -> str:
     """The tailscale version a host's data asks for (``versions["tailscale"]``, else the pinned one), no ``v``."""
     return str((data.get("versions") or {}).get("tailscale", VERSIONS["tailscale"])).lstrip("v")
+
+
+def k3s_older_than_tailscaled(states: dict[str, ServiceState]) -> bool:
+    """Whether a running k3s unit became active before tailscaled last did (``ServiceStates`` of both)."""
+    tailscaled = states["tailscaled.service"].get("since", 0) if "tailscaled.service" in states else 0
+    return any(unit in states and states[unit]["active"] and 0 < states[unit].get("since", 0) < tailscaled
+               for unit in K3S_UNITS)
 
 
 def tailscaled_environment(data: Any) -> dict[str, str]:
@@ -89,11 +97,14 @@ def tailscale_node(headscale_host: Host) -> None:
     tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
     data = host.data
     version = tailscale_version(data)
-    managed: tuple[str, ...] = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE)
+    pending = services.pending_marker("tailscaled.service")
+    managed: tuple[str, ...] = (WAIT_ONLINE_DROPIN, DEFAULTS_FILE, pending)
     if data.tailscale_install == "static":
         managed = (STATIC_UNIT, *managed)
+    k3s_node = bool(set(host.groups) & K3S_GROUPS)
+    units = ("tailscaled.service", *(K3S_UNITS if k3s_node else ()))
     reads: list[tuple[Any, dict[str, Any]]] = [
-        (FileStates, {"paths": managed}), (ServiceStates, {"units": ("tailscaled.service",)}), (Tailscale, {}),
+        (FileStates, {"paths": managed}), (ServiceStates, {"units": units}), (Tailscale, {}),
     ]
     static: list[tuple[Any, dict[str, Any]]] = []
     if data.tailscale_install == "static":
@@ -113,7 +124,8 @@ def tailscale_node(headscale_host: Host) -> None:
             name="Install tailscale (static)", component="tailscale", version=version, machines=machines,
         )
         unit = files.content(
-            name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed
+            name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed,
+            pending=pending,
         )
     else:
         release_meta = shared_fact(host, LinuxDistribution, static=True).get("release_meta") or {}
@@ -128,18 +140,22 @@ def tailscale_node(headscale_host: Host) -> None:
         name="tailscaled starts once the network is online", path=WAIT_ONLINE_DROPIN,
         text=render("tailscaled.wait-online.conf.j2"), batch=managed,
     )
-    systemd.daemon_reload(name="Reload systemd for tailscaled", _if=any_changed(unit, wait_online))
+    # A change written by a run that stopped before restarting tailscaled is still to be taken up.
+    left_pending = shared_fact(host, FileStates, paths=managed).get(pending) is not None
+    unit_changed = any_changed(unit, wait_online)
+    systemd.daemon_reload(name="Reload systemd for tailscaled", _if=lambda: left_pending or unit_changed())
     env = files.content(
-        name="tailscaled settings", path=DEFAULTS_FILE, batch=managed,
+        name="tailscaled settings", path=DEFAULTS_FILE, batch=managed, pending=pending,
         text=render(
             "tailscaled.defaults.j2", port=data.tailscaled_port, env=tailscaled_environment(data),
             flags="" if data.tailscale_upload_logs else "--no-logs-no-support",
         ),
     )
     services.running(name="Run tailscaled", service="tailscaled.service")
-    restart = systemd.service(
-        name="Restart tailscaled after a change", service="tailscaled.service", restarted=True,
-        _if=any_changed(binary, unit, env),
+    changed = any_changed(binary, unit, env)
+    restart = services.restarted(
+        name="Restart tailscaled after a change", service="tailscaled.service", pending=pending,
+        _if=lambda: left_pending or changed(),
     )
     joined = tailscale.joined(
         name="Join the tailnet",
@@ -155,11 +171,14 @@ def tailscale_node(headscale_host: Host) -> None:
         # Traefik's host ports must see the entrance's tailnet address (PROXY protocol trusted from it only).
         snat=not set(host.groups) & K3S_GROUPS,
     )
-    if set(host.groups) & K3S_GROUPS:
+    if k3s_node:
         # flannel's VXLAN device sits on tailscale0, and the kernel removes it with tailscale0 when tailscaled
         # restarts (a changed tailscale, a re-join); k3s does not notice: restart it, so that it makes it anew.
+        # Also when k3s has run since before tailscaled's last start: a run stopped between the two restarts, or
+        # tailscaled restarted outside the deploy (an upgrade, by hand).
+        stale = k3s_older_than_tailscaled(shared_fact(host, ServiceStates, units=units))
+        restarted = any_changed(restart, joined)
         services.restarted_if_running(
             name="Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)",
-            services=["k3s.service", "k3s-agent.service"], timeout=K3S_RESTART_TIMEOUT,
-            _if=any_changed(restart, joined),
+            services=list(K3S_UNITS), timeout=K3S_RESTART_TIMEOUT, _if=lambda: stale or restarted(),
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
@@ -10,6 +10,7 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 class ServiceState(TypedDict):
     active: bool  # ActiveState is "active" (running, or exited for a oneshot)
     enabled: str  # UnitFileState: enabled, disabled, static, masked, …; "" when there is no unit file
+    since: NotRequired[int]  # when an active unit became active, µs of the kernel's monotonic clock
 
 
 class ServiceStates(FactBase[dict[str, ServiceState]]):
@@ -19,7 +20,7 @@ class ServiceStates(FactBase[dict[str, ServiceState]]):
 
     .. code:: python
 
-        {"nginx.service": {"active": True, "enabled": "enabled"}, "headscale.service": {...}}
+        {"nginx.service": {"active": True, "enabled": "enabled", "since": 5234567}, "headscale.service": {...}}
     """
 
     needs_subshell = False  # its command leaves no cd, exit or variable that matters: no subshell in a prefetch
@@ -39,7 +40,8 @@ class ServiceStates(FactBase[dict[str, ServiceState]]):
 
     def command(self, units: tuple[str, ...]) -> StringCommand:
         return StringCommand(
-            "systemctl show -p Id -p ActiveState -p UnitFileState --", *(QuoteString(u) for u in units),
+            "systemctl show -p Id -p ActiveState -p UnitFileState -p ActiveEnterTimestampMonotonic --",
+            *(QuoteString(u) for u in units),
             "2>/dev/null || true",
         )
 
@@ -52,9 +54,13 @@ class ServiceStates(FactBase[dict[str, ServiceState]]):
                 block[key] = value
                 continue
             if block.get("Id"):
-                states[block["Id"]] = {
+                state: ServiceState = {
                     "active": block.get("ActiveState") == "active",
                     "enabled": block.get("UnitFileState", ""),
                 }
+                since = block.get("ActiveEnterTimestampMonotonic", "")
+                if state["active"] and since.isdigit() and int(since) > 0:
+                    state["since"] = int(since)
+                states[block["Id"]] = state
             block = {}
         return states

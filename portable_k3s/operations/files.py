@@ -24,6 +24,7 @@ def content(
     validate: str | None = None,
     batch: tuple[str, ...] | None = None,
     test_in_place: str | None = None,
+    pending: str | None = None,
 ):
     """
     Make ``path`` hold exactly ``text`` with this mode and owner. A new version is staged next to the file,
@@ -38,6 +39,8 @@ def content(
     + batch: all paths of the component: their states are read in one remote command, shared by these ops
     + test_in_place: a command run once the new file is in place (for tools that test their whole config, like
       ``nginx -t``); failing puts the previous file back (or removes the new one) and fails the operation
+    + pending: a marker file made before the new file goes into place, for the service that reads it to be
+      restarted even if this run stops first (see ``services.restarted``'s ``pending``)
 
     **Example:**
 
@@ -81,7 +84,10 @@ def content(
             "if ! {", StringCommand(before.strip(), q_staged, after.strip()) if _ else validate, "; }; then rm -f",
             q_staged, f"; echo 'validation of {path} failed; the previous file is still in place' >&2; exit 1; fi;",
         ]
-    yield StringCommand(*check, *swap_in(path, staged, test_in_place))
+    mark: list[object] = []
+    if pending:
+        mark = ["mkdir -p", QuoteString(posixpath.dirname(pending)), "&& touch", QuoteString(pending), "&&"]
+    yield StringCommand(*check, *mark, *swap_in(path, staged, test_in_place))
 
 
 @operation()

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
 
+from ..facts.files import FileStates
 from ..facts.services import ServiceState, ServiceStates
 from .util import forget, shared_fact
 
 # Unit file states that start the unit at boot (or that systemd manages without an [Install] section).
 STARTS_AT_BOOT = ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated")
+PENDING_DIR = "/var/lib/portable-k3s/pending"  # markers of changes a service has not taken up yet
 
 
 def start_command(verb: str, service: str, timeout: int | None) -> StringCommand:
@@ -67,14 +69,22 @@ def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = 
     yield from commands
 
 
+def pending_marker(service: str) -> str:
+    """The marker of a change ``service`` has not taken up yet: made with the change (``files.content``'s
+    ``pending``), removed by the restart that takes it up (``restarted``'s ``pending``)."""
+    return f"{PENDING_DIR}/{service}.restart"
+
+
 @operation()
-def restarted(service: str, timeout: int | None = None):
+def restarted(service: str, timeout: int | None = None, pending: str | None = None):
     """
-    Restart a service unit (call it with ``_if=`` a change of its config), waiting at most ``timeout`` seconds
-    for it to be active again.
+    Restart a service unit (call it with ``_if=`` a change of its config, or its ``pending`` marker there),
+    waiting at most ``timeout`` seconds for it to be active again.
 
     + service: the unit, e.g. ``k3s.service``
     + timeout: seconds to wait for the unit to be active (see ``start_command``); None: systemctl's own wait
+    + pending: the unit's marker (``pending_marker``), removed once it restarted: a change written by a run that
+      stopped before this restart leaves it, so the next run restarts
 
     **Example:**
 
@@ -85,6 +95,10 @@ def restarted(service: str, timeout: int | None = None):
     if not service.endswith((".service", ".socket", ".timer")):
         raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
     forget(host, ServiceStates)
+    if pending:
+        forget(host, FileStates)
+        yield StringCommand(start_command("restart", service, timeout), "&& rm -f", QuoteString(pending))
+        return
     yield start_command("restart", service, timeout)
 
 

@@ -171,6 +171,26 @@ def test_deleted_node_rejoins_alone_and_keys_stay_secret(lab, pyinfra, converged
         assert key.get("used") or key["expiration"]["seconds"] <= now, f"an unused key is still valid: {key}"
 
 
+def test_tailscaled_restarted_outside_a_run_gets_k3s_restarted_by_the_next_one(lab, pyinfra, converged):
+    """What a deploy stopped between its tailscaled restart and its k3s restart leaves (or an upgrade, or a restart
+    by hand): flannel's VXLAN device gone with tailscale0, k3s not told. The next run sees k3s older than tailscaled
+    and restarts it on that node only; flannel.1 is back."""
+    lab.ssh("h3", "systemctl restart tailscaled && sleep 1")
+    assert lab.ssh("h3", "test -e /sys/class/net/flannel.1", check=False).returncode != 0  # the damage
+    run = pyinfra()
+    assert run.returncode == 0, run.stderr[-4000:]
+    # k3s on h3 is restarted by this run: by the tailscale deploy when it still runs since before tailscaled's
+    # restart, by the k3s deploy when it has exited meanwhile (it may, without its flannel interface).
+    restart_k3s = "Tailscale node | Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)"
+    assert run.changed() in ({restart_k3s: ["h3"]}, {"k3s | Agent: run": ["h3"]}), run.changed()
+    started = lab.ssh("h3", "systemctl show -p ActiveEnterTimestampMonotonic --value tailscaled k3s-agent").stdout
+    tailscaled_since, k3s_since = (int(v) for v in started.split())
+    assert k3s_since > tailscaled_since
+    flannel = lab.ssh("h3", "for i in $(seq 60); do [ -e /sys/class/net/flannel.1 ] && exit 0; sleep 1; done; "
+                            "ls /sys/class/net; exit 1", check=False)
+    assert flannel.returncode == 0, f"no flannel.1 on h3 60 s after the k3s restart: {flannel.stdout.split()}"
+
+
 def test_second_run_after_rejoin_changes_nothing(lab, pyinfra):
     before = {n: lab.ssh(n, "systemctl show -p ActiveState -p SubState -p NRestarts -p ExecMainStatus k3s-agent",
                          check=False).stdout.split() for n in ("h3", "h4")}

@@ -44,7 +44,8 @@ FACT_COMMANDS = {
     "apt stamp": r"^! \(test -e /var/lib/apt/periodic/update-success-stamp",
     "timesyncd": r"^echo \"\$\{PORTABLE_K3S_MANAGER-",
     "timesyncd drop-in": r"^stat -c 'stat %a %U %G %n' -- /etc/systemd/timesyncd\.conf\.d/",
-    "timesyncd unit": r"^systemctl show -p Id -p ActiveState -p UnitFileState -- systemd-timesyncd\.service",
+    "timesyncd unit": r"^systemctl show -p Id -p ActiveState -p UnitFileState -p ActiveEnterTimestampMonotonic "
+                      r"-- systemd-timesyncd\.service",
     "sshd drop-in": r"^stat -c 'stat %a %U %G %n' -- /etc/ssh/sshd_config\.d/",
     "sshd": r"^grep -Eiq '\^\[\[:space:\]\]\*Include",
 }

@@ -678,3 +678,20 @@ def test_joined_k3s_node_keeps_tailnet_source_addresses() -> None:
     switched = _plan_joined(_tailscale_info(), _headscale_info(OTHER_KEY, NODE_KEY), snat=False)
     assert switched.serialised == [f"tailscale set {DEFAULT_FLAGS.replace('routes=true', 'routes=false', 1)}"]
     assert _plan_joined(_tailscale_info(NoSNAT=True), _headscale_info(OTHER_KEY, NODE_KEY), snat=False).serialised == []
+
+
+@pytest.mark.parametrize(("states", "stale"), [
+    ({"tailscaled.service": {"active": True, "enabled": "enabled", "since": 200},
+      "k3s.service": {"active": True, "enabled": "enabled", "since": 300}}, False),
+    ({"tailscaled.service": {"active": True, "enabled": "enabled", "since": 400},
+      "k3s-agent.service": {"active": True, "enabled": "enabled", "since": 300}}, True),
+    ({"tailscaled.service": {"active": True, "enabled": "enabled", "since": 400},
+      "k3s-agent.service": {"active": False, "enabled": "enabled"}}, False),
+    ({"tailscaled.service": {"active": False, "enabled": "enabled"},
+      "k3s.service": {"active": True, "enabled": "enabled", "since": 300}}, False),
+    ({}, False),
+])
+def test_k3s_is_stale_when_it_has_run_since_before_tailscaled_last_started(states: dict, stale: bool) -> None:
+    from portable_k3s.deploys.tailscale import k3s_older_than_tailscaled
+
+    assert k3s_older_than_tailscaled(states) is stale

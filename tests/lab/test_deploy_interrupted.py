@@ -1,0 +1,77 @@
+"""Lab tier: a deploy killed in the middle (SIGKILL to pyinfra, as a lost laptop lid or a killed terminal does).
+
+The run changes tailscaled's settings on every host (tailscale_mtu) and is killed right before the restart that
+takes them up: every settings file is whole (written to a staged file, then renamed), and each is marked as not
+taken up yet. The next run restarts tailscaled where the mark is, and k3s after it (flannel's VXLAN device goes with
+tailscale0), though nothing it writes changes; then the hosts run what their files say. Without the mark, the
+next run would see nothing to do and leave tailscaled on its old settings for good.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import REPO
+
+# The operation between writing the settings and the restart: it changes nothing on a running tailscaled, so a kill
+# there lands after every host's settings are written and before any restart.
+KILL_AT = "Starting operation: Tailscale node | Run tailscaled"
+MARKER = "/var/lib/portable-k3s/pending/tailscaled.service.restart"
+RESTART = "Tailscale node | Restart tailscaled after a change"
+RESTART_K3S = "Tailscale node | Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)"
+
+
+def _state(lab, name: str) -> dict[str, str]:
+    out = lab.ssh(name, f"cat /sys/class/net/tailscale0/mtu; grep -c TS_DEBUG_MTU /etc/default/tailscaled; "
+                        f"test -e {MARKER} && echo marked || echo clean; systemctl is-active tailscaled; "
+                        "ls -a /etc/default | grep -c portable-k3s-new", check=False).stdout.split()
+    return dict(zip(("mtu", "mtu_lines", "marker", "tailscaled", "staged"), out, strict=False))
+
+
+def test_a_deploy_killed_before_tailscaled_restarted_is_finished_by_the_next_run(lab, lab_env, converged_entrance,
+                                                                                pyinfra):
+    names = [h.name for h in lab.hosts()]
+    data = {name: {"tailscale_mtu": 1400} for name in names}
+    env = {**lab_env, "PORTABLE_K3S_TEST_HOST_DATA": json.dumps(data), "PYTHONUNBUFFERED": "1"}
+    command = [str(Path(sys.executable).with_name("pyinfra")), "tests/lab/node_baseline_inventory.py", "deploy.py",
+               "-y"]
+    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = False
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if line.rstrip().endswith(KILL_AT):
+                os.kill(run.pid, signal.SIGKILL)
+                killed = True
+                break
+    finally:
+        run.kill()
+        run.wait(timeout=30)
+    assert killed, "the run never reached the restart"
+    # Killed: every file whole and marked, nothing left staged, tailscaled still on its old settings and running.
+    for name in names:
+        assert _state(lab, name) == {"mtu": "1280", "mtu_lines": "1", "marker": "marked", "tailscaled": "active",
+                                     "staged": "0"}, name
+    again = subprocess.run([*command, "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    changed = {op["name"]: sorted(op["success"]) for op in json.loads(again.stdout)["results"]["operations"]
+               if op["success"]}
+    assert changed.get(RESTART) == sorted(names), changed
+    assert changed.get(RESTART_K3S) == sorted(n for n in names if n != "h1"), changed
+    for name in names:
+        assert _state(lab, name) == {"mtu": "1400", "mtu_lines": "1", "marker": "clean", "tailscaled": "active",
+                                     "staged": "0"}, name
+    # Back to the committed settings, and flannel's devices back on every k3s node before the next tests.
+    restored = pyinfra()
+    assert restored.returncode == 0, restored.stderr[-4000:]
+    for name in names:
+        assert _state(lab, name)["mtu"] == "1280", name
+        if name != "h1":
+            flannel = lab.ssh(name, "for i in $(seq 60); do [ -e /sys/class/net/flannel.1 ] && exit 0; sleep 1; "
+                                    "done; exit 1", check=False)
+            assert flannel.returncode == 0, f"no flannel.1 on {name} 60 s after the restore"
