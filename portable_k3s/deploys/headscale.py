@@ -15,7 +15,6 @@ from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
-from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 
@@ -43,8 +42,7 @@ EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
 UNIT = "/etc/systemd/system/headscale.service"
 SYSUSERS = "/etc/sysusers.d/headscale.conf"
 TMPFILES = "/etc/tmpfiles.d/headscale.conf"
-PENDING = services.pending_marker("headscale.service")  # a config or unit change headscale has not taken up yet
-MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG, PENDING)
+MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG)
 BACKUP_SCRIPT = "/usr/local/lib/portable-k3s/headscale-backup"
 BACKUP_SERVICE = "portable-k3s-headscale-backup.service"
 BACKUP_TIMER = "portable-k3s-headscale-backup.timer"
@@ -167,11 +165,8 @@ def headscale_server(policy: dict[str, Any]) -> None:
     )
     if data.headscale_restore:  # before anything runs headscale (configtest, a start): both make an empty database
         headscale.restored(name="Restore headscale from a backup", archive=data.headscale_restore)
-    unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED,
-                         pending=PENDING)
-    # A change written by a run that stopped before restarting headscale is still to be taken up.
-    left_pending = shared_fact(host, FileStates, paths=MANAGED).get(PENDING) is not None
-    systemd.daemon_reload(name="Reload systemd for headscale", _if=lambda: left_pending or unit.did_change())
+    unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED)
+    systemd.daemon_reload(name="Reload systemd for headscale", _if=unit.did_change)
     policy_file = files.content(
         name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",
         mode="0640", group="headscale", batch=MANAGED,
@@ -179,7 +174,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
         validate="! systemctl is-active --quiet headscale.service || headscale policy check --file {} >/dev/null",
     )
     config = files.content(
-        name="headscale config", path=CONFIG, mode="0640", group="headscale", batch=MANAGED, pending=PENDING,
+        name="headscale config", path=CONFIG, mode="0640", group="headscale", batch=MANAGED,
         text=render(
             "headscale.yaml.j2", server_url=data.headscale_url, listen_addr=data.headscale_listen_addr,
             derp=data.tailnet_derp, derp_ipv4=data.get("headscale_derp_ipv4"), base_domain=data.tailnet_domain,
@@ -187,15 +182,11 @@ def headscale_server(policy: dict[str, Any]) -> None:
         ),
         validate="runuser -u headscale -- headscale configtest -c {}",
     )
-    changed = any_changed(config, unit, binary)
-
-    def restart() -> bool:
-        return left_pending or bool(changed())
-
+    restart = any_changed(config, unit, binary)
     services.running(name="Run headscale", service="headscale.service")
-    services.restarted(
+    systemd.service(
         name="Restart headscale after a config, unit or binary change", service="headscale.service",
-        pending=PENDING, _if=restart,
+        restarted=True, _if=restart,
     )
     systemd.service(
         name="Reload the headscale ACL policy", service="headscale.service", reloaded=True,
