@@ -171,8 +171,15 @@ def first_pages(lab: Lab, within: float = 300) -> list[str]:
                 continue
             page = FIRST_PAGE.format(host=host)
             index = "/usr/share/nginx/html/index.html"
-            kubectl(lab, server, f"exec -i -n {namespace} {pod['metadata']['name']} -- "
-                                 f"sh -c 'test -e {index} || cat > {index}'", input=page)
+            target = f"-n {namespace} {pod['metadata']['name']}"
+            # `kubectl exec -i` may deliver no stdin at all: an empty page is written again, and read back.
+            for _ in range(5):
+                kubectl(lab, server, f"exec -i {target} -- sh -c 'test -s {index} || cat > {index}'", input=page)
+                if kubectl(lab, server, f"exec {target} -- cat {index}", check=False).strip():
+                    break
+                time.sleep(1)
+            else:
+                raise LabError(f"could not write the first page of {namespace} (kubectl exec delivered no input)")
             done.append(namespace)
         if pending:
             time.sleep(3)
