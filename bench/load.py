@@ -225,18 +225,19 @@ async def run(plan: LoadPlan) -> dict[str, Any]:
     hello = client_hello(plan.sni)
     big = oversized_hello()
     remaining = lambda: max(until - time.monotonic(), 0.0)  # noqa: E731
-    background = [
+    kept = [
         asyncio.ensure_future(_keep(plan.idle, lambda: _hostile_connection(
             plan, b"", hostile["idle"], hold=remaining()), until)),
         asyncio.ensure_future(_keep(plan.slow, lambda: _hostile_connection(
             plan, hello, hostile["slow"], per_byte=1.0), until)),
     ]
+    paced = []  # each of their connections ends by itself within STEP_TIMEOUT: waited for, so all are counted
     if plan.oversized:
-        background.append(asyncio.ensure_future(_every(plan.oversized, lambda: _hostile_connection(
+        paced.append(asyncio.ensure_future(_every(plan.oversized, lambda: _hostile_connection(
             plan, big, hostile["oversized"], hold=STEP_TIMEOUT), until)))
     if plan.malformed:
         kinds = itertools.cycle(range(3))
-        background.append(asyncio.ensure_future(_every(plan.malformed, lambda: _hostile_connection(
+        paced.append(asyncio.ensure_future(_every(plan.malformed, lambda: _hostile_connection(
             plan, junk(next(kinds), plan.sni), hostile["malformed"], hold=STEP_TIMEOUT), until)))
     visits: list[Visit] = []
     pending: set[asyncio.Future] = set()
@@ -252,9 +253,10 @@ async def run(plan: LoadPlan) -> dict[str, Any]:
         await asyncio.sleep(max(0.0, min(next_at - time.monotonic(), 0.05)))
     if pending:
         await asyncio.wait(pending, timeout=STEP_TIMEOUT * 3)
-    for job in background:
+    await asyncio.gather(*paced, return_exceptions=True)
+    for job in kept:
         job.cancel()
-    await asyncio.gather(*background, return_exceptions=True)
+    await asyncio.gather(*kept, return_exceptions=True)
     return report(plan, visits, hostile, time.monotonic() - t0)
 
 
