@@ -48,8 +48,9 @@ def backed_up_apps(config: ClusterConfig) -> list[App]:
 
 def _job_script(namespace_name: str, name: str, manifest: str, timeout: int) -> str:
     """Shell that applies a Job, waits until it succeeds or fails (at most ``timeout`` s; a pod that has not started
-    within :data:`START_TIMEOUT` s fails it, with its events), prints its log and the word ``succeeded`` or ``failed``
-    last, and deletes it."""
+    within :data:`START_TIMEOUT` s, or ``timeout`` if shorter, fails it, with its events), prints its log and the
+    word ``succeeded`` or ``failed`` last, and deletes it."""
+    start_timeout = min(START_TIMEOUT, timeout)
     return f"""k() {{ k3s kubectl "$@"; }}
 k -n {namespace_name} delete job {name} --ignore-not-found >/dev/null
 cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
@@ -58,7 +59,7 @@ cat <<'{HEREDOC}' | k apply -f - >/dev/null || exit 1
 state=failed
 now=$(date +%s)
 end=$((now + {timeout}))
-start_by=$((now + {START_TIMEOUT}))
+start_by=$((now + {start_timeout}))
 while :; do
   now=$(date +%s)
   case "$(k -n {namespace_name} get job {name} -o jsonpath='{{.status.succeeded}}/{{.status.failed}}')" in
@@ -68,7 +69,7 @@ while :; do
   if [ "$now" -gt "$end" ]; then echo "not done after {timeout} s"; break; fi
   phase=$(k -n {namespace_name} get pods -l job-name={name} -o jsonpath='{{.items[0].status.phase}}')
   if [ "$now" -gt "$start_by" ] && [ "${{phase:-Pending}}" = Pending ]; then
-    echo "its pod did not start within {START_TIMEOUT} s:"
+    echo "its pod did not start within {start_timeout} s:"
     k -n {namespace_name} describe pods -l job-name={name} | sed -n '/^Events:/,$p' | tail -n 8
     break
   fi
@@ -80,14 +81,17 @@ echo "$state"
 """
 
 
-def list_script(app_names: list[str], config: ClusterConfig, name: str = "backups-list") -> str:
-    """The command that prints when each app's backup CronJob was made, then each app's snapshots (see
-    ``parse_listing``)."""
+def list_script(app_names: list[str], config: ClusterConfig, name: str = "backups-list",
+                timeout: int = LIST_TIMEOUT) -> str:
+    """The command, run on the first k3s server, that prints when each app's backup CronJob was made, then each
+    app's snapshots (see ``parse_listing``), within ``timeout`` s."""
     assert config.addons.backups is not None
+    server = config.hosts_in("k3s_servers")[0].hostname
     created = ("k3s kubectl get cronjobs -A -l app.kubernetes.io/component=backup -o jsonpath='{range .items[*]}"
                "created {.metadata.labels.app\\.kubernetes\\.io/part-of} {.metadata.creationTimestamp}"
                "{\"\\n\"}{end}'\n")
-    return created + _job_script(NAMESPACE, name, list_job(app_names, config.addons.backups, name), LIST_TIMEOUT)
+    job = list_job(app_names, config.addons.backups, name, node=server)
+    return created + _job_script(NAMESPACE, name, job, timeout)
 
 
 def parse_created(output: str) -> dict[str, datetime]:
@@ -185,11 +189,12 @@ def states(config: ClusterConfig, listing: dict[str, list[dict[str, Any]] | str]
     return found
 
 
-def list_backups(config: ClusterConfig, run: Runner) -> list[AppBackupState]:
-    """List every backed-up app's snapshots on the cluster (``run`` reaches the first k3s server)."""
+def list_backups(config: ClusterConfig, run: Runner, timeout: int = LIST_TIMEOUT) -> list[AppBackupState]:
+    """List every backed-up app's snapshots on the cluster, within about ``timeout`` s (``run`` reaches the first
+    k3s server)."""
     server = config.hosts_in("k3s_servers")[0].name
     apps = [app.name for app in backed_up_apps(config)]
-    ok, output = run(server, list_script(apps, config), LIST_TIMEOUT + 60)
+    ok, output = run(server, list_script(apps, config, timeout=timeout), timeout + 60)
     if not ok or output.rstrip().rsplit("\n", 1)[-1].strip() != "succeeded":
         raise BackupError(f"listing the backups on {server} failed:\n{output.strip()[-2000:]}\n"
                           f"check: k3s kubectl -n {NAMESPACE} get pods; the Secret backup; app_backup_s3")

@@ -30,6 +30,8 @@ from portable_k3s.manifests.apps import kind_of
 from portable_k3s.manifests.backups import NAMESPACE as BACKUPS_NAMESPACE
 
 INGRESS_PORT = 443
+# The backup hop's listing Job: a doctor run answers in minutes even when a node is down (its pod would wait).
+BACKUP_LISTING_TIMEOUT = 120
 
 
 @dataclass
@@ -314,7 +316,7 @@ def _k3s(server: HostConfig, node: HostConfig, ready: dict[str, dict[str, Any]])
 
 def _backups(probe: Probe, config: ClusterConfig) -> dict[str, AppBackupState] | str:
     try:
-        return {state.app: state for state in list_backups(config, probe.run)}
+        return {state.app: state for state in list_backups(config, probe.run, timeout=BACKUP_LISTING_TIMEOUT)}
     except BackupError as error:
         return str(error)
 

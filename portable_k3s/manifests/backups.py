@@ -225,15 +225,19 @@ def restore_job(app: App, backups: AppBackups, snapshot: str, name: str) -> str:
     return to_yaml(job) + "\n"
 
 
-def list_job(app_names: list[str], backups: AppBackups, name: str) -> str:
-    """A Job in :data:`NAMESPACE` that prints the snapshots of each app's repository (see :data:`LIST`)."""
+def list_job(app_names: list[str], backups: AppBackups, name: str, node: str | None = None) -> str:
+    """A Job in :data:`NAMESPACE` that prints the snapshots of each app's repository (see :data:`LIST`), its pod on
+    ``node`` where it can run (the node that asks: a listing then does not wait on another node being down)."""
     env = _env(backups, REPOSITORY_BASE=repository_base(backups.s3), APPS=" ".join(shlex.quote(a) for a in app_names))
+    preferred = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference": {
+        "matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}}]}}
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": _labels("backups", "list")},
         "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 600,
                  "template": {"metadata": {"labels": _labels("backups", "list")}, "spec": {
                      "restartPolicy": "Never",
+                     **({"affinity": preferred} if node else {}),
                      "containers": [_restic(LIST, env, [])],
                      "volumes": [{"name": "cache", "emptyDir": {}}, SECRETS_VOLUME],
                  }}},

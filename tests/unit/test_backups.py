@@ -8,11 +8,14 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from portable_k3s.backups import (
+    HEREDOC,
     BackupError,
+    list_script,
     parse_created,
     parse_listing,
     restore,
@@ -25,7 +28,7 @@ from portable_k3s.manifests import render_manifests
 from portable_k3s.manifests.backups import NAMESPACE, SECRET_KEYS, backed_up, list_job, repository_base
 from portable_k3s.schedule import cron_problem, longest_gap
 from tests.unit.test_config import good_data, make_inventory, problems_of
-from tests.unit.test_manifests import BACKUPS, ENTRANCE_IP, REPO, _home
+from tests.unit.test_manifests import BACKUPS, ENTRANCE_IP, KUBERNETES, REPO, _home
 
 SECRET_VALUES = {"all.app_backup_password": "pw-0123456789", "all.s3_access_key": "AKIDLAB",
                  "all.s3_secret_key": "s3-secret-9876"}
@@ -196,6 +199,24 @@ def test_repository_base_and_the_listing_job() -> None:
     assert job["metadata"]["namespace"] == NAMESPACE
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["APPS"] == "blog kutt" and env["REPOSITORY_BASE"] == "s3:https://s3.example.org/backups/apps"
+    assert "affinity" not in job["spec"]["template"]["spec"]
+
+
+def test_a_listing_runs_on_the_server_that_asks_where_it_can_and_gives_up_within_its_time() -> None:
+    """The listing's pod prefers the first server's node (a node that is down does not hold a listing up), and a
+    pod that has not started is given up within the listing's time (doctor gives it 120 s)."""
+    config = _cluster()
+    server = config.hosts_in("k3s_servers")[0].hostname
+    script = list_script(["blog"], config, timeout=120)
+    manifest = script.split(f"<<'{HEREDOC}'", 1)[1].split("\n", 1)[1].split(f"\n{HEREDOC}", 1)[0]
+    job = yaml.safe_load(manifest)
+    kubernetes_validate.validate(job, KUBERNETES, strict=True)
+    affinity = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred == [{"weight": 100, "preference": {"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "In", "values": [server]}]}}]
+    assert "end=$((now + 120))" in script and "start_by=$((now + 120))" in script
+    assert "start_by=$((now + 300))" in list_script(["blog"], config)
 
 
 def _snapshot(short: str, when: datetime, size: int) -> dict[str, Any]:
