@@ -56,6 +56,9 @@ def lab_groups(config: LabConfig | None = None) -> dict[str, list[tuple[str, dic
         # Probes run when the alert tests start them: a timer firing mid-test would show up in the other tests'
         # ingress logs.
         "alerts_interval": 86400,
+        # An app that does not answer is asked again after 2 s, not 15: every lab probe has apps down (their
+        # images cannot be pulled here), and the alert tests probe a dozen times.
+        "alerts_retry": 2,
         "alerts_ntfy_token": {"file": str(lab_ntfy_token(lab.state_dir))},
         # Headscale's backups are also copied to the lab's S3 on h1, the "off-site" VM, where the backup test runs
         # it (gofakes3 behind the lab's AWS Signature V4 check, see portable_k3s/lab/s3.py); plain http, lab keys.
