@@ -94,7 +94,7 @@ SSHConnector.run_shell_command = _counted("command", SSHConnector.run_shell_comm
 SSHConnector.put_file = _counted("upload", SSHConnector.put_file)  # type: ignore[method-assign]
 SSHConnector.get_file = _counted("download", SSHConnector.get_file)  # type: ignore[method-assign]
 if os.environ.get("PK3S_BENCH_NAGLE") == "1":
-    portable_k3s.connection.set_host_nodelay = lambda host: False  # type: ignore[assignment]
+    portable_k3s.connection.set_host_options = lambda host: False  # type: ignore[assignment]
 atexit.register(_dump)
 
 if __name__ == "__main__":

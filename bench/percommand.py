@@ -19,7 +19,7 @@ from pyinfra.api import Config, Inventory, State  # noqa: E402
 from pyinfra.api.command import StringCommand  # noqa: E402
 from pyinfra.api.connect import connect_all, disconnect_all  # noqa: E402
 
-from portable_k3s.connection import connection_socket, tcp_nodelay  # noqa: E402
+from portable_k3s.connection import connection_socket, ssh_tcp_options  # noqa: E402
 
 
 def measure(data: dict, count: int, nodelay: bool) -> dict:
@@ -30,7 +30,7 @@ def measure(data: dict, count: int, nodelay: bool) -> dict:
         if not host.connected:
             raise SystemExit(f"could not connect to {data['ssh_hostname']}:{data['ssh_port']}")
         if nodelay:
-            assert tcp_nodelay(state) == [host]
+            assert ssh_tcp_options(state) == [host]
         sock = connection_socket(host)
         assert sock is not None
         host.run_shell_command(StringCommand("true"))  # warm the connection up

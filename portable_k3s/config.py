@@ -1811,6 +1811,8 @@ def validate_inventory(
             problems.add(f"{source}.ntp_servers", "is empty", f"at least one of {servers}")
         _check_str_list(value, f"{source}.ntp_servers", servers, _is_host_or_ip, "host", problems)
     _check_per_source(inventory, "ssh_permit_root_login", _check_ssh_permit_root_login, problems)
+    _check_per_source(inventory, "connection_lost_after",
+                      lambda v: _check_int_range(v, 10, 3600, "whole seconds 10-3600"), problems)
     _check_per_source(inventory, "hardware", lambda v: [] if v is None else _check_slug(v), problems)
     _check_per_source(inventory, "external_ssd", lambda v: [] if v is None else _check_device(v), problems)
     _check_node_baseline(inventory, problems)

@@ -9,10 +9,11 @@ from pyinfra.api import deploy
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import files, prefetch, services
+from ..operations.util import shared_fact
 from ..render import render
 
 ALERTS_DEFAULTS: dict[str, Any] = {
@@ -30,7 +31,8 @@ SERVICE = "portable-k3s-app-probe.service"
 TIMER = "portable-k3s-app-probe.timer"
 SERVICE_PATH = f"/etc/systemd/system/{SERVICE}"
 TIMER_PATH = f"/etc/systemd/system/{TIMER}"
-FILES = (PROBE, AUTH, SERVICE_PATH, TIMER_PATH)
+PENDING = services.pending_marker(TIMER)  # a unit or timer change the timer has not taken up yet
+FILES = (PROBE, AUTH, SERVICE_PATH, TIMER_PATH, PENDING)
 
 
 @deploy("Downtime alerts", data_defaults=ALERTS_DEFAULTS)
@@ -45,7 +47,7 @@ def downtime_alerts(apps: list[Any]) -> None:
 
     + apps: the app catalog (``portable_k3s.config.App``)
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
 
     data = host.data
@@ -76,15 +78,20 @@ def downtime_alerts(apps: list[Any]) -> None:
     else:
         files.absent(name="No ntfy token", path=AUTH, batch=FILES)
     unit = files.content(
-        name="App probe service", path=SERVICE_PATH, batch=FILES,
+        name="App probe service", path=SERVICE_PATH, batch=FILES, pending=PENDING,
         text=render("alerts/portable-k3s-app-probe.service.j2", probe=PROBE,
                     credential=AUTH if data.alerts_ntfy_token else None),
     )
     timer = files.content(
-        name="App probe timer", path=TIMER_PATH, batch=FILES,
+        name="App probe timer", path=TIMER_PATH, batch=FILES, pending=PENDING,
         text=render("alerts/portable-k3s-app-probe.timer.j2", interval=int(data.alerts_interval)),
     )
-    systemd.daemon_reload(name="Reload systemd for the app probe", _if=any_changed(unit, timer))
-    # A changed interval takes effect when the timer restarts; the script and token are read at each probe.
-    services.restarted(name="Restart the app probe timer", service=TIMER, _if=timer.did_change)
+    # A unit or timer written by a run that stopped before the timer restarted is still to be taken up.
+    left_pending = shared_fact(host, FileStates, paths=FILES).get(PENDING) is not None
+    changed = any_changed(unit, timer)
+    systemd.daemon_reload(name="Reload systemd for the app probe", _if=lambda: left_pending or changed())
+    # A changed interval takes effect when the timer restarts (a changed service with the reload; the restart
+    # clears the mark of both); the script and token are read at each probe.
+    services.restarted(name="Restart the app probe timer", service=TIMER, pending=PENDING,
+                       _if=lambda: left_pending or changed())
     services.running(name="Run the app probe timer", service=TIMER)

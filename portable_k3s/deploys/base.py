@@ -7,7 +7,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from ..connection import tcp_nodelay
+from ..connection import LOST_AFTER, ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.hostname import NodeName
 from ..facts.packages import InstalledPackages
@@ -20,6 +20,8 @@ DEFAULTS: dict[str, Any] = {
     "base_packages": ["ca-certificates", "curl", "gnupg", "jq", "iptables", "rsync"],
     "ntp_servers": ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org", "2.debian.pool.ntp.org"],
     "ssh_permit_root_login": "prohibit-password",
+    # seconds of silence after which the deploy gives a host up as lost (its commands fail, the others go on)
+    "connection_lost_after": LOST_AFTER,
 }
 
 
@@ -39,8 +41,10 @@ def base_host() -> None:
     + base_packages: Debian packages every host gets (``systemd-timesyncd`` is added)
     + ntp_servers: NTP servers for systemd-timesyncd
     + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
+    + connection_lost_after: seconds a host's SSH connection may stay silent before the run gives it up as lost
+      (see ``portable_k3s.connection``)
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     # sshd's hardening reads its drop-in's checksum; the rest of its state (SshdHardening) only when it changes.
     prefetch.facts(name="Read the base state in one command", reads=[
         (NodeName, {}), (InstalledPackages, {}), (Timesyncd, {}), (FileStates, {"paths": (timesync.TIMESYNCD_DROPIN,)}),

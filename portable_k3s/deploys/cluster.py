@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyinfra.api import Host, deploy
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.cluster import ManifestFiles
 from ..facts.files import FileStates
 from ..manifests import MANIFEST_DIR, PREFIX, file_name, render_manifests
@@ -70,7 +70,7 @@ def cluster_addons(config: ClusterConfig, entrances: list[Host]) -> None:
         if host.name == inventory.get_group("k3s_servers")[0].name:
             cluster_addons(config=cluster, entrances=inventory.get_group("entrance"))
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     manifests = render_manifests(config, None, read_secret)
     traefik = file_name("traefik-config")
     names = list(manifests)

@@ -7,12 +7,12 @@ from typing import Any
 
 from pyinfra import host
 from pyinfra.api import Host, deploy
-from pyinfra.operations import systemd
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import nginx, packages, prefetch, services
+from ..operations.util import shared_fact
 from ..render import render
 
 ENTRANCE_DEFAULTS: dict[str, Any] = {
@@ -30,6 +30,10 @@ ENTRANCE_DEFAULTS: dict[str, Any] = {
     "entrance_connections_per_address": 64,
     "entrance_worker_connections": 8192,
 }
+
+
+PENDING = services.pending_marker("nginx.service", "reload")  # a config change nginx has not taken up yet
+MANAGED = (nginx.NGINX_CONF, PENDING)
 
 
 def entrance_settings(entrance_host: Host) -> dict[str, Any]:
@@ -69,10 +73,10 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
     + backends: the tailnet names of the k3s nodes serving the ingress
     + headscale_host: the inventory host running headscale (it knows the nodes' tailnet addresses)
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     prefetch.facts(
         name="Read the entrance state in one command",
-        reads=[(FileStates, {"paths": (nginx.NGINX_CONF,)}), (ServiceStates, {"units": ("nginx.service",)})],
+        reads=[(FileStates, {"paths": MANAGED}), (ServiceStates, {"units": ("nginx.service",)})],
         early=True,
     )
     settings = entrance_settings(host)
@@ -80,9 +84,13 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
     upstream = settings["entrance_upstream"]
     config = nginx.entrance_config(
         name="Entrance nginx config", render_config=partial(render_entrance, apps, settings), backends=backends,
-        headscale_host=headscale_host, address=None if upstream == "nodes" else upstream,
+        headscale_host=headscale_host, address=None if upstream == "nodes" else upstream, pending=PENDING,
+        batch=MANAGED,
     )
+    # A config written by a run that stopped before reloading nginx is still to be taken up.
+    left_pending = shared_fact(host, FileStates, paths=MANAGED).get(PENDING) is not None
     services.running(name="Run nginx", service="nginx.service")
-    systemd.service(
-        name="Reload nginx after a config change", service="nginx.service", reloaded=True, _if=config.did_change
+    services.reloaded(
+        name="Reload nginx after a config change", service="nginx.service", pending=PENDING,
+        _if=lambda: left_pending or config.did_change(),
     )

@@ -10,11 +10,12 @@ from pyinfra.api import deploy
 from pyinfra.operations import server, systemd
 from pyinfra.operations.util import any_changed
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
+from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 
@@ -42,7 +43,9 @@ EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
 UNIT = "/etc/systemd/system/headscale.service"
 SYSUSERS = "/etc/sysusers.d/headscale.conf"
 TMPFILES = "/etc/tmpfiles.d/headscale.conf"
-MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG)
+PENDING = services.pending_marker("headscale.service")  # a config or unit change headscale has not taken up yet
+POLICY_PENDING = services.pending_marker("headscale.service", "reload")  # a policy it has not taken up yet
+MANAGED = (SYSUSERS, TMPFILES, UNIT, POLICY, CONFIG, PENDING, POLICY_PENDING)
 BACKUP_SCRIPT = "/usr/local/lib/portable-k3s/headscale-backup"
 BACKUP_SERVICE = "portable-k3s-headscale-backup.service"
 BACKUP_TIMER = "portable-k3s-headscale-backup.timer"
@@ -129,7 +132,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
 
     + policy: the ACL policy (see ``tailnet_policy``); a policy-only change reloads headscale, no restart
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     data = host.data
     version = (data.get("versions") or {}).get("headscale", VERSIONS["headscale"]).lstrip("v")
     reads: list[tuple[Any, dict[str, Any]]] = [
@@ -162,19 +165,24 @@ def headscale_server(policy: dict[str, Any]) -> None:
         checksum_url=None if data.headscale_sha256 else f"{base}/checksums.txt",
         sha256=data.headscale_sha256,
         files={"": "/usr/local/bin/headscale"},
+        pending=PENDING,
     )
     if data.headscale_restore:  # before anything runs headscale (configtest, a start): both make an empty database
         headscale.restored(name="Restore headscale from a backup", archive=data.headscale_restore)
-    unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED)
-    systemd.daemon_reload(name="Reload systemd for headscale", _if=unit.did_change)
+    unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED,
+                         pending=PENDING)
+    # A change written by a run that stopped before restarting headscale is still to be taken up.
+    left = shared_fact(host, FileStates, paths=MANAGED)
+    left_pending, left_policy = left.get(PENDING) is not None, left.get(POLICY_PENDING) is not None
+    systemd.daemon_reload(name="Reload systemd for headscale", _if=lambda: left_pending or unit.did_change())
     policy_file = files.content(
         name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",
-        mode="0640", group="headscale", batch=MANAGED,
+        mode="0640", group="headscale", batch=MANAGED, pending=POLICY_PENDING,
         # A running headscale checks a new policy against its users; on a first install configtest does.
         validate="! systemctl is-active --quiet headscale.service || headscale policy check --file {} >/dev/null",
     )
     config = files.content(
-        name="headscale config", path=CONFIG, mode="0640", group="headscale", batch=MANAGED,
+        name="headscale config", path=CONFIG, mode="0640", group="headscale", batch=MANAGED, pending=PENDING,
         text=render(
             "headscale.yaml.j2", server_url=data.headscale_url, listen_addr=data.headscale_listen_addr,
             derp=data.tailnet_derp, derp_ipv4=data.get("headscale_derp_ipv4"), base_domain=data.tailnet_domain,
@@ -182,15 +190,19 @@ def headscale_server(policy: dict[str, Any]) -> None:
         ),
         validate="runuser -u headscale -- headscale configtest -c {}",
     )
-    restart = any_changed(config, unit, binary)
+    changed = any_changed(config, unit, binary)
+
+    def restart() -> bool:
+        return left_pending or bool(changed())
+
     services.running(name="Run headscale", service="headscale.service")
-    systemd.service(
+    services.restarted(
         name="Restart headscale after a config, unit or binary change", service="headscale.service",
-        restarted=True, _if=restart,
+        pending=(PENDING, POLICY_PENDING), _if=restart,
     )
-    systemd.service(
-        name="Reload the headscale ACL policy", service="headscale.service", reloaded=True,
-        _if=[policy_file.did_change, lambda: not restart()],
+    services.reloaded(
+        name="Reload the headscale ACL policy", service="headscale.service", pending=POLICY_PENDING,
+        _if=lambda: (left_policy or bool(policy_file.did_change())) and not restart(),
     )
     headscale.users(name="headscale users", names=list(data.tailnet_admins))
     backups()

@@ -11,12 +11,13 @@ from pyinfra.api.exceptions import DeployError
 from pyinfra.operations import systemd
 from pyinfra.operations.util import any_changed
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, k3s, prefetch, release, services
+from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 from .base import default_hostname
@@ -161,7 +162,9 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     binary_releases, image_releases = releases(data, version)
     unit_path = f"{UNIT_DIR}/{k3s.unit_name(role)}"
     old_server = host.state.inventory.get_host(data.k3s_move_from) if first and data.k3s_move_from else None
-    managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, k3s.REGISTRIES, unit_path)  # one command
+    # A change of these files that k3s has not taken up yet (a run stopped before the restart) is marked.
+    pending = services.pending_marker(k3s.unit_name(role))
+    managed: tuple[str, ...] = (k3s.CONFIG, k3s.TOKEN, k3s.VPN_AUTH, k3s.REGISTRIES, unit_path, pending)  # one command
     if old_server is not None:
         managed += (k3s.SERVER_TOKEN,)
     reads: list[tuple[Any, dict[str, Any]]] = [
@@ -181,7 +184,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     if data.k3s_airgap_images:  # before the binary: an upgrade's restart then imports the new images
         images = release.installed(
             name=f"{label} airgap images", component="k3s-airgap-images", version=version,
-            files={"": AIRGAP_IMAGES}, machines=image_releases,
+            files={"": AIRGAP_IMAGES}, machines=image_releases, pending=pending,
         )
     binary = k3s.binary(
         name=f"{label} binary", version=version, machines=binary_releases,
@@ -190,15 +193,17 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     )
     if data.k3s_token:
         token = k3s.token(
-            name=f"{label} cluster token", value=resolve_secret(data.k3s_token, "k3s_token"), batch=managed
+            name=f"{label} cluster token", value=resolve_secret(data.k3s_token, "k3s_token"), batch=managed,
+            pending=pending,
         )
     elif first:
-        token = k3s.token(name=f"{label} cluster token", batch=managed)  # made here once; the others copy it
+        token = k3s.token(name=f"{label} cluster token", batch=managed, pending=pending)  # made once, copied
     elif role == "server":
-        token = k3s.token(name=f"{label} cluster token", source=first_server, batch=managed)
+        token = k3s.token(name=f"{label} cluster token", source=first_server, batch=managed, pending=pending)
     else:  # agents take the server's K10… form, which also pins the cluster CA
         token = k3s.token(
-            name=f"{label} cluster token", source=first_server, source_path=k3s.SERVER_TOKEN, batch=managed
+            name=f"{label} cluster token", source=first_server, source_path=k3s.SERVER_TOKEN, batch=managed,
+            pending=pending,
         )
     native = data.k3s_tailnet_mode == "native"
     if native and headscale_host is None:
@@ -206,22 +211,24 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     vpn_auth = k3s.vpn_auth(
         name=f"{label}: k3s's own tailnet join settings (native mode)", present=native,
         login_server=data.get("headscale_url") or "", headscale_host=headscale_host,
-        tags=host_tags(set(host.groups), list(data.get("tailscale_tags") or [])), batch=managed,
+        tags=host_tags(set(host.groups), list(data.get("tailscale_tags") or [])), batch=managed, pending=pending,
     )
     config = k3s.config(
         name=f"{label} config", role=role, node_name=node_name, settings=node_settings(data, role, first),
         join=None if first else first_server, tailnet_domain=data.get("tailnet_domain"),
-        iface=data.k3s_tailnet_iface, mode=data.k3s_tailnet_mode, batch=managed,
+        iface=data.k3s_tailnet_iface, mode=data.k3s_tailnet_mode, batch=managed, pending=pending,
     )
     wanted_registries = registries(data)
     registries_file = None if wanted_registries is None else files.content(
         name=f"{label} private registries (registries.yaml)", path=k3s.REGISTRIES,
-        text=k3s.registries_text(wanted_registries), mode="0600", batch=managed,
+        text=k3s.registries_text(wanted_registries), mode="0600", batch=managed, pending=pending,
     )
     unit = files.content(
-        name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed
+        name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed,
+        pending=pending,
     )
-    systemd.daemon_reload(name=f"{label}: reload systemd", _if=unit.did_change)
+    left_pending = shared_fact(host, FileStates, paths=managed).get(pending) is not None
+    systemd.daemon_reload(name=f"{label}: reload systemd", _if=lambda: left_pending or unit.did_change())
     if old_server is not None and moved is not None:
         k3s.cluster_reset(name=f"{label}: restore {old_server.name}'s snapshot before the first start",
                           snapshot=k3s.moved_snapshot(old_server), _if=moved.did_change)
@@ -231,11 +238,11 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     settings_changed = any_changed(config, token, unit, vpn_auth, *([registries_file] if registries_file else []))
 
     def restart_needed() -> bool:
-        return settings_changed() or bool(images and images.did_change() and not binary.did_change())
+        return left_pending or settings_changed() or bool(images and images.did_change() and not binary.did_change())
 
     services.restarted(
         name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role),
-        timeout=int(data.k3s_ready_timeout), _if=restart_needed,
+        timeout=int(data.k3s_ready_timeout), pending=pending, _if=restart_needed,
     )
     services.running(name=f"{label}: run", service=k3s.unit_name(role), timeout=int(data.k3s_ready_timeout))
     if first and data.k3s_kubeconfig:
@@ -284,7 +291,7 @@ def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
 
         k3s_node(first_server=inventory.get_group("k3s_servers")[0])
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     server = "k3s_servers" in host.groups
     if server:
         _k3s_node("server", first_server, headscale_host)

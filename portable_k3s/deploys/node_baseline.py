@@ -9,7 +9,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.hardware import Firmware, PanicSysctl, Watchdog
 from ..operations import hardware, prefetch
@@ -57,7 +57,7 @@ def node_baseline() -> None:
     + kernel_panic_reboot_sec: seconds from a kernel panic to the reboot (0: stay halted)
     + kernel_panic_on_oops: an oops panics (and so reboots)
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     policy = firmware_policy_levels(host.data.firmware_policy)
     # One command reads the firmware (for the policy check, unless every check is off) and the watchdog and
     # panic settings.

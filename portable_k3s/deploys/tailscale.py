@@ -11,7 +11,7 @@ from pyinfra.operations import apt, systemd
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
 
-from ..connection import tcp_nodelay
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceState, ServiceStates
@@ -94,7 +94,7 @@ def tailscale_node(headscale_host: Host) -> None:
 
     + headscale_host: the inventory host running headscale (pre-auth keys are minted there)
     """
-    tcp_nodelay()  # SSH without Nagle's delay: see portable_k3s.connection
+    ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     data = host.data
     version = tailscale_version(data)
     pending = services.pending_marker("tailscaled.service")
@@ -122,6 +122,7 @@ def tailscale_node(headscale_host: Host) -> None:
             machines[machine] = {"url": url, "checksum_url": f"{url}.sha256", "files": members}
         binary = release.installed(
             name="Install tailscale (static)", component="tailscale", version=version, machines=machines,
+            pending=pending,
         )
         unit = files.content(
             name="tailscaled unit", path=STATIC_UNIT, text=render("tailscaled.service.j2"), batch=managed,

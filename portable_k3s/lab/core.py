@@ -722,19 +722,40 @@ class Lab:
         host["groups"], host["data"] = list(groups), dict(data or {})
         self.save_state(state)
 
-    def shut_down(self, name: str) -> int:
-        """Shut lab host ``name`` down, keeping its disk (``up`` boots it again); returns the number of hosts in
-        the lab."""
+    def shut_down(self, name: str, timeout: float = 20.0) -> int:
+        """Shut lab host ``name`` down (killed if it takes longer than ``timeout`` s), keeping its disk (``up`` boots
+        it again); returns the number of hosts in the lab."""
         state = self.load_state()
         self.adopt(state)
         hosts = [LabHost(**h) for h in state.get("hosts", [])]
         host = next((h for h in hosts if h.name == name), None)
         if host is None:
             raise LabError(f"{name}: no such lab host (hosts: {', '.join(h.name for h in hosts) or 'none'})")
-        self._stop([host], 20.0)
+        self._stop([host], timeout)
         state["hosts"] = [asdict(h) for h in hosts]
         self.save_state(state)
         return len(hosts)
+
+    def power_cut(self, name: str) -> int:
+        """Cut lab host ``name``'s power as its peers see it: its link goes down first (its end of the bridge), so
+        none of its connections is closed cleanly and its peers see only silence, then it is shut down, keeping its
+        disk (``up`` boots it again); returns the number of hosts in the lab."""
+        peer = self.ssh(name, "cat /sys/class/net/host0/iflink").stdout.strip()
+        link = next((line.split(": ")[1].split("@")[0] for line in
+                     run(["ip", "-o", "link", "show"]).stdout.splitlines() if line.split(": ")[0] == peer), None)
+        if link is None:
+            raise LabError(f"{name}: no link with index {peer} on this machine (its end of the bridge)")
+        run(["ip", "link", "set", link, "down"])
+        count = self.shut_down(name, timeout=2.0)  # no clean shutdown to wait for: the power is gone
+        # Its end of the bridge goes with the container's network namespace; one left behind would keep the next
+        # boot from making its own.
+        deadline = time.monotonic() + 10
+        while run(["ip", "link", "show", link], check=False).returncode == 0:
+            if time.monotonic() > deadline:
+                run(["ip", "link", "delete", link], check=False)
+                break
+            time.sleep(0.2)
+        return count
 
     def _firewall_down(self, state: dict) -> None:
         c = self.config

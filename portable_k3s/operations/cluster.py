@@ -14,13 +14,13 @@ import posixpath
 from collections.abc import Callable
 
 from pyinfra import host
-from pyinfra.api import Host, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import Host, OperationError, QuoteString, StringCommand
 
 from ..facts.cluster import REMOVING, ManifestFiles
 from ..facts.tailscale import Tailscale
 from ..manifests import MANIFEST_DIR, PREFIX
 from . import files
-from .util import shared_fact
+from .util import host_operation, shared_fact
 
 KUBECTL = "k3s kubectl"
 # Removed before the others: objects of kinds that other manifests define (apps and pools first, operators last).
@@ -33,7 +33,7 @@ def entrance_addresses(entrances: list[Host]) -> tuple[list[str], list[str]]:
     return sorted(ip for ip in found.values() if ip), [name for name, ip in found.items() if not ip]
 
 
-@operation()
+@host_operation()
 def traefik_config(
     render_config: Callable[[list[str]], str],
     entrances: list[Host],
@@ -71,7 +71,7 @@ def _removal_order(name: str) -> tuple[int, str]:
     return rank, name
 
 
-@operation()
+@host_operation()
 def pruned(keep: list[str], directory: str = MANIFEST_DIR, prefix: str = PREFIX):
     """
     Remove the manifests with ``prefix`` that are not in ``keep``, and their resources from the cluster (see the

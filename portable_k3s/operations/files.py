@@ -6,15 +6,15 @@ import posixpath
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand
 from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
 from ..render import sha256
-from .util import forget, shared_fact
+from .util import forget, host_operation, shared_fact
 
 
-@operation()
+@host_operation()
 def content(
     path: str,
     text: str,
@@ -84,13 +84,10 @@ def content(
             "if ! {", StringCommand(before.strip(), q_staged, after.strip()) if _ else validate, "; }; then rm -f",
             q_staged, f"; echo 'validation of {path} failed; the previous file is still in place' >&2; exit 1; fi;",
         ]
-    mark: list[object] = []
-    if pending:
-        mark = ["mkdir -p", QuoteString(posixpath.dirname(pending)), "&& touch", QuoteString(pending), "&&"]
-    yield StringCommand(*check, *mark, *swap_in(path, staged, test_in_place))
+    yield StringCommand(*check, *marked(pending), *swap_in(path, staged, test_in_place))
 
 
-@operation()
+@host_operation()
 def absent(path: str, batch: tuple[str, ...] | None = None):
     """
     Remove ``path`` if it exists.
@@ -112,6 +109,13 @@ def absent(path: str, batch: tuple[str, ...] | None = None):
         return
     forget(host, FileStates)
     yield StringCommand("rm -f", QuoteString(path))
+
+
+def marked(pending: str | None) -> list[object]:
+    """Shell words that make the ``pending`` marker, then ``&&`` (none without a marker)."""
+    if not pending:
+        return []
+    return ["mkdir -p", QuoteString(posixpath.dirname(pending)), "&& touch", QuoteString(pending), "&&"]
 
 
 def swap_in(path: str, staged: str, test_in_place: str | None = None) -> list[object]:

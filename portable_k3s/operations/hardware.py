@@ -13,7 +13,7 @@ from io import StringIO
 from typing import Any, NamedTuple
 
 from pyinfra import host, logger
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand
 from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
@@ -31,7 +31,7 @@ from ..facts.hardware import (
     Watchdog,
 )
 from ..render import render, sha256
-from .util import file_checksum, forget, shared_fact
+from .util import file_checksum, forget, host_operation, shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
 WATCHDOG_DROPIN = "/etc/systemd/system.conf.d/90-portable-k3s-watchdog.conf"
@@ -177,7 +177,7 @@ def _removed_unit(unit: str, unit_info: ManagedUnitInfo) -> Iterator[str | Strin
     yield "systemctl daemon-reload"
 
 
-@operation()
+@host_operation()
 def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "off"):
     """
     Check the host's firmware against a policy; nothing is flashed or changed.
@@ -224,7 +224,7 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
 #
 
 
-@operation()
+@host_operation()
 def lid_switch_ignored(path: str = LOGIND_DROPIN, present: bool = True):
     """
     Make logind ignore the lid switch (on battery, on external power and docked), the suspend and hibernate
@@ -276,7 +276,7 @@ def lid_switch_ignored(path: str = LOGIND_DROPIN, present: bool = True):
         host.noop(f"the logind drop-in ignores the lid switch and sleep keys{but} ({lid}; {running})")
 
 
-@operation()
+@host_operation()
 def sleep_masked(present: bool = True):
     """
     Mask the systemd sleep targets (sleep, suspend, hibernate, hybrid-sleep, suspend-then-hibernate), so
@@ -314,7 +314,7 @@ def _unit_steps(content: str, path: str, unit_info: Mapping[str, Any]) -> list[A
     return commands
 
 
-@operation()
+@host_operation()
 def battery_thresholds(start: int = 40, stop: int = 80, unit: str = BATTERY_UNIT, present: bool = True):
     """
     Keep the batteries of an always-plugged-in laptop between two charge levels, where the kernel offers
@@ -367,7 +367,7 @@ def battery_thresholds(start: int = 40, stop: int = 80, unit: str = BATTERY_UNIT
     yield from commands
 
 
-@operation()
+@host_operation()
 def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool = True):
     """
     Blank the text console (and power the panel down, VESA) after some idle minutes, now and at every boot,
@@ -411,7 +411,7 @@ def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool =
 #
 
 
-@operation()
+@host_operation()
 def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool = True):
     """
     Let systemd feed the hardware watchdog (``RuntimeWatchdogSec``), so a hung host is reset by it. The
@@ -468,7 +468,7 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool =
         )
 
 
-@operation()
+@host_operation()
 def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_SYSCTL, present: bool = True):
     """
     Reboot after a kernel panic instead of hanging (``kernel.panic``), and panic on an oops

@@ -16,13 +16,12 @@ from pyinfra.api import (
     QuoteString,
     State,
     StringCommand,
-    operation,
 )
 from pyinfra.api.command import FileUploadCommand, FunctionCommand
 
 from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
-from .util import escalation, forget, gate, shared_fact
+from .util import HOST_ERRORS, escalation, forget, gate, host_error, host_operation, shared_fact
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
@@ -45,7 +44,7 @@ def backup_problems(path: str) -> list[str]:
     return [f"{path}: has no {', '.join(missing)}"] if missing else []
 
 
-@operation()
+@host_operation()
 def restored(archive: str):
     """
     Restore headscale's state (database, private keys, MagicDNS records) from a backup archive made by the
@@ -78,7 +77,7 @@ def restored(archive: str):
     )
 
 
-@operation()
+@host_operation()
 def users(names: list[str]):
     """
     Create the headscale users that do not exist yet (existing users are kept; none are deleted).
@@ -117,9 +116,13 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
         "--tags", QuoteString(",".join(tags)), "-o json",
     )
     with gate(headscale_host):
-        ok, output = headscale_host.run_shell_command(
-            command, print_output=False, print_input=False, **escalation(headscale_host)
-        )
+        try:
+            ok, output = headscale_host.run_shell_command(
+                command, print_output=False, print_input=False, **escalation(headscale_host)
+            )
+        except HOST_ERRORS as exc:
+            raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {host_error(exc)}; "
+                                 f"this node joins at the next run once {headscale_host.name} is back") from exc
     if not ok:
         raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
     try:
@@ -161,7 +164,7 @@ def records_text(names: list[str], address: str) -> str:
     return json.dumps(records, indent=2) + "\n"
 
 
-@operation()
+@host_operation()
 def dns_records(names: list[str], address: str | None = None, node: str | None = None, path: str = EXTRA_RECORDS):
     """
     Make MagicDNS resolve ``names`` (inside the tailnet only) to ``address``, or to the tailnet IPv4 of the

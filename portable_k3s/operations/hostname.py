@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand
 
 from ..facts.hostname import NodeName
-from .util import forget, shared_fact
+from .util import forget, host_operation, shared_fact
 
 
-@operation()
+@host_operation()
 def named(hostname: str):
     """
     Give the host this name, now and at boot (``hostnamectl``, or ``/etc/hostname`` and ``hostname`` where there

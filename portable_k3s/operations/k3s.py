@@ -18,7 +18,6 @@ from pyinfra.api import (
     QuoteString,
     State,
     StringCommand,
-    operation,
 )
 from pyinfra.api.command import FunctionCommand
 
@@ -30,7 +29,7 @@ from ..render import render, to_yaml
 from . import files, release
 from .headscale import expire_preauth_key, mint_preauth_key
 from .services import start_command
-from .util import escalation, forget, gate, shared_fact
+from .util import escalation, forget, gate, host_operation, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
@@ -96,9 +95,9 @@ def vpn_auth_text(key: str, login_server: str) -> str:
     return f"name=tailscale,joinKey={key},controlServerURL={login_server}"
 
 
-def put_secret(host: Host, path: str, text: str, sudo: dict[str, Any]) -> None:
-    """Write ``text`` to ``path`` (0600, staged then moved into place) from inside a ``FunctionCommand``,
-    printing neither the command's input nor its output."""
+def put_secret(host: Host, path: str, text: str, sudo: dict[str, Any], pending: str | None = None) -> None:
+    """Write ``text`` to ``path`` (0600, staged then moved into place, ``pending`` marked first) from inside a
+    ``FunctionCommand``, printing neither the command's input nor its output."""
     staged = f"{path}.portable-k3s-new"
     ok, _ = host.run_shell_command(
         StringCommand("install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& install -m 0600 /dev/null",
@@ -106,12 +105,14 @@ def put_secret(host: Host, path: str, text: str, sudo: dict[str, Any]) -> None:
     )
     if not ok or not host.put_file(StringIO(text), staged, print_output=False, print_input=False, **sudo):
         raise OSError(f"writing {staged} on {host.name} failed")
-    ok, out = host.run_shell_command(StringCommand("mv -f", QuoteString(staged), QuoteString(path)), **sudo)
+    ok, out = host.run_shell_command(
+        StringCommand(*files.marked(pending), "mv -f", QuoteString(staged), QuoteString(path)), **sudo
+    )
     if not ok:
         raise OSError(f"installing {path} on {host.name} failed: {out.stderr[-300:]}")
 
 
-@operation()
+@host_operation()
 def config(
     role: str,
     node_name: str,
@@ -122,6 +123,7 @@ def config(
     mode: str = "manual",
     path: str = CONFIG,
     batch: tuple[str, ...] | None = None,
+    pending: str | None = None,
 ):
     """
     Write k3s's ``config.yaml`` (0600) for a node that talks to the cluster over the tailnet: ``node-ip`` (and
@@ -140,6 +142,8 @@ def config(
     + mode: ``manual`` (the addresses above) or ``native`` (k3s's own tailscale integration)
     + path: where k3s reads its config
     + batch: all files of the component, read in one remote command (see ``files.content``)
+    + pending: a marker made before a new file goes into place, for k3s to be restarted even if this run stops
+      first (``services.pending_marker``; see ``services.restarted``)
 
     **Example:**
 
@@ -165,10 +169,11 @@ def config(
             return
         raise OperationError(f"{' and '.join(missing)} has no tailnet IPv4: join the tailnet before k3s")
     full = config_settings(role, node_name, settings, ipv4, server_ipv4, tailnet_domain, iface, mode)
-    yield from files.content._inner(path=path, text=config_text(full, iface, mode), mode="0600", batch=batch)
+    yield from files.content._inner(path=path, text=config_text(full, iface, mode), mode="0600", batch=batch,
+                                    pending=pending)
 
 
-@operation()
+@host_operation()
 def vpn_auth(
     login_server: str,
     headscale_host: Host | None,
@@ -176,6 +181,7 @@ def vpn_auth(
     present: bool = True,
     path: str = VPN_AUTH,
     batch: tuple[str, ...] | None = None,
+    pending: str | None = None,
 ):
     """
     Give k3s its ``vpn-auth-file`` (0600) for the "native" tailnet mode: ``name=tailscale``, the headscale URL
@@ -190,6 +196,8 @@ def vpn_auth(
     + present: False removes the file and expires its key on headscale (the "manual" mode has no use for it)
     + path: the file named by ``vpn-auth-file`` in config.yaml
     + batch: all files of the component, read in one remote command (see ``files.content``)
+    + pending: a marker made before a new file goes into place, for k3s to be restarted even if this run stops
+      first (``services.pending_marker``; see ``services.restarted``)
 
     **Example:**
 
@@ -217,7 +225,7 @@ def vpn_auth(
                 expire_preauth_key(headscale_host, HiddenValue(found.group(1)))
 
         yield FunctionCommand(retire_vpn_auth, (), {})
-        yield StringCommand("rm -f", QuoteString(path))
+        yield StringCommand(*files.marked(pending), "rm -f", QuoteString(path))
         return
     if current is not None and current["mode"] == "600":
         host.noop(f"{path} holds k3s's tailnet join settings")
@@ -228,18 +236,19 @@ def vpn_auth(
 
     def write_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         key = mint_preauth_key(headscale_host, tags)
-        put_secret(host, path, vpn_auth_text(key.unmask(), login_server), sudo)
+        put_secret(host, path, vpn_auth_text(key.unmask(), login_server), sudo, pending)
 
     yield FunctionCommand(write_vpn_auth, (), {})
 
 
-@operation()
+@host_operation()
 def token(
     value: HiddenValue | None = None,
     source: Host | None = None,
     source_path: str = TOKEN,
     path: str = TOKEN,
     batch: tuple[str, ...] | None = None,
+    pending: str | None = None,
 ):
     """
     Put the cluster token in ``path`` (0600), never in argv or output: the given ``value``; else a copy of
@@ -252,6 +261,8 @@ def token(
       the cluster CA for agents)
     + path: the token file k3s reads (``token-file``)
     + batch: all files of the component, read in one remote command (see ``files.content``)
+    + pending: a marker made before a new file goes into place, for k3s to be restarted even if this run stops
+      first (``services.pending_marker``; see ``services.restarted``)
 
     **Example:**
 
@@ -260,7 +271,8 @@ def token(
         k3s.token(name="Cluster token", source=master, source_path=k3s.SERVER_TOKEN)
     """
     if value is not None:
-        yield from files.content._inner(path=path, text=value.unmask().strip() + "\n", mode="0600", batch=batch)
+        yield from files.content._inner(path=path, text=value.unmask().strip() + "\n", mode="0600", batch=batch,
+                                        pending=pending)
         return
     mine = shared_fact(host, FileStates, paths=tuple(batch or (path,))).get(path)
     if source is None:
@@ -269,7 +281,8 @@ def token(
             return
         forget(host, FileStates)
         yield StringCommand(
-            "install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& ( umask 077; [ -s", QuoteString(path),
+            *files.marked(pending), "install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& ( umask 077; [ -s",
+            QuoteString(path),
             "] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >", QuoteString(path), "; echo >>",
             QuoteString(path), ") && chmod 0600", QuoteString(path),
         )
@@ -294,7 +307,7 @@ def token(
             )
         if not ok or not output.stdout.strip():
             raise OperationError(f"reading {source_path} on {source.name} failed")
-        put_secret(host, path, output.stdout.strip() + "\n", sudo)
+        put_secret(host, path, output.stdout.strip() + "\n", sudo, pending)
 
     yield FunctionCommand(copy_token, (), {})
 
@@ -304,7 +317,7 @@ def kubeconfig_marker(source: str, sha: str, server_url: str) -> str:
     return f"# portable-k3s: {source} sha256 {sha}, server {server_url}\n"
 
 
-@operation()
+@host_operation()
 def kubeconfig(local_path: str, path: str = KUBECONFIG):
     """
     Fetch the admin kubeconfig from this server to the machine running pyinfra (``local_path``, mode 0600,
@@ -362,7 +375,7 @@ def kubeconfig(local_path: str, path: str = KUBECONFIG):
     yield FunctionCommand(fetch, (), {})
 
 
-@operation()
+@host_operation()
 def uninstalled(remove_data: bool = False):
     """
     Remove k3s from a node: stop and disable its unit, stop the containers it ran, remove its unit, binary,
@@ -416,7 +429,7 @@ def moved_snapshot(source: Host) -> str:
     return f"{SNAPSHOT_DIR}/{MOVE_SNAPSHOT}-from-{source.name}"
 
 
-@operation()
+@host_operation()
 def moved_from(source: Host, batch: tuple[str, ...] | None = None):
     """
     Make this new server take over the cluster of ``source``, the server it replaces: unless this host already
@@ -471,7 +484,7 @@ def moved_from(source: Host, batch: tuple[str, ...] | None = None):
     yield FunctionCommand(fetch_snapshot, (), {})
 
 
-@operation()
+@host_operation()
 def cluster_reset(snapshot: str):
     """
     Restore an etcd ``snapshot`` into this server's datastore before k3s starts (``k3s server --cluster-reset
@@ -493,7 +506,7 @@ def cluster_reset(snapshot: str):
     )
 
 
-@operation()
+@host_operation()
 def retired(successor: Host, node_name: str, remove_data: bool = False):
     """
     Take k3s off the old server once ``successor`` runs its cluster (see ``moved_from``): checked first, over
@@ -530,7 +543,7 @@ def retired(successor: Host, node_name: str, remove_data: bool = False):
     yield FunctionCommand(forget_node, (), {})
 
 
-@operation()
+@host_operation()
 def servers_first():
     """
     Nothing on the host: an ordering point. Called from one place for every k3s node, after the servers'
@@ -547,7 +560,7 @@ def servers_first():
     yield  # an operation is a generator
 
 
-@operation()
+@host_operation()
 def nodes_done():
     """
     Nothing on the host: an ordering point, like ``servers_first``. Called from one place on every k3s node and on
@@ -573,7 +586,7 @@ def _kubectl(server: Host, *args: object) -> tuple[bool, str]:
     return ok, output.stdout if ok else output.stderr
 
 
-@operation()
+@host_operation()
 def binary(
     version: str,
     node_name: str,

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import Host, OperationError, OperationValueError, State, StringCommand, operation
+from pyinfra.api import Host, OperationError, OperationValueError, State, StringCommand
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
 from ..render import sha256
 from . import files
-from .util import escalation, forget, gate, shared_fact
+from .util import escalation, forget, gate, host_operation, shared_fact
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 TEST = "nginx -t -q"
@@ -26,24 +27,27 @@ def _addresses(nodes: list[dict], backends: list[str]) -> list[str] | None:
     return [a for a in found if a] if all(found) else None
 
 
-def _put_tested(target: Host, path: str, text: str, sudo: dict, *then: str) -> None:
-    """Write ``text`` to ``path`` on ``target`` at execution: staged, moved in, tested with ``nginx -t`` in place (a
-    failing config is put back), then the ``then`` shell words."""
+def _put_tested(target: Host, path: str, text: str, sudo: dict, *then: object, pending: str | None = None) -> None:
+    """Write ``text`` to ``path`` on ``target`` at execution: staged, moved in (``pending`` marked first), tested
+    with ``nginx -t`` in place (a failing config is put back), then the ``then`` shell words."""
     staged = f"{path}.portable-k3s-new"
     if not target.put_file(StringIO(text), staged, print_output=False, **sudo):
         raise OSError(f"writing {staged} on {target.name} failed")
-    ok, output = target.run_shell_command(StringCommand(*files.swap_in(path, staged, TEST), *then), **sudo)
+    words = [*files.marked(pending), *files.swap_in(path, staged, TEST), *then]
+    ok, output = target.run_shell_command(StringCommand(*words), **sudo)
     if not ok:
         raise OperationError(f"{target.name}: {output.stderr[-500:]}")
 
 
-@operation()
+@host_operation()
 def entrance_config(
     render_config: Callable[[list[str]], str],
     backends: list[str],
     headscale_host: Host | None = None,
     address: str | None = None,
     path: str = NGINX_CONF,
+    pending: str | None = None,
+    batch: tuple[str, ...] | None = None,
 ):
     """
     Write nginx's configuration for the entrance. The new file is tested in place with ``nginx -t``; a failing
@@ -58,6 +62,9 @@ def entrance_config(
     + headscale_host: the inventory host running headscale
     + address: instead of the nodes, the one address of the ingress (e.g. a MetalLB IP behind a subnet route)
     + path: nginx's main config file
+    + pending: a marker made before the new config goes into place, for nginx to be reloaded even if this run stops
+      first (``services.pending_marker("nginx.service", "reload")``; see ``services.reloaded``)
+    + batch: the paths whose states are read in one remote command (see ``files.content``)
 
     **Example:**
 
@@ -67,14 +74,15 @@ def entrance_config(
             name="Entrance config", render_config=render, backends=["master", "t420"], headscale_host=cloud,
         )
     """
+    write = partial(files.content._inner, path=path, test_in_place=TEST, pending=pending, batch=batch)
     if address is not None:
-        yield from files.content._inner(path=path, text=render_config([address]), test_in_place=TEST)
+        yield from write(text=render_config([address]))
         return
     if not backends or headscale_host is None:
         raise OperationValueError("backends, headscale_host: expected the k3s nodes' tailnet names and headscale")
     addresses = _addresses(shared_fact(headscale_host, Headscale)["nodes"], backends)
     if addresses is not None:
-        yield from files.content._inner(path=path, text=render_config(addresses), test_in_place=TEST)
+        yield from write(text=render_config(addresses))
         return
 
     sudo, server = escalation(host, use_current_op=True), headscale_host
@@ -84,12 +92,12 @@ def entrance_config(
         found = _addresses(parse_nodes(output.stdout) if ok else [], backends)
         if found is None:
             raise OperationError(f"not every backend of {backends} is in the tailnet: the entrance cannot point at it")
-        _put_tested(host, path, render_config(found), sudo)
+        _put_tested(host, path, render_config(found), sudo, pending=pending)
 
     yield FunctionCommand(write_when_joined, (), {})
 
 
-@operation()
+@host_operation()
 def entrance_followed(
     entrance: Host,
     render_config: Callable[[list[str]], str],

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import operation
 from pyinfra.operations import apt
 
 from ..facts.packages import InstalledPackages
-from .util import forget, shared_fact
+from .util import forget, host_operation, shared_fact
 
 
-@operation()
+@host_operation()
 def installed(packages: list[str], cache_time: int = 3600):
     """
     Install the Debian packages that are missing; refresh the apt lists (if older than ``cache_time``) only

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import Host, OperationValueError, operation
+from pyinfra.api import Host, OperationValueError
 
-from .util import _frozen, prefetch
+from .util import _frozen, host_operation, prefetch
 
 Reads = list[tuple[Any, dict[str, Any]]]
 
@@ -73,7 +73,7 @@ def _facts_inner(reads: Reads, static: Reads | None = None, early: bool = False)
 facts._inner = _facts_inner  # type: ignore[attr-defined]
 
 
-@operation()
+@host_operation()
 def _read(reads: Reads, static: Reads, index: int):
     """The operation of ``facts``: this prefetch's facts, and the later ``early`` ones of the host."""
     later = _planned(host)[index + 1:]

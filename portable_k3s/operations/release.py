@@ -7,11 +7,12 @@ import re
 from typing import Any
 
 from pyinfra import host
-from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand
 from pyinfra.facts.server import Arch
 
 from ..facts.release import RELEASE_STATE_DIR, InstalledRelease
-from .util import forget, shared_fact
+from .files import marked
+from .util import forget, host_operation, shared_fact
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -19,7 +20,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MACHINES = ("x86_64", "aarch64", "armv7l")  # the ``uname -m`` of the machines the releases are published for
 
 
-@operation()
+@host_operation()
 def installed(
     component: str,
     version: str,
@@ -28,6 +29,7 @@ def installed(
     checksum_url: str | None = None,
     sha256: str | None = None,
     machines: dict[str, dict[str, Any]] | None = None,
+    pending: str | None = None,
 ):
     """
     Download a release, verify its sha256, and install its files atomically (mode 0755).
@@ -45,6 +47,8 @@ def installed(
     + sha256: the expected checksum, instead of ``checksum_url``
     + machines: ``{uname -m: {"url": …, "checksum_url": …, "files": …}}``: the release of each machine
       architecture, instead of ``url``/``checksum_url``/``files`` (see ``for_machine``)
+    + pending: a marker made once the release is verified, before its files go into place, for the service that
+      runs them to be restarted even if this run stops first (see ``services.restarted``)
 
     **Example:**
 
@@ -66,7 +70,7 @@ def installed(
         return
     url, files, checksum_url = for_machine(component, url, files, checksum_url, machines)
     forget(host, InstalledRelease)
-    yield install_command(component, version, url, files, checksum_url, sha256)
+    yield install_command(component, version, url, files, checksum_url, sha256, pending=pending)
 
 
 def for_machine(
@@ -132,9 +136,11 @@ def install_command(
     checksum_url: str | None = None,
     sha256: str | None = None,
     record: bool = True,
+    pending: str | None = None,
 ) -> StringCommand:
-    """The one remote command of ``installed``: download, verify, install atomically, record the version
-    (``record=False``: leave that to ``record_command``, once the caller has checked the new version works)."""
+    """The one remote command of ``installed``: download, verify, mark ``pending``, install atomically, record the
+    version (``record=False``: leave that to ``record_command``, once the caller has checked the new version
+    works)."""
     archive = url.endswith((".tgz", ".tar.gz"))
     filename = posixpath.basename(url)
     expected: list[object]
@@ -161,6 +167,7 @@ def install_command(
         f'if [ -z "$expected" ] || [ "$expected" != "$actual" ]; then echo "{component}: sha256 of {filename} is',
         '$actual, expected ${expected:-nothing (no checksum found)}; nothing was installed" >&2; exit 1; fi;',
         *(["mkdir \"$tmp/x\" && tar -xzf \"$tmp/dl\" -C \"$tmp/x\" &&"] if archive else []),
+        *marked(pending),
         *(install if record else install[:-1]),
         *(["mkdir -p", RELEASE_STATE_DIR, "&&", f'echo "{version} $actual" >',
            QuoteString(f"{RELEASE_STATE_DIR}/{component}")] if record else []),

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand
 
 from ..facts.files import FileStates
 from ..facts.services import ServiceState, ServiceStates
-from .util import forget, shared_fact
+from .util import forget, host_operation, shared_fact
 
 # Unit file states that start the unit at boot (or that systemd manages without an [Install] section).
 STARTS_AT_BOOT = ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated")
@@ -40,7 +40,7 @@ def _unit_state(service: str, batch: tuple[str, ...] | None) -> ServiceState:
     return state
 
 
-@operation()
+@host_operation()
 def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = None, timeout: int | None = None):
     """
     Start a service unit that is not active and enable it if it would not start at boot.
@@ -69,14 +69,28 @@ def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = 
     yield from commands
 
 
-def pending_marker(service: str) -> str:
+def pending_marker(service: str, verb: str = "restart") -> str:
     """The marker of a change ``service`` has not taken up yet: made with the change (``files.content``'s
-    ``pending``), removed by the restart that takes it up (``restarted``'s ``pending``)."""
-    return f"{PENDING_DIR}/{service}.restart"
+    ``pending``), removed by the restart (or with ``verb`` ``reload``, the reload) that takes it up
+    (``restarted``'s or ``reloaded``'s ``pending``)."""
+    return f"{PENDING_DIR}/{service}.{verb}"
 
 
-@operation()
-def restarted(service: str, timeout: int | None = None, pending: str | None = None):
+def _again(verb: str, service: str, timeout: int | None, pending: str | tuple[str, ...] | None):
+    """``systemctl <verb>`` of the unit, then its ``pending`` marker(s) removed."""
+    if not service.endswith((".service", ".socket", ".timer")):
+        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
+    forget(host, ServiceStates)
+    markers = (pending,) if isinstance(pending, str) else tuple(pending or ())
+    if markers:
+        forget(host, FileStates)
+        yield StringCommand(start_command(verb, service, timeout), "&& rm -f", *map(QuoteString, markers))
+        return
+    yield start_command(verb, service, timeout)
+
+
+@host_operation()
+def restarted(service: str, timeout: int | None = None, pending: str | tuple[str, ...] | None = None):
     """
     Restart a service unit (call it with ``_if=`` a change of its config, or its ``pending`` marker there),
     waiting at most ``timeout`` seconds for it to be active again.
@@ -84,7 +98,8 @@ def restarted(service: str, timeout: int | None = None, pending: str | None = No
     + service: the unit, e.g. ``k3s.service``
     + timeout: seconds to wait for the unit to be active (see ``start_command``); None: systemctl's own wait
     + pending: the unit's marker (``pending_marker``), removed once it restarted: a change written by a run that
-      stopped before this restart leaves it, so the next run restarts
+      stopped before this restart leaves it, so the next run restarts (several: a restart also takes up what a
+      reload would)
 
     **Example:**
 
@@ -92,17 +107,28 @@ def restarted(service: str, timeout: int | None = None, pending: str | None = No
 
         services.restarted(name="Restart k3s", service="k3s.service", timeout=300, _if=config.did_change)
     """
-    if not service.endswith((".service", ".socket", ".timer")):
-        raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
-    forget(host, ServiceStates)
-    if pending:
-        forget(host, FileStates)
-        yield StringCommand(start_command("restart", service, timeout), "&& rm -f", QuoteString(pending))
-        return
-    yield start_command("restart", service, timeout)
+    yield from _again("restart", service, timeout, pending)
 
 
-@operation()
+@host_operation()
+def reloaded(service: str, pending: str | None = None):
+    """
+    Reload a service unit (call it with ``_if=`` a change of its config, or its ``pending`` marker there).
+
+    + service: the unit, e.g. ``nginx.service``
+    + pending: the unit's marker (``pending_marker(service, "reload")``), removed once it reloaded: a change written
+      by a run that stopped before this reload leaves it, so the next run reloads
+
+    **Example:**
+
+    .. code:: python
+
+        services.reloaded(name="Reload nginx", service="nginx.service", _if=config.did_change)
+    """
+    yield from _again("reload", service, None, pending)
+
+
+@host_operation()
 def restarted_if_running(services: list[str], timeout: int):
     """
     Restart those of ``services`` that are running or starting (also when systemd is about to restart them after a
@@ -127,7 +153,7 @@ def restarted_if_running(services: list[str], timeout: int):
                             start_command("restart", service, timeout), ";; esac")
 
 
-@operation()
+@host_operation()
 def stopped(service: str, batch: tuple[str, ...] | None = None):
     """
     Stop a service unit and disable it, if it is running or enabled.

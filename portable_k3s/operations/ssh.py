@@ -5,19 +5,19 @@ from __future__ import annotations
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, OperationValueError, QuoteString, StringCommand
 from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
 from ..facts.ssh import SSHD_DROPIN_DIR, SshdHardening
 from ..render import render, sha256
-from .util import file_checksum, forget, shared_fact
+from .util import file_checksum, forget, host_operation, shared_fact
 
 HARDENING_DROPIN = f"{SSHD_DROPIN_DIR}/01-portable-k3s-hardening.conf"
 PERMIT_ROOT_LOGIN = ("prohibit-password", "no")
 
 
-@operation()
+@host_operation()
 def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING_DROPIN, present: bool = True):
     """
     Harden sshd: public keys only (no password or keyboard-interactive login), root by key only or not at all.

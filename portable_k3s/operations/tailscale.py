@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from io import StringIO
@@ -9,13 +10,13 @@ from typing import Any
 
 import gevent
 from pyinfra import host
-from pyinfra.api import Host, OperationValueError, QuoteString, State, StringCommand, operation
+from pyinfra.api import Host, OperationError, OperationValueError, QuoteString, State, StringCommand
 from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale
 from ..facts.tailscale import Tailscale
 from .headscale import mint_preauth_key
-from .util import escalation, forget, gate, shared_fact
+from .util import escalation, forget, gate, host_operation, shared_fact
 
 AUTHKEY_DIR = "/run/portable-k3s"
 AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
@@ -47,7 +48,7 @@ def settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_no
     return flags
 
 
-@operation()
+@host_operation()
 def joined(
     login_server: str,
     headscale_host: Host,
@@ -97,6 +98,9 @@ def joined(
         raise OperationValueError(f"tags: {tags!r} (expected at least one tag:NAME)")
     info = shared_fact(host, Tailscale)  # later operations (k3s's config) read the same answer
     server = shared_fact(headscale_host, Headscale)  # one read for all the joining nodes
+    if server is None:  # its host failed as it was read (pyinfra said why)
+        raise OperationError(f"headscale's node list could not be read on {headscale_host.name}: this node joins at "
+                             f"the next run once {headscale_host.name} answers")
     known_keys = {node["node_key"] for node in server["nodes"]}
     flags = settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
     wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
@@ -160,9 +164,15 @@ def joined(
         yield FunctionCommand(delete_stale, (), {})
 
     def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        key = mint_preauth_key(headscale_host, tags)
-        if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False, **sudo):
-            raise OSError(f"uploading the pre-auth key to {host.name} failed")
+        try:
+            key = mint_preauth_key(headscale_host, tags)
+            if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False,
+                                 **sudo):
+                raise OSError(f"uploading the pre-auth key to {host.name} failed")
+        except Exception:  # no key file left behind (empty, or half written) for a join that did not happen
+            with contextlib.suppress(Exception):
+                host.run_shell_command(StringCommand("rm -f", QuoteString(AUTHKEY_FILE)), **sudo)
+            raise
 
     yield StringCommand("install -d -m 0700", AUTHKEY_DIR, "&& install -m 0600 /dev/null", AUTHKEY_FILE)
     yield FunctionCommand(upload_fresh_key, (), {})

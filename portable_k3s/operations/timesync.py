@@ -6,20 +6,20 @@ import os
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationValueError, QuoteString, StringCommand
 from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..render import render, sha256
-from .util import file_checksum, forget, shared_fact
+from .util import file_checksum, forget, host_operation, shared_fact
 
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 TIMESYNCD_UNIT = "systemd-timesyncd.service"
 
 
-@operation()
+@host_operation()
 def timesyncd(
     servers: list[str], fallback: list[str] | None = None, path: str = TIMESYNCD_DROPIN, present: bool = True
 ):

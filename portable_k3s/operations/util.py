@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
-from pyinfra.api import Host
+from paramiko.ssh_exception import SSHException
+from pyinfra import host as current_host
+from pyinfra import logger
+from pyinfra.api import Host, OperationError, OperationValueError, State, operation
+from pyinfra.api.command import FunctionCommand
 
 from ..facts.util import SHARED_VALUES
+
+# Errors that concern one host during a run: an operation that cannot go on there, or the host's connection lost.
+HOST_ERRORS = (OperationError, OSError, EOFError, SSHException)
 
 ESCALATION_ARGUMENTS = ("_sudo", "_sudo_user", "_use_sudo_login", "_su_user", "_doas", "_doas_user")
 
@@ -213,3 +222,43 @@ def _shared_reads(host: Host) -> dict[tuple, dict[str, Any]]:
         shared = {}
         host._portable_k3s_shared_facts = shared  # type: ignore[attr-defined]
     return shared
+
+
+def host_operation(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """
+    pyinfra's ``@operation()``, where an error raised while the operation works out its commands during the run
+    (an ``OperationError``, or the host's connection lost as the operation reads from it) fails that host only, as a
+    failing command does. pyinfra itself ends the whole run, for every host, on such an error. Argument errors
+    (``OperationValueError``) and every error while planning still stop the run before any host is touched.
+    """
+
+    def decorate(func: Callable[..., Any]) -> Any:
+        @functools.wraps(func)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            commands = func(*args, **kwargs)
+            if not getattr(current_host.state, "is_executing", False):
+                yield from commands
+                return
+            try:
+                yield from commands
+            except OperationValueError:
+                raise
+            except HOST_ERRORS as exc:
+                yield FunctionCommand(_host_failed, (host_error(exc),), {})
+
+        return operation(**options)(guarded)
+
+    return decorate
+
+
+def host_error(exc: BaseException) -> str:
+    """What one of :data:`HOST_ERRORS` means, for a message (a lost connection named as such)."""
+    if isinstance(exc, OperationError):
+        return str(exc)
+    return f"the connection was lost ({type(exc).__name__}{f': {exc}' if str(exc) else ''})"
+
+
+def _host_failed(state: State, host: Host, message: str) -> bool:  # pyinfra passes state and host by these names
+    host.log_styled(f"Error: {message}", fg="red", log_func=logger.error)
+    return False
+

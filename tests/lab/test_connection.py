@@ -15,7 +15,7 @@ from pyinfra.api.command import StringCommand
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.connectors.ssh import SSHConnector
 
-from portable_k3s.connection import connection_socket, tcp_nodelay
+from portable_k3s.connection import connection_socket, ssh_tcp_options
 from portable_k3s.lab import Lab
 from portable_k3s.lab.inventory import lab_groups
 
@@ -26,14 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDING_DEPLOY = '''
 import json, socket
 from pyinfra import host, state
-from portable_k3s.connection import connection_socket, tcp_nodelay
+from portable_k3s.connection import connection_socket, ssh_tcp_options
 
 def nodelay(h):
     sock = connection_socket(h)
     return None if sock is None else sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 before = {h.name: nodelay(h) for h in state.inventory}
-tcp_nodelay()
+ssh_tcp_options()
 with open(host.data.nodelay_record, "a") as f:
     f.write(json.dumps({"host": host.name, "connector": type(host.connector).__name__,
                         "before": before, "after": nodelay(host)}) + "\\n")
@@ -75,10 +75,13 @@ def test_the_live_ssh_socket_gets_nodelay(lab: Lab) -> None:
             sockets[host.name] = sock
         slow = _time_true(hosts[0])
 
-        assert sorted(h.name for h in tcp_nodelay(state)) == sorted(sockets)
+        assert sorted(h.name for h in ssh_tcp_options(state)) == sorted(sockets)
         for host in hosts:
             assert connection_socket(host) is sockets[host.name], "the same live socket, not a new connection"
             assert _nodelay(sockets[host.name]) != 0
+            # A host that goes silent is given up after connection_lost_after (90 s by default).
+            assert sockets[host.name].getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 90_000
+            assert sockets[host.name].getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
         fast = _time_true(hosts[0])
         # The point of it: a command on an open connection no longer waits for a delayed ACK (~40 ms).
         assert fast < slow, f"per command: {fast * 1000:.1f} ms with TCP_NODELAY, {slow * 1000:.1f} ms without"

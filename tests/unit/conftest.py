@@ -21,3 +21,4 @@ def fake_connector(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[FakeConnect
     connector = register(monkeypatch)
     yield connector
     connector.reset()
+

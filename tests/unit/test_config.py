@@ -490,6 +490,12 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
     ("ssh_permit_root_login bool", lambda: with_data(ssh_permit_root_login=False), [
         "all.ssh_permit_root_login: False is not allowed (expected 'prohibit-password' or 'no')",
     ]),
+    ("connection_lost_after too short", lambda: with_data(connection_lost_after=5), [
+        "all.connection_lost_after: 5 is out of range (expected whole seconds 10-3600)",
+    ]),
+    ("connection_lost_after a string", lambda: with_data(connection_lost_after="90"), [
+        "all.connection_lost_after: '90' is a str (expected whole seconds 10-3600)",
+    ]),
     # per host
     ("bad hardware", lambda: with_host("k3s_servers", 0, "master", {"hardware": "Fanless PC"}), [
         "master.hardware: 'Fanless PC' is not a valid slug (expected a lower-case slug like thinkpad-t420)",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from pyinfra.api.command import FileUploadCommand, FunctionCommand, StringCommand
@@ -114,6 +116,26 @@ def test_known_backends_write_the_config_tested_in_place() -> None:
     assert isinstance(commands[-1], StringCommand)
     assert "mv -f /etc/nginx/.nginx.portable-k3s-new.conf /etc/nginx/nginx.conf" in swap
     assert "if ! { nginx -t -q ; }; then" in swap and "mv -f /etc/nginx/.nginx.portable-k3s-new.conf.previous" in swap
+
+
+def test_a_new_config_is_marked_pending_before_it_goes_into_place_also_when_written_at_execution() -> None:
+    marker = "/var/lib/portable-k3s/pending/nginx.service.reload"
+    swap = _plan(BACKENDS, pending=marker)[-1].get_raw_value()
+    assert swap.index(f"touch {marker} &&") < swap.index("mv -f /etc/nginx/.nginx.portable-k3s-new.conf /etc/nginx")
+    state = FakeState()
+    headscale_host = create_host(state, facts={"headscale.Headscale": {"running": True, "users": {}, "nodes": []}})
+    listed = json.dumps([{"given_name": f"node{i}", "ip_addresses": [a]} for i, a in enumerate(BACKENDS)])
+    headscale_host.run_shell_command = lambda command, **kw: (True, SimpleNamespace(stdout=listed))
+    entrance = create_host(state, facts={"files.FileStates": {"paths=('/etc/nginx/nginx.conf',)": {}}})
+    arguments = {"render_config": lambda found: render_entrance(APPS, dict(ENTRANCE_DEFAULTS), found),
+                 "backends": ["node0", "node1"], "headscale_host": headscale_host, "pending": marker}
+    with ctx_state.use(state), ctx_host.use(entrance):
+        [deferred] = list(nginx.entrance_config._inner(**arguments))
+    ran: list[str] = []
+    entrance.put_file = lambda src, dest, **kw: True
+    entrance.run_shell_command = lambda command, **kw: (ran.append(str(command)), (True, None))[1]
+    deferred.function(state, entrance)
+    assert len(ran) == 1 and ran[0].index(f"touch {marker} &&") < ran[0].index("mv -f /etc/nginx/nginx.conf.portable")
 
 
 def test_converged_config_is_a_noop() -> None:

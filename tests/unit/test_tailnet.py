@@ -346,6 +346,24 @@ def test_upload_fresh_key_stops_when_minting_fails() -> None:
         "minting a pre-auth key on cloud failed: Error: failed to create preauth key: user not found"
     )
     planned.node.put_file.assert_not_called()
+    # The empty key file made for it goes: no key file is left for a join that did not happen.
+    (removal,) = planned.node.run_shell_command.call_args_list
+    assert _raw(removal.args[0]) == f"rm -f {AUTHKEY_FILE}"
+
+
+def test_upload_fresh_key_says_so_when_the_headscale_host_was_lost() -> None:
+    planned = _plan_joined(_tailscale_info("NeedsLogin"), _headscale_info())
+    planned.headscale_host.run_shell_command = mock.Mock(side_effect=OSError(113, "No route to host"))
+    planned.node.put_file = mock.Mock(return_value=True)
+    planned.node.run_shell_command = mock.Mock(return_value=(True, _output()))
+    function = planned.commands[1]
+    with pytest.raises(OperationError) as raised:
+        function.function(planned.state, planned.node, *function.args, **function.kwargs)
+    assert raised.value.args[0] == (
+        "minting a pre-auth key on cloud failed: the connection was lost (OSError: [Errno 113] No route to host); "
+        "this node joins at the next run once cloud is back"
+    )
+    assert planned.node.run_shell_command.call_count == 1
 
 
 @pytest.mark.parametrize("stdout", ["", "null", '{"error": "unexpected"}', "not json"])
