@@ -189,7 +189,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     binary = k3s.binary(
         name=f"{label} binary", version=version, machines=binary_releases,
         sha256=data.k3s_sha256, node_name=node_name, role=role, via=first_server,
-        drain_timeout=int(data.k3s_drain_timeout), ready_timeout=int(data.k3s_ready_timeout),
+        drain_timeout=int(data.k3s_drain_timeout), ready_timeout=int(data.k3s_ready_timeout), pending=pending,
     )
     if data.k3s_token:
         token = k3s.token(

@@ -598,6 +598,7 @@ def binary(
     drain_timeout: int = 300,
     ready_timeout: int = 300,
     machines: dict[str, dict[str, Any]] | None = None,
+    pending: str | None = None,
 ):
     """
     Install the pinned k3s binary; on a node that runs another version, upgrade it one node at a time across
@@ -611,6 +612,8 @@ def binary(
     + role: ``server`` or ``agent`` (which unit to restart)
     + via: a server whose ``k3s kubectl`` drains, waits and uncordons (the first server)
     + drain_timeout, ready_timeout: seconds for the drain, and for the node to be Ready again
+    + pending: k3s's marker of changes it has not taken up yet (see ``services.restarted``): the upgrade's restart
+      takes them up (new airgap images installed before it), so it removes the marker
 
     **Example:**
 
@@ -651,7 +654,10 @@ def binary(
                 raise OperationError(f"installing k3s {version} failed; {node_name} stays cordoned: "
                                      f"{output.stderr[-500:]}")
             # Bounded: k3s's units have no start timeout, and a node that cannot come back must not hang the run.
-            ok, output = host.run_shell_command(start_command("restart", unit, ready_timeout), **sudo)
+            restart = start_command("restart", unit, ready_timeout)
+            if pending:
+                restart = StringCommand(restart, "&& rm -f", QuoteString(pending))
+            ok, output = host.run_shell_command(restart, **sudo)
             if not ok:
                 raise OperationError(f"restarting {unit} failed; {node_name} stays cordoned: {output.stderr[-500:]}")
             _wait_ready(via, node_name, version, ready_timeout)

@@ -223,13 +223,13 @@ def test_native_config_leaves_the_addresses_to_k3s() -> None:
 # k3s.binary: an upgrade, one node at a time, drained and uncordoned around it
 
 
-def _plan_upgrade(state: FakeState, name: str, role: str, via: Any) -> tuple[Any, FunctionCommand]:
+def _plan_upgrade(state: FakeState, name: str, role: str, via: Any, **kwargs: Any) -> tuple[Any, FunctionCommand]:
     node = _host(state, name, {
         "release.InstalledRelease": {"component=k3s, paths=['/usr/local/bin/k3s']": {"version": OLD, "sha256": SHA_A}},
     })
     with ctx_state.use(state), ctx_host.use(node):
         (command,) = list(k3s.binary._inner(version=VERSION, url=URL, checksum_url=SUMS, node_name=name, role=role,
-                                            via=via, drain_timeout=60, ready_timeout=5))
+                                            via=via, drain_timeout=60, ready_timeout=5, **kwargs))
     assert isinstance(command, FunctionCommand)
     return node, command
 
@@ -274,6 +274,24 @@ def test_upgrade_drains_installs_restarts_waits_and_uncordons() -> None:
         "master: k3s kubectl uncordon t420",
         "t420: mkdir -p /var/lib/portable-k3s/releases ",  # recorded only now: a failed run resumes
     ]
+
+
+def test_the_upgrades_restart_takes_up_what_is_pending_and_removes_the_mark() -> None:
+    """New airgap images are installed (and marked) before the binary: the upgrade's restart imports them, so a
+    later run must not restart k3s again for them."""
+    state = FakeState()
+    state.is_executing = True
+    server = _host(state, "master", {})
+    marker = "/var/lib/portable-k3s/pending/k3s-agent.service.restart"
+    node, command = _plan_upgrade(state, "t420", "agent", server, pending=marker)
+    ran: list[str] = []
+    server.run_shell_command = lambda cmd, **kwargs: (True, _output(
+        _nodes_json(("t420", True, VERSION)) if "get nodes" in _raw(cmd) else "ok"))
+    node.run_shell_command = lambda cmd, **kwargs: (ran.append(_raw(cmd)), (True, _output()))[1]
+    with mock.patch.object(gevent, "sleep"):
+        command.function(state, node)
+    (restart,) = [c for c in ran if "systemctl restart" in c]
+    assert restart.endswith(f"&& rm -f {marker}"), restart
 
 
 def test_upgrade_of_a_node_that_never_gets_ready_leaves_it_cordoned() -> None:
