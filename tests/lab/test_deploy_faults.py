@@ -66,15 +66,23 @@ def _run_losing(lab, env: dict[str, str], at: str, name: str) -> tuple[int, str,
 
 
 def _wait_ready(lab, name: str, after: str) -> None:
-    """Wait until k3s reports ``name`` Ready (at most 180 s); on failure, say what its node and agent report."""
+    """Wait until k3s reports ``name`` Ready and its Traefik pod (its share of the ingress) Running, at most 180 s;
+    on failure, say what its node, its pods and its agent report."""
     deadline = time.monotonic() + 180
     ready = "{.status.conditions[?(@.type==\"Ready\")].status}"
-    while lab.ssh("h2", f"k3s kubectl get node {name} -o jsonpath='{ready}'", check=False).stdout.strip() != "True":
+    traefik = f"-n kube-system get pods -l app.kubernetes.io/name=traefik --field-selector spec.nodeName={name}"
+    while True:
+        node = lab.ssh("h2", f"k3s kubectl get node {name} -o jsonpath='{ready}'", check=False).stdout.strip()
+        pods = lab.ssh("h2", f"k3s kubectl {traefik} -o jsonpath='{{.items[*].status.phase}}'", check=False).stdout
+        if node == "True" and pods.split() == ["Running"]:
+            return
         if time.monotonic() > deadline:
-            why = lab.ssh("h2", f"k3s kubectl get node {name} -o jsonpath='{{.status.conditions}}'", check=False)
+            why = lab.ssh("h2", f"k3s kubectl get node {name} -o jsonpath='{{.status.conditions}}'; "
+                                f"k3s kubectl {traefik} -o wide", check=False)
             log = lab.ssh(name, "systemctl is-active k3s-agent tailscaled; journalctl -u k3s-agent -n 15 --no-pager",
                           check=False)
-            raise AssertionError(f"{name} is not Ready 180 s {after}: {why.stdout}\n{log.stdout[-3000:]}")
+            raise AssertionError(f"{name} is not Ready with Traefik Running 180 s {after}: {why.stdout}\n"
+                                 f"{log.stdout[-3000:]}")
         time.sleep(3)
 
 

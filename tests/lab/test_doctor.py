@@ -67,8 +67,9 @@ def test_the_ingress_hint_names_the_traefik_pods_that_run(lab, served_apps):
     assert not ok
     command = hint.split(": ", 1)[1].split(";")[0]
     assert command.startswith("kubectl -n kube-system get pods -l app.kubernetes.io/name=traefik"), hint
-    rows = [line.split() for line in lab.ssh("h2", f"k3s {command} --no-headers").stdout.splitlines()]
-    assert sorted(row[6] for row in rows if row[2] == "Running") == ["h2", "h3", "h4"], rows
+    columns = "-o custom-columns=PHASE:.status.phase,NODE:.spec.nodeName --no-headers"
+    rows = [line.split() for line in lab.ssh("h2", f"k3s {command} {columns}").stdout.splitlines()]
+    assert sorted(node for phase, node in rows if phase == "Running") == ["h2", "h3", "h4"], rows
 
 
 BREAKS = [
