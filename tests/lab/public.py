@@ -8,12 +8,15 @@ a certificate from the lab's CA (the CERTIFICATE STAND-IN of ``portable_k3s/lab/
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,3 +91,15 @@ def backup_now(lab, app: str, name: str) -> float:
     assert waited.returncode == 0, (waited.stderr, logs[-3000:])
     assert "snapshot " in logs and " saved" in logs, logs[-3000:]
     return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def second_address(lab, offset: int = 8) -> Iterator[str]:
+    """A second address of this machine on the cloud bridge, for the hostile clients; removed after."""
+    address = str(ipaddress.ip_network(lab.config.cloud_subnet).network_address + offset)
+    bridge = lab.config.cloud_bridge
+    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", bridge], check=True)
+    try:
+        yield address
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", bridge], check=False)

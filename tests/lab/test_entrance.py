@@ -32,6 +32,7 @@ from .public import (
     entrance,
     hostport_connections,
     kubectl_json,
+    second_address,
     served,
     tls,
 )
@@ -265,36 +266,33 @@ def test_idle_connections_from_one_address_do_not_starve_other_visitors(lab, ser
     the entrance keeps at most entrance_connections_per_address of them (closing the rest at once), closes those
     after entrance_preread_timeout, no worker dies or runs out of files, and a visitor from another address (this
     machine's own) gets the public app all along."""
-    scanner = str(ipaddress.ip_network(lab.config.cloud_subnet).network_address + 8)
-    bridge = lab.config.cloud_bridge
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
     workers = lab.ssh("h1", "ps -o pid= --ppid $(cat /run/nginx.pid) | sort").stdout
     assert workers.split(), "no nginx worker on the entrance"
     lab.ssh("h1", "truncate -s 0 /var/log/nginx/error.log")
-    subprocess.run(["ip", "addr", "add", f"{scanner}/32", "dev", bridge], check=True)
     held: list[socket.socket] = []
-    try:
-        for _ in range(3000):
-            try:
-                held.append(socket.create_connection((entrance(lab), 443), timeout=2, source_address=(scanner, 0)))
-            except OSError:
-                pass
-        time.sleep(1)
-        open_now = sum(1 for s in held if _still_open(s))
-        assert 0 < open_now <= 64, open_now  # entrance_connections_per_address's default
-        started = time.monotonic()
-        for _ in range(10):
-            _, body = tls(lab, served_apps, PUBLIC)
-            assert served(body), body
-        print(f"\n3000 idle connections from one address: {open_now} kept open by the entrance; 10 visits from "
-              f"another address served in {time.monotonic() - started:.2f} s")
-        time.sleep(5 + 2)  # entrance_preread_timeout's default, and a margin
-        assert sum(1 for s in held if _still_open(s)) == 0
-    finally:
-        for s in held:
-            s.close()
-        subprocess.run(["ip", "addr", "del", f"{scanner}/32", "dev", bridge], check=False)
+    with second_address(lab) as scanner:
+        try:
+            for _ in range(3000):
+                try:
+                    held.append(socket.create_connection((entrance(lab), 443), timeout=2, source_address=(scanner, 0)))
+                except OSError:
+                    pass
+            time.sleep(1)
+            open_now = sum(1 for s in held if _still_open(s))
+            assert 0 < open_now <= 64, open_now  # entrance_connections_per_address's default
+            started = time.monotonic()
+            for _ in range(10):
+                _, body = tls(lab, served_apps, PUBLIC)
+                assert served(body), body
+            print(f"\n3000 idle connections from one address: {open_now} kept open by the entrance; 10 visits from "
+                  f"another address served in {time.monotonic() - started:.2f} s")
+            time.sleep(5 + 2)  # entrance_preread_timeout's default, and a margin
+            assert sum(1 for s in held if _still_open(s)) == 0
+        finally:
+            for s in held:
+                s.close()
     log = lab.ssh("h1", "cat /var/log/nginx/error.log").stdout
     assert "Too many open files" not in log, log[-2000:]  # (refused connections are logged at warn: not kept)
     assert lab.ssh("h1", "ps -o pid= --ppid $(cat /run/nginx.pid) | sort").stdout == workers  # no worker died

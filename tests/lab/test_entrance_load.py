@@ -8,15 +8,12 @@ Each test prints its figures.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
 import runpy
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +22,10 @@ import pytest
 from bench.load import LoadPlan, run_load
 
 from .conftest import REPO
-from .public import BACKENDS, PRIVATE, PUBLIC, entrance, kubectl_json, served, tls
+from .public import BACKENDS, PRIVATE, PUBLIC, entrance, kubectl_json, second_address, served, tls
 
 CONNECT_TIMEOUT = 3  # entrance_connect_timeout's default, in s
 FAIL_TIMEOUT = 10  # entrance_fail_timeout's default
-
-
-@contextlib.contextmanager
-def second_address(lab, offset: int = 8) -> Iterator[str]:
-    """A second address of this machine on the cloud bridge, for the hostile clients; removed after."""
-    address = str(ipaddress.ip_network(lab.config.cloud_subnet).network_address + offset)
-    bridge = lab.config.cloud_bridge
-    subprocess.run(["ip", "addr", "add", f"{address}/32", "dev", bridge], check=True)
-    try:
-        yield address
-    finally:
-        subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", bridge], check=False)
 
 
 def _plan(lab, ca: Path, **settings: Any) -> LoadPlan:
