@@ -13,7 +13,6 @@ from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import files, prefetch, services
-from ..operations.util import shared_fact
 from ..render import render
 
 ALERTS_DEFAULTS: dict[str, Any] = {
@@ -87,7 +86,7 @@ def downtime_alerts(apps: list[Any]) -> None:
         text=render("alerts/portable-k3s-app-probe.timer.j2", interval=int(data.alerts_interval)),
     )
     # A unit or timer written by a run that stopped before the timer restarted is still to be taken up.
-    left_pending = shared_fact(host, FileStates, paths=FILES).get(PENDING) is not None
+    left_pending = services.left_pending(PENDING, FILES)
     changed = any_changed(unit, timer)
     systemd.daemon_reload(name="Reload systemd for the app probe", _if=lambda: left_pending or changed())
     # A changed interval takes effect when the timer restarts (a changed service with the reload; the restart

@@ -12,7 +12,6 @@ from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import nginx, packages, prefetch, services
-from ..operations.util import shared_fact
 from ..render import render
 
 ENTRANCE_DEFAULTS: dict[str, Any] = {
@@ -88,7 +87,7 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
         batch=MANAGED,
     )
     # A config written by a run that stopped before reloading nginx is still to be taken up.
-    left_pending = shared_fact(host, FileStates, paths=MANAGED).get(PENDING) is not None
+    left_pending = services.left_pending(PENDING, MANAGED)
     services.running(name="Run nginx", service="nginx.service")
     services.reloaded(
         name="Reload nginx after a config change", service="nginx.service", pending=PENDING,

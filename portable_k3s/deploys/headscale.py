@@ -15,7 +15,6 @@ from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
-from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 
@@ -172,8 +171,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
     unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED,
                          pending=PENDING)
     # A change written by a run that stopped before restarting headscale is still to be taken up.
-    left = shared_fact(host, FileStates, paths=MANAGED)
-    left_pending, left_policy = left.get(PENDING) is not None, left.get(POLICY_PENDING) is not None
+    left_pending, left_policy = services.left_pending(PENDING, MANAGED), services.left_pending(POLICY_PENDING, MANAGED)
     systemd.daemon_reload(name="Reload systemd for headscale", _if=lambda: left_pending or unit.did_change())
     policy_file = files.content(
         name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",

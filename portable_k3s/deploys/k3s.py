@@ -17,7 +17,6 @@ from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, k3s, prefetch, release, services
-from ..operations.util import shared_fact
 from ..render import render
 from ..versions import VERSIONS
 from .base import default_hostname
@@ -227,7 +226,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         name=f"{label} unit", path=unit_path, text=render("k3s/k3s.service.j2", role=role), batch=managed,
         pending=pending,
     )
-    left_pending = shared_fact(host, FileStates, paths=managed).get(pending) is not None
+    left_pending = services.left_pending(pending, managed)
     systemd.daemon_reload(name=f"{label}: reload systemd", _if=lambda: left_pending or unit.did_change())
     if old_server is not None and moved is not None:
         k3s.cluster_reset(name=f"{label}: restore {old_server.name}'s snapshot before the first start",

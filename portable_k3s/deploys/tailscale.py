@@ -142,7 +142,7 @@ def tailscale_node(headscale_host: Host) -> None:
         text=render("tailscaled.wait-online.conf.j2"), batch=managed,
     )
     # A change written by a run that stopped before restarting tailscaled is still to be taken up.
-    left_pending = shared_fact(host, FileStates, paths=managed).get(pending) is not None
+    left_pending = services.left_pending(pending, managed)
     unit_changed = any_changed(unit, wait_online)
     systemd.daemon_reload(name="Reload systemd for tailscaled", _if=lambda: left_pending or unit_changed())
     env = files.content(

@@ -28,7 +28,7 @@ from ..facts.tailscale import Tailscale
 from ..render import render, to_yaml
 from . import files, release
 from .headscale import expire_preauth_key, mint_preauth_key
-from .services import start_command
+from .services import clearing, start_command
 from .util import escalation, forget, gate, host_operation, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
@@ -654,9 +654,7 @@ def binary(
                 raise OperationError(f"installing k3s {version} failed; {node_name} stays cordoned: "
                                      f"{output.stderr[-500:]}")
             # Bounded: k3s's units have no start timeout, and a node that cannot come back must not hang the run.
-            restart = start_command("restart", unit, ready_timeout)
-            if pending:
-                restart = StringCommand(restart, "&& rm -f", QuoteString(pending))
+            restart = clearing(start_command("restart", unit, ready_timeout), pending)
             ok, output = host.run_shell_command(restart, **sudo)
             if not ok:
                 raise OperationError(f"restarting {unit} failed; {node_name} stays cordoned: {output.stderr[-500:]}")

@@ -76,17 +76,26 @@ def pending_marker(service: str, verb: str = "restart") -> str:
     return f"{PENDING_DIR}/{service}.{verb}"
 
 
+def left_pending(marker: str, batch: tuple[str, ...]) -> bool:
+    """Whether ``marker`` is on the host: a change written by a run that stopped before the restart or reload that
+    takes it up (read with ``batch``, the component's one read of its files)."""
+    return shared_fact(host, FileStates, paths=batch).get(marker) is not None
+
+
+def clearing(command: StringCommand, pending: str | tuple[str, ...] | None) -> StringCommand:
+    """``command`` (a restart or reload), then the ``pending`` marker(s) removed once it succeeded."""
+    markers = (pending,) if isinstance(pending, str) else tuple(pending or ())
+    return StringCommand(command, "&& rm -f", *map(QuoteString, markers)) if markers else command
+
+
 def _again(verb: str, service: str, timeout: int | None, pending: str | tuple[str, ...] | None):
     """``systemctl <verb>`` of the unit, then its ``pending`` marker(s) removed."""
     if not service.endswith((".service", ".socket", ".timer")):
         raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
     forget(host, ServiceStates)
-    markers = (pending,) if isinstance(pending, str) else tuple(pending or ())
-    if markers:
+    if pending:
         forget(host, FileStates)
-        yield StringCommand(start_command(verb, service, timeout), "&& rm -f", *map(QuoteString, markers))
-        return
-    yield start_command(verb, service, timeout)
+    yield clearing(start_command(verb, service, timeout), pending)
 
 
 @host_operation()
