@@ -14,6 +14,9 @@ single-use tailnet key and a k3s join token minted for it over SSH (see portable
 the ingress, k3s, the apps' backups) and prints one line per hop, failing ones first, with the likely fix (see
 portable_k3s.doctor).
 
+``settings`` prints every inventory key the library reads, from the settings registry, as the README's tables
+(``--markdown``, the default) or as a JSON Schema of the group data for editors (``--schema``).
+
 ``backups INVENTORY`` lists each backed-up app's snapshots, their age and size, and which app is late;
 ``restore INVENTORY APP [--snapshot ID]`` restores an app's volume from its backup (see portable_k3s.backups).
 """
@@ -59,6 +62,22 @@ def check(inventory_path: str, cwd: str | None) -> int:
         f"{len(config.apps)} apps ({len(config.public_apps())} public)"
     )
     print(SECRETS_NOTE)
+    return 0
+
+
+def print_settings(schema: bool, readme: str | None) -> int:
+    """Print the settings registry as Markdown tables or as a JSON Schema, or rewrite a README's tables."""
+    import json
+
+    from portable_k3s.settings import json_schema, markdown_tables, with_tables
+
+    if readme:
+        with open(readme, encoding="utf-8") as f:
+            text = f.read()
+        with open(readme, "w", encoding="utf-8") as f:
+            f.write(with_tables(text))
+        return 0
+    print(json.dumps(json_schema(), indent=2) if schema else markdown_tables(), end="\n")
     return 0
 
 
@@ -340,7 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore_parser.add_argument("--new-volume", action="store_true",
                                 help="delete the app's volume and restore into a new one (its node is gone)")
 
+    settings_parser = commands.add_parser(
+        "settings",
+        help="print every inventory key (the settings registry) as Markdown tables or as a JSON Schema",
+        description="Every data key the library reads, with its scope, the hosts that read it, its default and "
+        "meaning (--markdown, the README's tables) or as a JSON Schema of the group data (--schema), offline.",
+    )
+    settings_parser.add_argument("--schema", action="store_true", help="a JSON Schema instead of Markdown tables")
+    settings_parser.add_argument("--readme", metavar="FILE", default=None,
+                                 help="rewrite the tables between the settings markers of FILE (the README) instead")
+
     args = parser.parse_args(argv)
+    if args.command == "settings":
+        return print_settings(args.schema, args.readme)
     if args.command == "check":
         return check(args.inventory, args.cwd)
     if args.command == "render":

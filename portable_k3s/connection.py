@@ -38,9 +38,10 @@ from pyinfra.api import Host, State
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_state
 
-# Seconds of silence after which a host's SSH connection is given up (the host lost its power or network): its
-# command fails and pyinfra carries on with the other hosts. Host data ``connection_lost_after`` overrides it.
-LOST_AFTER = 90
+# LOST_AFTER: seconds of silence after which a host's SSH connection is given up (the host lost its power or
+# network): its command fails and pyinfra carries on with the other hosts. Host data ``connection_lost_after``
+# overrides it.
+from .settings.base import LOST_AFTER
 
 
 def connection_socket(host: Host) -> socket.socket | None:

@@ -10,6 +10,12 @@ VERSIONS: dict[str, str] = {
     "tailscale": "1.98.10",
 }
 
+# The tailscale clients each headscale minor version accepts (its capability version range), as (oldest, newest)
+# MAJOR.MINOR; an inventory that pins a client outside the range of its pinned headscale is refused.
+HEADSCALE_CLIENTS: dict[str, tuple[str, str]] = {
+    "0.29": ("1.80", "1.98"),
+}
+
 # Helm charts the cluster add-ons install through k3s's Helm controller: {name: (repository URL, chart version)}.
 # The repositories are the upstream projects' own chart repositories, fetched by the cluster, never by this machine.
 CHARTS: dict[str, tuple[str, str]] = {

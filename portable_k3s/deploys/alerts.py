@@ -14,15 +14,10 @@ from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import files, prefetch, services
 from ..render import render
+from ..settings import alerts as alerts_settings
+from ..settings import defaults, resolve_secret
 
-ALERTS_DEFAULTS: dict[str, Any] = {
-    "alerts_ntfy_url": None,  # the ntfy topic URL, e.g. https://ntfy.sh/my-cluster-alerts; None: no alerts
-    "alerts_ntfy_token": None,  # an ntfy access token (a secret reference), or None for an open topic
-    "alerts_interval": 60,  # seconds between probes
-    "alerts_timeout": 10,  # seconds one app may take to answer
-    "alerts_retry": 15,  # seconds an app that does not answer is asked again before it counts as down
-    "alerts_allow_http": False,  # True: allow a plain http:// ntfy URL (the token would travel in clear)
-}
+ALERTS_DEFAULTS: dict[str, Any] = defaults(alerts_settings.SETTINGS)  # portable_k3s.settings.alerts
 
 PROBE = "/usr/local/lib/portable-k3s/app-probe"
 AUTH = "/etc/portable-k3s/ntfy-auth"
@@ -41,14 +36,11 @@ def downtime_alerts(apps: list[Any]) -> None:
     reaches it) and posts to an ntfy topic only when apps go down or come back up, one message per change, not per
     probe. A message that cannot be delivered is retried at the next probe. The token is a systemd credential
     (0600 file, never in argv or a unit). Without ``alerts_ntfy_url`` the timer and its files are removed. Data
-    keys (defaults in ``ALERTS_DEFAULTS``): ``alerts_ntfy_url``, ``alerts_ntfy_token``, ``alerts_interval``,
-    ``alerts_timeout``, ``alerts_retry``, ``alerts_allow_http``; ``entrance_https_port``.
+    keys: ``portable_k3s.settings.alerts``; ``entrance_https_port``.
 
     + apps: the app catalog (``portable_k3s.config.App``)
     """
     ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     data = host.data
     prefetch.facts(
         name="Read the downtime alerts' state in one command",

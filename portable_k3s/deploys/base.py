@@ -7,22 +7,17 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import deploy
 
-from ..connection import LOST_AFTER, ssh_tcp_options
+from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.hostname import NodeName
 from ..facts.packages import InstalledPackages
 from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..operations import hostname, packages, prefetch, ssh, timesync
+from ..settings import base as base_settings
+from ..settings import defaults
 
-DEFAULTS: dict[str, Any] = {
-    "hostname": None,  # default: the inventory name
-    "base_packages": ["ca-certificates", "curl", "gnupg", "jq", "iptables", "rsync"],
-    "ntp_servers": ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org", "2.debian.pool.ntp.org"],
-    "ssh_permit_root_login": "prohibit-password",
-    # seconds of silence after which the deploy gives a host up as lost (its commands fail, the others go on)
-    "connection_lost_after": LOST_AFTER,
-}
+DEFAULTS: dict[str, Any] = defaults(base_settings.SETTINGS)  # the registry's: portable_k3s.settings.base
 
 
 def default_hostname(name: str) -> str:
@@ -35,14 +30,9 @@ def default_hostname(name: str) -> str:
 @deploy("Base host", data_defaults=DEFAULTS)
 def base_host() -> None:
     """
-    Converge the base of a host. Data keys (defaults in ``DEFAULTS``):
-
-    + hostname: the host's name (default: its inventory name)
-    + base_packages: Debian packages every host gets (``systemd-timesyncd`` is added)
-    + ntp_servers: NTP servers for systemd-timesyncd
-    + ssh_permit_root_login: ``prohibit-password`` (root by key only) or ``no``
-    + connection_lost_after: seconds a host's SSH connection may stay silent before the run gives it up as lost
-      (see ``portable_k3s.connection``)
+    Converge the base of a host: its name, packages (``systemd-timesyncd`` added), time sync and SSH hardening.
+    Data keys: ``portable_k3s.settings.base`` (``hostname``, ``base_packages``, ``ntp_servers``,
+    ``ssh_permit_root_login``, ``connection_lost_after``).
     """
     ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     # sshd's hardening reads its drop-in's checksum; the rest of its state (SshdHardening) only when it changes.

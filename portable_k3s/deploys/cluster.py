@@ -13,37 +13,21 @@ from ..facts.files import FileStates
 from ..manifests import MANIFEST_DIR, PREFIX, file_name, render_manifests
 from ..manifests.traefik import render_traefik
 from ..operations import cluster, files, prefetch
+from ..settings import addons as addon_settings
+from ..settings import backups as backup_settings
+from ..settings import defaults, resolve_secret
+from ..settings.addons import DNS01_PROVIDERS, INTERNAL_ISSUER, ISSUERS  # noqa: F401 - their old home
+from ..settings.backups import BACKUP_KEEP  # noqa: F401 - its old home
 
 if TYPE_CHECKING:
     from ..config import ClusterConfig
 
-CLUSTER_DEFAULTS: dict[str, Any] = {
-    # MetalLB's address pools on the LAN: "192.168.1.240/28" or "192.168.1.240-192.168.1.250"; []: no MetalLB
-    "metallb_pools": [],
-    "acme_email": None,  # Let's Encrypt's contact for expiring certificates
-    "acme_issuer": "letsencrypt-production",  # or "letsencrypt-staging" while trying things out (rate limits)
-    "acme_solver": "http01",  # "http01" through the entrance and Traefik; "dns01" through dns01_provider's API
-    "dns01_provider": None,  # with "dns01": "cloudflare" or "digitalocean", and the token in dns01_token
-    "rook_ceph": None,  # None: on when every k3s node has an external_ssd; True; False (apps use k3s's local-path)
-    "rook_ceph_replicas": None,  # None: one per k3s node, at most 3
-    "rook_ceph_toolbox": True,  # rook's toolbox Deployment (ceph, rados, rbd) with rook-ceph
-    # Off-site backups of every deployed app's volume with restic (encrypted with app_backup_password, S3 keys in
-    # s3_access_key / s3_secret_key): {"endpoint": "s3.example.org", "bucket": …, "region": …, "folder": …,
-    # "insecure": False}; None: no app backups
-    "app_backup_s3": None,
-    "app_backup_schedule": "30 3 * * *",  # cron, in the k3s server's time zone; an app's backup_schedule overrides
-    "app_backup_keep": {"daily": 7, "weekly": 4, "monthly": 6},  # snapshots kept (restic forget --keep-*)
-}
-BACKUP_KEEP = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-ISSUERS = ("letsencrypt-production", "letsencrypt-staging")
-INTERNAL_ISSUER = "portable-k3s-internal-ca"  # private apps' certificates under HTTP-01 (Let's Encrypt can't reach)
-DNS01_PROVIDERS = ("cloudflare", "digitalocean")
+# portable_k3s.settings.addons and .backups (app_backup_*)
+CLUSTER_DEFAULTS: dict[str, Any] = defaults(addon_settings.SETTINGS, backup_settings.SETTINGS)
 
 
 def read_secret(key_path: str, reference: Any) -> str:
     """A secret's value for a manifest, from its reference in the data (see ``config.resolve_secret``)."""
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     return resolve_secret(reference, key_path).unmask()
 
 
@@ -56,11 +40,8 @@ def cluster_addons(config: ClusterConfig, entrances: list[Host]) -> None:
     its CephCluster (and toolbox), and one manifest per app (with its backup CronJob). Manifests this library
     wrote that are no longer rendered (an app removed from the catalog) are removed, with their resources.
 
-    Data keys (defaults in ``CLUSTER_DEFAULTS``): ``metallb_pools``, ``acme_email``, ``acme_issuer``,
-    ``acme_solver``, ``dns01_provider`` (+ ``dns01_token``), ``rook_ceph``, ``rook_ceph_replicas``,
-    ``rook_ceph_toolbox``, ``app_backup_s3`` (+ ``app_backup_password``, ``s3_access_key``, ``s3_secret_key``),
-    ``app_backup_schedule``, ``app_backup_keep``; each node's ``external_ssd``; the app catalog ``apps``;
-    ``entrance_upstream``.
+    Data keys: ``portable_k3s.settings.addons``, the ``app_backup_*`` ones of ``portable_k3s.settings.backups``;
+    each node's ``external_ssd``; the app catalog ``apps``; ``entrance_upstream``.
 
     + config: the validated inventory (``config.validate_state(state)``)
     + entrances: the inventory hosts of the ``entrance`` group (Traefik trusts their tailnet addresses)

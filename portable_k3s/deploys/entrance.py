@@ -13,22 +13,10 @@ from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..operations import nginx, packages, prefetch, services
 from ..render import render
+from ..settings import defaults
+from ..settings import entrance as entrance_registry
 
-ENTRANCE_DEFAULTS: dict[str, Any] = {
-    "entrance_https_port": 443,
-    "entrance_http_port": 80,
-    "entrance_connect_timeout": "3s",
-    "entrance_fail_timeout": "10s",  # a backend that failed is skipped this long (passive health check)
-    # "nodes": every k3s node's tailnet address; or one address (e.g. a MetalLB IP) reached through a subnet
-    # route that a node advertises (tailscale_advertise_routes) and this entrance accepts (tailscale_accept_routes)
-    "entrance_upstream": "nodes",
-    # Hostile clients: how long a client may take to send its TLS ClientHello (nginx waits 30 s by default, holding
-    # the connection), how many connections one address may hold open at once on the public ports (0: no limit),
-    # and the connections each nginx worker takes (its open-file limit is set to match: two per proxied connection)
-    "entrance_preread_timeout": 5,
-    "entrance_connections_per_address": 64,
-    "entrance_worker_connections": 8192,
-}
+ENTRANCE_DEFAULTS: dict[str, Any] = defaults(entrance_registry.SETTINGS)  # portable_k3s.settings.entrance
 
 
 PENDING = services.pending_marker("nginx.service", "reload")  # a config change nginx has not taken up yet
@@ -64,9 +52,8 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
     nginx (with the stream module) on the entrance: a stream server on 443 passing TLS through by SNI, with the
     PROXY protocol, for every public app's hostname, to every k3s node's tailnet address; one stream server per
     public raw-TCP app; on port 80 only ACME challenges of public hostnames reach the cluster, the rest is
-    redirected to https, and unknown hosts get no answer. Data keys (defaults in ``ENTRANCE_DEFAULTS``):
-    ``entrance_https_port``, ``entrance_http_port``, ``entrance_connect_timeout``, ``entrance_fail_timeout``,
-    ``entrance_upstream``.
+    redirected to https, and unknown hosts get no answer. Data keys:
+    ``portable_k3s.settings.entrance``.
 
     + apps: the app catalog (``portable_k3s.config.App``)
     + backends: the tailnet names of the k3s nodes serving the ingress

@@ -16,25 +16,13 @@ from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..operations import files, headscale, packages, prefetch, release, services
 from ..render import render
+from ..settings import backups as backup_settings
+from ..settings import defaults, resolve_secret
+from ..settings import tailnet as tailnet_settings
 from ..versions import VERSIONS
 
-HEADSCALE_DEFAULTS: dict[str, Any] = {
-    "headscale_listen_addr": "0.0.0.0:8080",
-    "headscale_download_url": "https://github.com/juanfont/headscale/releases/download",
-    "headscale_sha256": None,  # pin the binary's sha256 instead of trusting the release's checksums.txt
-    "tailnet_admins": ["admin"],
-    "tailnet_derp": "tailscale",  # or "embedded": headscale's own DERP relay (+ STUN on udp/3478)
-    "tailnet_nameservers": [],  # upstream resolvers pushed to nodes; empty keeps each node's own
-    "tailnet_extra_grants": [],  # your own policy grants, appended to the generated ones
-    "headscale_backup": True,  # back up the database and keys on a timer (see headscale_backup_*)
-    "headscale_backup_dir": "/var/backups/headscale",  # on the headscale host; copy it off the host too
-    "headscale_backup_keep": 14,  # archives kept (the newest)
-    "headscale_backup_schedule": "daily",  # systemd OnCalendar= expression
-    "headscale_restore": None,  # a backup archive on the deploying machine, restored onto a host with no database
-    # {"endpoint": "s3.example.org", "bucket": …, "region": …, "folder": …, "insecure": False}: every archive also
-    # to S3 (signed with s3_access_key / s3_secret_key, AWS Signature V4); None: local archives only
-    "headscale_backup_s3": None,
-}
+# portable_k3s.settings.tailnet and .backups (headscale_backup_*)
+HEADSCALE_DEFAULTS: dict[str, Any] = defaults(tailnet_settings.SETTINGS, backup_settings.SETTINGS)
 
 CONFIG = "/etc/headscale/config.yaml"
 POLICY = "/etc/headscale/policy.hujson"
@@ -123,11 +111,9 @@ def tailnet_policy(
 @deploy("headscale server", data_defaults=HEADSCALE_DEFAULTS)
 def headscale_server(policy: dict[str, Any]) -> None:
     """
-    Install and run headscale. Data keys (defaults in ``HEADSCALE_DEFAULTS``): ``headscale_url`` (its public URL),
-    ``tailnet_domain`` (MagicDNS base domain), ``headscale_listen_addr``, ``headscale_download_url``,
-    ``headscale_sha256``, ``tailnet_admins``, ``tailnet_derp``, ``tailnet_nameservers``, ``headscale_backup``,
-    ``headscale_backup_dir``, ``headscale_backup_keep``, ``headscale_backup_schedule``, ``headscale_backup_s3``
-    (+ ``s3_access_key``, ``s3_secret_key``), ``headscale_restore``, ``versions["headscale"]``.
+    Install and run headscale. Data keys: the headscale and ``tailnet_*`` ones of
+    ``portable_k3s.settings.tailnet``, the ``headscale_backup*`` ones of ``portable_k3s.settings.backups``,
+    ``headscale_restore``, ``versions["headscale"]``.
 
     + policy: the ACL policy (see ``tailnet_policy``); a policy-only change reloads headscale, no restart
     """
@@ -221,8 +207,6 @@ def backups() -> None:
         for path in BACKUP_FILES:
             files.absent(name=f"Remove {path}", path=path, batch=BACKUP_FILES)
         return
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     directory = data.headscale_backup_dir
     s3 = data.headscale_backup_s3
     packages.installed(name="sqlite3 for consistent headscale backups", packages=["sqlite3", "curl"])

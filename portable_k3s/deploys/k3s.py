@@ -18,41 +18,16 @@ from ..facts.services import ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, k3s, prefetch, release, services
 from ..render import render
+from ..settings import backups as backup_settings
+from ..settings import defaults, resolve_secret
+from ..settings import k3s as k3s_settings
+from ..settings.k3s import REGISTRY_SECRETS, SECRET_FLAGS
 from ..versions import VERSIONS
 from .base import default_hostname
 from .headscale import host_tags
 
-K3S_DEFAULTS: dict[str, Any] = {
-    "k3s_download_url": "https://github.com/k3s-io/k3s/releases/download",
-    "k3s_sha256": None,  # pin the binary's sha256 instead of trusting the release's sha256sum-<arch>.txt
-    "k3s_airgap_images": False,  # True: also the release's system images tarball (verified), so k3s pulls none
-    "k3s_token": None,  # {"env": "NAME"} or {"file": "PATH"}; None: the first server makes one, the rest copy it
-    "k3s_tailnet_iface": "tailscale0",
-    # "manual": node-ip / flannel-iface on the tailnet, set by this deploy; "native": k3s's own tailscale
-    # integration (vpn-auth-file with a headscale key; k3s routes pod subnets through tailscale itself)
-    "k3s_tailnet_mode": "manual",
-    "k3s_cluster_init": True,  # embedded etcd on the first server (snapshots; more servers can join later)
-    "k3s_disable": ["servicelb"],  # MetalLB gives LoadBalancer addresses instead of k3s's ServiceLB
-    "k3s_node_labels": [],  # "key=value"
-    "k3s_node_taints": [],  # "key=value:NoSchedule"
-    "k3s_etcd_snapshot_schedule": "0 */6 * * *",  # cron, on servers with embedded etcd
-    "k3s_etcd_snapshot_retention": 20,
-    # {"endpoint": …, "bucket": …, "region": …, "folder": …, "insecure": False (True: plain http)}; keys:
-    # s3_access_key/secret_key
-    "k3s_etcd_s3": None,
-    "k3s_extra_config": {},  # more config.yaml keys (k3s flag names); the tailnet ones are set by the deploy
-    # /etc/rancher/k3s/registries.yaml: {"mirrors": {"docker.io": {"endpoint": ["https://…"]}}, "configs":
-    # {"registry.lan:5000": {"auth": {"username": …, "password": {"env": …}}, "tls": {…}}}}; None: not managed
-    "k3s_registries": None,
-    "k3s_drain_timeout": 300,
-    "k3s_ready_timeout": 300,
-    "k3s_kubeconfig": "~/.kube/portable-k3s.yaml",  # on the machine running pyinfra; None: not fetched
-    # On the first server: the inventory host whose cluster it takes over (etcd snapshot there, restored here before
-    # k3s first starts here; every node follows it; k3s is taken off the old host at the end of the run)
-    "k3s_move_from": None,
-    "k3s_state": "present",  # "absent": uninstall k3s from the node
-    "k3s_remove_data": False,  # with k3s_state "absent": also its data, CNI interfaces and iptables rules
-}
+# portable_k3s.settings.k3s and the S3 keys of .backups
+K3S_DEFAULTS: dict[str, Any] = defaults(k3s_settings.SETTINGS, backup_settings.SETTINGS)
 
 UNIT_DIR = "/etc/systemd/system"
 AIRGAP_DIR = "/var/lib/rancher/k3s/agent/images"  # k3s imports the image tarballs found here when it starts
@@ -96,8 +71,6 @@ def k3s_version(data: Any) -> str:
 
 def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
     """config.yaml settings from a node's data (the tailnet ones are added by ``k3s.config``)."""
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     settings: dict[str, Any] = {}
     if data.k3s_node_labels:
         settings["node-label"] = list(data.k3s_node_labels)
@@ -123,17 +96,15 @@ def node_settings(data: Any, role: str, first: bool) -> dict[str, Any]:
                 settings["etcd-s3-insecure"] = True  # plain http
             settings["etcd-s3-access-key"] = resolve_secret(data.s3_access_key, "s3_access_key").unmask()
             settings["etcd-s3-secret-key"] = resolve_secret(data.s3_secret_key, "s3_secret_key").unmask()
-    settings.update(data.k3s_extra_config or {})
+    for key, value in (data.k3s_extra_config or {}).items():
+        settings[key] = resolve_secret(value, f"k3s_extra_config.{key}").unmask() if key in SECRET_FLAGS else value
     return settings
 
 
-REGISTRY_SECRETS = ("password", "token", "auth", "identitytoken")  # in configs.<registry>.auth: references only
 
 
 def registries(data: Any) -> dict[str, Any] | None:
     """``k3s_registries`` with its credentials read from their references (for ``k3s.registries_text``)."""
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     value = data.k3s_registries
     if value is None:
         return None
@@ -148,8 +119,6 @@ def registries(data: Any) -> dict[str, Any] | None:
 
 
 def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> None:
-    from ..config import resolve_secret  # noqa: PLC0415 - config imports this module's defaults
-
     data = host.data
     if data.k3s_state == "absent":
         k3s.uninstalled(name=f"{role.capitalize()}: remove k3s", remove_data=bool(data.k3s_remove_data))
@@ -274,13 +243,7 @@ def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
     and the agents join it. Every server's operations run before any agent's (the agents need the running
     server's token; an upgrade goes servers first), so call this once for all k3s nodes, from one place.
 
-    Data keys (defaults in ``K3S_DEFAULTS``): ``k3s_token``, ``k3s_download_url``, ``k3s_sha256``,
-    ``k3s_airgap_images``, ``k3s_tailnet_iface``, ``k3s_tailnet_mode``, ``k3s_cluster_init``, ``k3s_disable``,
-    ``k3s_node_labels``, ``k3s_node_taints``, ``k3s_etcd_snapshot_schedule``, ``k3s_etcd_snapshot_retention``,
-    ``k3s_etcd_s3`` (+ ``s3_access_key``, ``s3_secret_key``), ``k3s_extra_config``, ``k3s_registries``,
-    ``k3s_drain_timeout``,
-    ``k3s_ready_timeout``, ``k3s_kubeconfig``, ``k3s_move_from`` (the first server takes over that host's
-    cluster: see ``k3s.moved_from``), ``k3s_state`` (``absent`` uninstalls), ``k3s_remove_data``,
+    Data keys: ``portable_k3s.settings.k3s`` (with ``k3s_etcd_s3`` also ``s3_access_key``, ``s3_secret_key``);
     ``hostname``, ``tailnet_domain``, ``headscale_url`` (native mode), ``versions["k3s"]``.
 
     + first_server: the inventory host that starts the cluster (the first of ``k3s_servers``)

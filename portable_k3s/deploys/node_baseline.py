@@ -13,20 +13,13 @@ from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.hardware import Firmware, PanicSysctl, Watchdog
 from ..operations import hardware, prefetch
+from ..settings import defaults
+from ..settings import node_baseline as node_settings
 
 # The inventory groups whose hosts are nodes and get this baseline.
 NODE_GROUPS = frozenset({"k3s_servers", "k3s_agents", "exit_nodes"})
 
-DEFAULTS: dict[str, Any] = {
-    # Each check: "off", "warn" (report, carry on) or "fail" (stop the host before anything is deployed to it).
-    "firmware_policy": {"require_coreboot": "off", "require_me_disabled": "off"},
-    "laptop": False,  # a laptop runs as a server: lid, sleep, battery and console settings
-    "battery_charge_thresholds": {"start": 40, "stop": 80},  # None: leave the thresholds alone
-    "console_blank_minutes": 1,  # laptops: blank the idle console (panel off) after this; 0 = never
-    "watchdog_sec": 15,  # systemd RuntimeWatchdogSec; 0 = off
-    "kernel_panic_reboot_sec": 10,  # kernel.panic; 0 = stay halted after a panic
-    "kernel_panic_on_oops": True,  # kernel.panic_on_oops
-}
+DEFAULTS: dict[str, Any] = defaults(node_settings.SETTINGS)  # portable_k3s.settings.node_baseline
 
 
 def is_node(groups: Any) -> bool:
@@ -45,17 +38,10 @@ def node_baseline() -> None:
     """
     Converge the hardware baseline of a node. After one read of the host's state, the firmware policy check is
     its first operation: call this before anything else for the host, and a host whose policy says ``fail``
-    fails there, so pyinfra deploys nothing else to it while the other hosts carry on. Data keys (defaults in
-    ``DEFAULTS``):
-
-    + firmware_policy: ``{"require_coreboot": "off|warn|fail", "require_me_disabled": "off|warn|fail"}``
-    + laptop: the host is a laptop that runs as a server: logind ignores the lid and the sleep keys, sleep
-      targets are masked, battery charge thresholds are set where supported, the idle console blanks
-    + battery_charge_thresholds: ``{"start": 40, "stop": 80}`` percent (laptops), or None to leave them alone
-    + console_blank_minutes: idle minutes before a laptop's console blanks (0: never)
-    + watchdog_sec: systemd's RuntimeWatchdogSec (0: off)
-    + kernel_panic_reboot_sec: seconds from a kernel panic to the reboot (0: stay halted)
-    + kernel_panic_on_oops: an oops panics (and so reboots)
+    fails there, so pyinfra deploys nothing else to it while the other hosts carry on. A laptop
+    (``laptop``) runs as a server: logind ignores the lid and the sleep keys, sleep targets are masked, battery
+    charge thresholds are set where supported, the idle console blanks. Data keys:
+    ``portable_k3s.settings.node_baseline``.
     """
     ssh_tcp_options()  # SSH without Nagle's delay, a lost host noticed: see portable_k3s.connection
     policy = firmware_policy_levels(host.data.firmware_policy)

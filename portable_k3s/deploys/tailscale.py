@@ -19,6 +19,8 @@ from ..facts.tailscale import Tailscale
 from ..operations import files, prefetch, release, services, tailscale
 from ..operations.util import shared_fact
 from ..render import render
+from ..settings import defaults
+from ..settings import tailnet as tailnet_settings
 from ..versions import VERSIONS
 from .base import default_hostname
 from .headscale import host_tags
@@ -27,18 +29,7 @@ K3S_GROUPS = {"k3s_servers", "k3s_agents"}
 K3S_UNITS = ("k3s.service", "k3s-agent.service")
 K3S_RESTART_TIMEOUT = 300  # seconds for k3s to be active again after tailscaled restarted
 
-TAILSCALE_DEFAULTS: dict[str, Any] = {
-    "tailscale_install": "apt",  # or "static": the official static tarball
-    "tailscale_download_url": "https://pkgs.tailscale.com/stable",
-    "tailscale_accept_dns": True,
-    "tailscale_accept_routes": False,
-    "tailscale_advertise_routes": [],
-    "tailscale_tags": [],  # extra tags (each must be in tailnet_tags)
-    "tailscaled_port": 41641,
-    "tailscaled_env": {},  # extra environment for tailscaled
-    "tailscale_mtu": None,  # the tailnet interface's MTU; None: tailscale's own 1280 (see the README's benchmark)
-    "tailscale_upload_logs": False,  # True: let tailscaled send its logs to Tailscale Inc.'s log service
-}
+TAILSCALE_DEFAULTS: dict[str, Any] = defaults(tailnet_settings.SETTINGS)  # portable_k3s.settings.tailnet
 
 STATIC_UNIT = "/etc/systemd/system/tailscaled.service"
 WAIT_ONLINE_DROPIN = "/etc/systemd/system/tailscaled.service.d/10-wait-online.conf"
@@ -85,10 +76,8 @@ def apt_source(codename: str) -> tuple[str, str]:
 @deploy("Tailscale node", data_defaults=TAILSCALE_DEFAULTS)
 def tailscale_node(headscale_host: Host) -> None:
     """
-    Install tailscale at the pinned version, run tailscaled and join the tailnet. Data keys (defaults in
-    ``TAILSCALE_DEFAULTS``): ``headscale_url``, ``tailscale_install``, ``tailscale_download_url``,
-    ``tailscale_accept_dns``, ``tailscale_accept_routes``, ``tailscale_advertise_routes``, ``tailscale_tags``,
-    ``tailscaled_port``, ``tailscaled_env``, ``tailscale_mtu``, ``tailscale_upload_logs``, ``hostname``,
+    Install tailscale at the pinned version, run tailscaled and join the tailnet. Data keys: the
+    ``tailscale*`` ones of ``portable_k3s.settings.tailnet``, ``headscale_url``, ``hostname``,
     ``versions["tailscale"]``.
     Hosts in ``exit_nodes`` advertise themselves as exit nodes; tags come from the host's groups.
 

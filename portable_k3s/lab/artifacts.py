@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..versions import VERSIONS
 from . import gobuild
-from .core import LabError, go_arch
+from .common import LabError, go_arch
 from .gobuild import GoTool
 from .images import TRAEFIK_VERSION, build_airgap_images, traefik_crds
 

@@ -28,6 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..versions import VERSIONS
+from .artifacts import publish_all
+from .common import LabError, go_arch, log
+
+__all__ = ["Lab", "LabConfig", "LabError", "LabHost", "go_arch", "log", "run"]
 
 DEFAULT_STATE_DIR = "/var/lib/portable-k3s/lab"
 DEFAULT_CACHE_DIR = "/var/cache/portable-k3s"
@@ -109,10 +113,6 @@ GATEWAY_MODULE = "portable_k3s.lab.gateway"
 
 IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 IP_FORWARD_SAVED = Path("/run/portable-k3s-lab/ip_forward.before")
-
-
-class LabError(RuntimeError):
-    """A lab step failed; the message says which and how."""
 
 
 @dataclass
@@ -204,16 +204,6 @@ def run(cmd: list[str], check: bool = True, **kwargs: object) -> subprocess.Comp
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     return proc
-
-
-def log(message: str) -> None:
-    print(f"lab: {message}", file=sys.stderr, flush=True)
-
-
-def go_arch() -> str:
-    """This machine's architecture as Go (and container image platforms) name it."""
-    machine = os.uname().machine
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
 
 
 class Lab:
@@ -364,8 +354,6 @@ class Lab:
         self._gateway_up(state, base)
         self.save_state(state)
         if publish:
-            from .artifacts import publish_all  # noqa: PLC0415 - imports core itself
-
             publish_all(VERSIONS, self.config.cache_dir, self.artifact_dir)
 
         started = time.monotonic()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import LabError, go_arch, log
+from .common import LabError, go_arch, log
 
 
 @dataclass(frozen=True)

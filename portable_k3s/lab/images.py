@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..versions import IMAGES, VERSIONS
-from .core import LabError, go_arch, log
+from .common import LabError, go_arch, log
 from .gobuild import GoTool, build_go_tool, build_in_module, module_source
 
 # containerd's name for an image without a registry part (Docker's default domain); a name, never contacted.

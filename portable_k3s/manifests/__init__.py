@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..settings.addons import INTERNAL_ISSUER
 from . import apps as apps_manifests
 from . import backups, cert_manager, metallb, rook_ceph, traefik
 from .apps import SecretReader
@@ -49,8 +50,6 @@ def render_manifests(
     if addons.acme_solver == "dns01":
         server = cluster.hosts_in("k3s_servers")[0]
         token = secret("all.dns01_token", server.secrets.get("dns01_token"))
-    from ..deploys.cluster import INTERNAL_ISSUER  # noqa: PLC0415 - the deploy imports this package
-
     found[file_name("cluster-issuers")] = cert_manager.render_issuers(
         addons.acme_email, addons.acme_solver, addons.dns01_provider, token, addons.acme_issuer, INTERNAL_ISSUER,
     )

@@ -31,6 +31,14 @@ from ..facts.hardware import (
     Watchdog,
 )
 from ..render import render, sha256
+from ..settings.node_baseline import (  # noqa: F401 - FIRMWARE_CHECKS: the policy names, kept here too
+    BATTERY_THRESHOLD_RANGE,
+    CONSOLE_BLANK_MINUTES_RANGE,
+    FIRMWARE_CHECKS,
+    PANIC_REBOOT_SEC_RANGE,
+    POLICY_LEVELS,
+    WATCHDOG_SEC_RANGE,
+)
 from .util import file_checksum, forget, host_operation, shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
@@ -39,19 +47,10 @@ PANIC_SYSCTL = "/etc/sysctl.d/90-portable-k3s-panic.conf"
 BATTERY_UNIT = "/etc/systemd/system/portable-k3s-battery-thresholds.service"
 CONSOLE_UNIT = "/etc/systemd/system/portable-k3s-console-blank.service"
 
-# Firmware policy: each check is off, warn (report and carry on) or fail (stop the host).
-POLICY_LEVELS = ("off", "warn", "fail")
-FIRMWARE_CHECKS = ("require_coreboot", "require_me_disabled")
 
 # What a laptop-as-server sets in logind: the lid (on battery, on external power, docked), the sleep keys
 # and idleness do nothing.
 LID_SETTINGS: dict[str, str] = {key: "ignore" for key in LOGIND_KEYS}
-
-# Accepted ranges (the configuration model checks data against the same limits).
-WATCHDOG_SEC_RANGE = (5, 600)  # or 0: off
-PANIC_REBOOT_SEC_RANGE = (0, 3600)  # 0: stay halted after a panic
-CONSOLE_BLANK_MINUTES_RANGE = (0, 60)  # 0: never blank; setterm takes at most 60
-BATTERY_THRESHOLD_RANGE = (1, 100)  # start < stop
 
 
 def _is_int(value: Any) -> bool:

@@ -472,7 +472,7 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
     ("bad package name", lambda: with_data(base_packages=["curl", "Jq", "x", 7]), [
         "all.base_packages[1]: 'Jq' is not a valid package name (expected Debian package names like curl)",
         "all.base_packages[2]: 'x' is not a valid package name (expected Debian package names like curl)",
-        "all.base_packages[3]: 7 is not a valid package name (expected Debian package names like curl)",
+        "all.base_packages[3]: 7 is an int (expected a string, Debian package names like curl)",
     ]),
     ("ntp_servers empty", lambda: with_data(ntp_servers=[]), [
         "all.ntp_servers: is empty (expected at least one of NTP server host names or IP addresses)",
@@ -527,8 +527,8 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
         "all.dns01_token: an int is not a secret reference "
         '(expected {"env": "NAME"} or {"file": "PATH"}; never a literal secret in group_data)',
     ]),
-    ("secret bad env name", lambda: with_data(headscale_api_key={"env": "not a name"}), [
-        'all.headscale_api_key: the env value is not an environment variable name '
+    ("secret bad env name", lambda: with_data(dns01_token={"env": "not a name"}), [
+        'all.dns01_token: the env value is not an environment variable name '
         '(expected {"env": "NAME"}, e.g. K3S_TOKEN)',
     ]),
 ]
@@ -557,8 +557,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert_problem_format(problems, names_of(inventory))
     heads = [line.split(":", 1)[0] for line in problems]
     assert heads == [
-        "headscale", "k3s_agents", "all.domain", "all.versions.debian", "all.apps[5].colour",
-        "all.apps[5].tcp_port", "all.apps[5].name", "all.k3s_token",
+        "headscale", "k3s_agents", "all.domain", "all.versions.debian", "all.k3s_token", "all.apps[5].colour",
+        "all.apps[5].tcp_port", "all.apps[5].name",
     ]
     error = pytest.raises(ConfigError, validate_inventory, inventory).value
     text = str(error)
@@ -613,7 +613,8 @@ def test_override_data_is_named() -> None:
 
 
 def test_secret_keys_known() -> None:
-    assert {"k3s_token", "headscale_api_key", "s3_access_key", "s3_secret_key", "dns01_token"} <= SECRET_KEYS
+    assert {"k3s_token", "s3_access_key", "s3_secret_key", "dns01_token", "alerts_ntfy_token",
+            "app_backup_password"} == SECRET_KEYS
 
 
 # Secrets
@@ -632,7 +633,7 @@ def test_secret_references_pass_validation(monkeypatch: pytest.MonkeyPatch, secr
     monkeypatch.setenv("PK3S_TEST_TOKEN", "from-env")
     config = validate_inventory(with_data(
         k3s_token={"file": str(secret_file)},
-        headscale_api_key={"env": "PK3S_TEST_TOKEN"},
+        dns01_token={"env": "PK3S_TEST_TOKEN"},
         s3_secret_key=HiddenValue("hidden"),
     ))
     assert config.hosts["cloud"].secrets["k3s_token"] == {"file": str(secret_file)}
@@ -643,10 +644,10 @@ def test_missing_env_and_file_are_problems_only_when_required(tmp_path: Path) ->
     assert problems_of(inventory, require_secrets=False) == []
     problems = problems_of(inventory, require_secrets=True, cwd=str(tmp_path))
     assert problems == [
-        f"all.dns01_token: secret file missing/token does not exist "
-        f"(expected a readable file {tmp_path}/missing/token holding the secret)",
         "all.k3s_token: environment variable PK3S_SURELY_UNSET is not set "
         "(expected the secret in $PK3S_SURELY_UNSET when deploying)",
+        f"all.dns01_token: secret file missing/token does not exist "
+        f"(expected a readable file {tmp_path}/missing/token holding the secret)",
     ]
 
 

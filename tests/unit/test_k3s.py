@@ -500,8 +500,8 @@ def test_kubeconfig_is_fetched_0600_with_the_tailnet_address_then_left_alone(tmp
 
 K3S_BAD_CASES: list[tuple[str, Any, str]] = [
     ("download url", lambda: with_data(k3s_download_url="ftp://x"),
-     "all.k3s_download_url: 'ftp://x' is not a URL (expected the base of k3s's release downloads, "
-     "like https://…/releases/download)"),
+     "all.k3s_download_url: 'ftp://x' is not a URL (expected an https:// or http:// URL of the base of k3s's "
+     "release downloads, like https://github.com/k3s-io/k3s/releases/download)"),
     ("sha256", lambda: with_data(k3s_sha256="abc"),
      "all.k3s_sha256: 'abc' is not a sha256 (expected 64 lower-case hex digits, or None to use the release "
      "checksums)"),
@@ -516,9 +516,10 @@ K3S_BAD_CASES: list[tuple[str, Any, str]] = [
      "all.k3s_disable: ['flannel'] is not a list of k3s components (expected a list of coredns, servicelb, "
      "traefik, local-storage, metrics-server, runtimes)"),
     ("label", lambda: with_data(k3s_node_labels=["disk"]),
-     "all.k3s_node_labels: 'disk' is not valid (expected key=value node labels, like disk=ssd)"),
+     "all.k3s_node_labels[0]: 'disk' is not a valid node label (expected key=value node labels, like disk=ssd)"),
     ("taint", lambda: with_data(k3s_node_taints=["gpu=yes:Sometimes"]),
-     "all.k3s_node_taints: 'gpu=yes:Sometimes' is not valid (expected key=value:Effect taints, Effect one of "
+     "all.k3s_node_taints[0]: 'gpu=yes:Sometimes' is not a valid taint (expected key=value:Effect taints, Effect "
+     "one of "
      "NoSchedule, PreferNoSchedule, NoExecute)"),
     ("schedule", lambda: with_data(k3s_etcd_snapshot_schedule="hourly"),
      "all.k3s_etcd_snapshot_schedule: 'hourly' is not a cron schedule (expected five cron fields like "
@@ -535,8 +536,8 @@ K3S_BAD_CASES: list[tuple[str, Any, str]] = [
      'master.s3_access_key: is missing while k3s_etcd_s3 is set (expected {"env": "NAME"} or {"file": "PATH"}; '
      "never a literal secret in group_data, for the S3 bucket's key)"),
     ("managed flag", lambda: with_data(k3s_extra_config={"node-ip": "192.0.2.1"}),
-     "all.k3s_extra_config: 'node-ip' is set by the deploy from the tailnet (expected other k3s flags; node-ip, "
-     "server, token and the like come from the tailnet)"),
+     "all.k3s_extra_config.node-ip: is written by the deploy itself (expected k3s_tailnet_iface (the node's "
+     "tailnet IPv4 is read from it) instead)"),
     ("registries literal password", lambda: with_data(k3s_registries={
         "configs": {"registry.lan:5000": {"auth": {"username": "me", "password": "hunter2"}}}}),
      "all.k3s_registries: configs['registry.lan:5000'].auth.password: is a literal secret (expected "),
@@ -598,7 +599,7 @@ def test_a_server_move_names_the_old_server_kept_out_of_the_k3s_groups() -> None
      "(expected k3s_move_from in the host data of the first of k3s_servers only)"),
     (lambda: _moved(k3s_cluster_init=False), "awow2.k3s_move_from: needs k3s_cluster_init (embedded etcd): the "
      "move restores an etcd snapshot (expected k3s_cluster_init = True on the old and the new server)"),
-    (lambda: _moved(5), "awow2.k3s_move_from: 5 is not a host name"),
+    (lambda: _moved(5), "awow2.k3s_move_from: 5 is an int (expected a string, the inventory name of the server"),
 ], ids=["unknown host", "still a node", "not the first server", "no etcd", "not a name"])
 def test_a_bad_server_move_is_named_before_anything_runs(inventory: Any, problem: str) -> None:
     problems = problems_of(inventory(), require_secrets=False)

@@ -237,13 +237,14 @@ def test_the_entrance_whitelist_is_exactly_the_public_hostnames_and_private_ones
 
 
 def _inventory(apps: list[dict], k3s: dict | None = None, **data: Any) -> Inventory:
+    entrance = data.pop("entrance_data", {})
     base = {"domain": "example.org", "headscale_url": "https://headscale.example.org",
             "tailnet_domain": "tailnet.example.org", "apps": apps, **data}
     k3s = k3s or {"master": {"external_ssd": "/dev/sdb"}, "t420": {}, "t410": {}}
     servers = [("master", k3s["master"])]
     agents = [(name, value) for name, value in k3s.items() if name != "master"]
     return Inventory((["cloud", *k3s], base), headscale=(["cloud"], {}),
-                     entrance=([("cloud", data.pop("entrance_data", {}))], {}),
+                     entrance=([("cloud", entrance)], {}),
                      k3s_servers=(servers, {}), k3s_agents=(agents, {}))
 
 
@@ -319,7 +320,8 @@ def test_a_metallb_pool_with_no_route_from_the_entrance() -> None:
      "all.apps[0].kind: 'wordpress' is not an app kind (expected one of container, static, hugo, privatebin, kutt, "
      "nextcloud, gitea, vaultwarden, ntfy, prometheus, jupyterhub, baikal, minecraft)"),
     ({"name": "site", "kind": "container", "image": "example/site:1.0", "hostname": "site.example.org",
-      "storage": "10GB"}, "all.apps[0].storage: '10GB' is not a size (expected a size like 10Gi (Mi, Gi or Ti))"),
+      "storage": "10GB"}, "all.apps[0].storage: '10GB' is not a quantity (expected a size of at least 1Mi as "
+         "Kubernetes writes it, like 10Gi, 512M or 1.5Gi)"),
     ({"name": "legacy", "hostname": "legacy.example.org", "image": "example/x:1.0"},
      "all.apps[0].image: is set on an app without a kind (the cluster does not run it) (expected a kind as well, "
      "one of container, static, hugo, privatebin, kutt, nextcloud, gitea, vaultwarden, ntfy, prometheus, "
