@@ -6,6 +6,8 @@ Replace them with your hosts' addresses (or MagicDNS names once the tailnet is u
 Check it offline with ``python -m portable_k3s check inventories/home.py``.
 """
 
+from portable_k3s.config import check_inventory_file
+
 _ssh = {"ssh_user": "root"}
 
 headscale = [
@@ -27,3 +29,6 @@ k3s_agents = [
 exit_nodes = [
     ("pi", {**_ssh, "ssh_hostname": "192.0.2.20", "hardware": "raspberry-pi"}),
 ]
+
+# Validate this inventory with its group_data now, before pyinfra connects to any host.
+check_inventory_file(__file__)

@@ -28,9 +28,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from decimal import Decimal
+from types import TracebackType
 from typing import Any
 
 from pyinfra.api import Inventory
@@ -73,7 +76,8 @@ __all__ = [
     "ENTRANCE", "EXIT_NODES", "HEADSCALE", "K3S_AGENTS", "K3S_SERVERS", "KNOWN_GROUPS", "SECRET_KEYS",
     "AddonsConfig", "App", "AppBackups", "ClusterConfig", "ConfigError", "HostConfig", "TailnetConfig",
     "DEBIAN_CODENAMES", "K3S_DISABLE", "K3S_TAILNET_MODES", "TAINT_EFFECTS", "is_domain", "is_label",
-    "load_inventory", "normalise_version", "resolve_secret", "validate_inventory", "validate_state",
+    "check_inventory_file", "load_inventory", "normalise_version", "resolve_secret", "validate_inventory",
+    "validate_state",
 ]
 
 # Groups the library gives a meaning to; any other group (the inventory file's own, users' groups) is fine.
@@ -1388,6 +1392,33 @@ def validate_state(state: Any) -> ClusterConfig:
     return result
 
 
+_LOADING: ContextVar[bool] = ContextVar("portable_k3s_loading_inventory", default=False)
+
+
+def check_inventory_file(path: str, cwd: str | None = None) -> None:
+    """
+    Validate the inventory file ``path`` with its group_data as pyinfra loads it, before pyinfra connects to any
+    host: call it at the end of the inventory file. A bad inventory stops the run there, its problems shown as
+    an error of that line of the inventory file, even when every host is unreachable. Secrets are checked for
+    their shape only (``validate_state`` checks that they are there when deploying). Does nothing while
+    ``load_inventory`` loads the file (``python -m portable_k3s check``).
+
+    .. code:: python
+
+        # inventories/home.py, last line
+        check_inventory_file(__file__)
+    """
+    if _LOADING.get():
+        return
+    caller = sys._getframe(1)
+    try:
+        validate_inventory(load_inventory(path, cwd=cwd), require_secrets=False, cwd=cwd)
+    except ConfigError as error:
+        # pyinfra names the innermost frame outside pyinfra: make that the inventory file's own line.
+        here = TracebackType(None, caller, caller.f_lasti, caller.f_lineno)
+        raise ConfigError(error.problems).with_traceback(here) from None
+
+
 def load_inventory(path: str, cwd: str | None = None) -> Inventory:
     """
     Load a pyinfra inventory file with its group_data, offline: nothing connects or resolves names.
@@ -1402,8 +1433,10 @@ def load_inventory(path: str, cwd: str | None = None) -> Inventory:
     if not os.path.isfile(path):
         raise ConfigError([f"{path}: no such inventory file (expected a pyinfra inventory .py file)"])
     previous = ctx_state.get()
+    loading = _LOADING.set(True)
     with ctx_state.use(State()):
         try:
             return make_inventory(path, cwd=cwd or os.getcwd())
         finally:
             ctx_state.set(previous)  # also when the inventory's own code raises
+            _LOADING.reset(loading)

@@ -864,3 +864,53 @@ def test_the_tailnet_mtu_is_set_in_one_place() -> None:
     found = problems_of(make_inventory({**good_data(), "tailscale_mtu": 1420}, groups))
     assert found == ["k3s_agents.tailscaled_env: sets TS_DEBUG_MTU while all.tailscale_mtu is set "
                      "(expected the MTU in tailscale_mtu only)"], found
+
+
+def _unreachable_bad_project(tmp_path: Path) -> Path:
+    """A project whose inventory has two problems and hosts nothing answers (SSH port 9 on this machine); the
+    inventory file validates itself on its last line (line 7)."""
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "inventories").mkdir()
+    (tmp_path / "group_data" / "all.py").write_text(
+        'domain = "example.org"\nheadscale_url = "https://headscale.example.org"\n'
+        'tailnet_domain = "tailnet.example.org"\nentrance_https_port = "443"\n')
+    (tmp_path / "deploy.py").write_text((REPO / "deploy.py").read_text())
+    unreachable = {"ssh_hostname": "127.0.0.1", "ssh_port": 9}
+    (tmp_path / "inventories" / "bad.py").write_text(
+        "from portable_k3s.config import check_inventory_file\n\n"
+        f"headscale = [('cloud', {unreachable!r})]\nentrance = ['cloud']\n"
+        f"k3s_servers = [('master', {{**{unreachable!r}, 'tailscale_acept_dns': False}})]\n\n"
+        "check_inventory_file(__file__)\n")
+    return tmp_path
+
+
+UNREACHABLE_PROBLEMS = [
+    "master.tailscale_acept_dns: is not a setting: did you mean tailscale_accept_dns? (expected tailscale_accept_dns, "
+    "or a key of your own with another name)",
+    "all.entrance_https_port: '443' is a str (expected a port 1-65535 where the entrance takes TLS and the ingress "
+    "serves it)",
+]
+
+
+def test_a_bad_inventory_of_unreachable_hosts_shows_its_problems_before_pyinfra_connects(tmp_path: Path) -> None:
+    """pyinfra stops at the inventory file's check, naming that line of the user's file, instead of failing to
+    connect."""
+    project = _unreachable_bad_project(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "pyinfra", "inventories/bad.py", "deploy.py", "-y"], cwd=project,
+                         env=env, capture_output=True, text=True, timeout=120)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output
+    assert "pyinfra error in inventories/bad.py line 7: inventory has 2 problems; nothing was deployed:" in output
+    for problem in UNREACHABLE_PROBLEMS:
+        assert f"    {problem}" in output
+    assert "Could not connect" not in output and "No hosts remaining" not in output
+    assert "portable_k3s/" not in output  # the error points at the user's file, not at the library
+
+
+def test_check_reports_a_self_checking_inventory_once(tmp_path: Path) -> None:
+    """``check`` loads the inventory with its own check off: the problems come once, in check's format."""
+    run = run_check("inventories/bad.py", cwd=_unreachable_bad_project(tmp_path))
+    assert run.returncode == 1
+    assert run.stderr.splitlines()[:3] == ["inventories/bad.py: 2 problems:",
+                                           *(f"    {problem}" for problem in UNREACHABLE_PROBLEMS)]
