@@ -7,6 +7,7 @@ from functools import partial
 
 from pyinfra import host, inventory, state
 
+from portable_k3s.adapter import speed_up_planning
 from portable_k3s.config import TAILNET_GROUPS, validate_state
 from portable_k3s.deploys.alerts import downtime_alerts
 from portable_k3s.deploys.base import base_host
@@ -19,6 +20,7 @@ from portable_k3s.deploys.tailscale import tailscale_node
 from portable_k3s.operations import headscale, nginx, prefetch
 
 cluster = validate_state(state)
+speed_up_planning()  # pyinfra's planning, cheaper for every operation: see portable_k3s.adapter
 
 # Every host reads its whole state in this one operation: the entrance too, whose first component is later.
 prefetch.host_state(name="Read the host's state in one command")

@@ -36,10 +36,10 @@ from .deploys.tailscale import (
     tailscale_version,
 )
 from .operations import k3s
+from .operations.cross_host import reaching
 from .operations.headscale import mint_preauth_key
 from .operations.release import install_command
 from .operations.tailscale import settings_flags
-from .operations.util import escalation, gate
 from .render import render
 
 JOIN_DIR = "/var/lib/portable-k3s/join"  # the join's secrets and config template, removed once used
@@ -261,8 +261,8 @@ def mint_credentials(inventory: Any, config: ClusterConfig, name: str, expires: 
 
 
 def _run(target: Any, command: StringCommand) -> tuple[bool, Any]:
-    with gate(target):
-        return target.run_shell_command(command, print_output=False, print_input=False, **escalation(target))
+    with reaching(target, "minting the join credentials") as sudo:
+        return target.run_shell_command(command, print_output=False, print_input=False, **sudo)
 
 
 def header(name: str, expires_seconds: int, now: datetime.datetime | None = None, static_token: bool = False) -> str:

@@ -41,20 +41,14 @@ from pyinfra.context import ctx_state
 # LOST_AFTER: seconds of silence after which a host's SSH connection is given up (the host lost its power or
 # network): its command fails and pyinfra carries on with the other hosts. Host data ``connection_lost_after``
 # overrides it.
+from .adapter import run_store, ssh_socket, wrap_connector
 from .settings.base import LOST_AFTER
 
 
 def connection_socket(host: Host) -> socket.socket | None:
     """The TCP socket under ``host``'s connection, or None when its connector has none (not SSH, not connected,
     or a proxied SSH connection)."""
-    client = getattr(host.connector, "client", None)
-    get_transport = getattr(client, "get_transport", None)
-    if not callable(get_transport):
-        return None
-    sock = getattr(get_transport(), "sock", None)
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        return sock
-    return None
+    return ssh_socket(host)
 
 
 def lost_after_options(seconds: int) -> list[tuple[int, int, int]]:
@@ -91,14 +85,7 @@ def lost_connection_as_os_error(host: Host) -> None:
     """Make ``host``'s SSH connector report a connection that ended under it (paramiko's ``EOFError``) as the
     ``ConnectionAbortedError`` it is. pyinfra fails a host on an ``OSError`` from its connector and carries on with
     the others, but an ``EOFError`` ends its whole run, for every host. Only this host's connector object changes."""
-    connector = host.connector
-    if getattr(connector, "_portable_k3s_lost_as_os_error", False):
-        return
-    for name in ("run_shell_command", "put_file", "get_file"):
-        method = getattr(connector, name, None)
-        if method is not None:
-            setattr(connector, name, _eof_as_os_error(method, host.name))
-    setattr(connector, "_portable_k3s_lost_as_os_error", True)  # noqa: B010 - not an attribute pyinfra declares
+    wrap_connector(host, "lost_as_os_error", lambda method: _eof_as_os_error(method, host.name))
 
 
 def _eof_as_os_error(method: Any, name: str) -> Any:
@@ -141,7 +128,8 @@ def ssh_tcp_options(state: State | None = None) -> list[Host]:
     for host in hosts:
         # Every deploy calls this for every host it plans: each socket is set once, not once per call and host.
         sock = connection_socket(host) if host.connected else None
-        if sock is not None and getattr(host, "_portable_k3s_socket", None) is not sock and set_host_options(host):
-            host._portable_k3s_socket = sock
+        done_on: dict[str, Any] = run_store(host, "tuned_socket", dict)
+        if sock is not None and done_on.get("socket") is not sock and set_host_options(host):
+            done_on["socket"] = sock
             done.append(host)
     return done

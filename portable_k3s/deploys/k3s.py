@@ -16,7 +16,7 @@ from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
 from ..facts.services import ServiceStates
 from ..facts.tailscale import Tailscale
-from ..operations import files, k3s, prefetch, release, services
+from ..operations import cross_host, files, k3s, prefetch, release, services
 from ..render import render
 from ..settings import backups as backup_settings
 from ..settings import defaults, resolve_secret
@@ -226,7 +226,8 @@ def retire_moved_server(first_server: Host) -> None:
     if host.name == old or set(host.groups) & {"k3s_servers", "k3s_agents"}:
         # pyinfra orders operations across hosts only through operations they share: this one, on the old server
         # and every k3s node, puts the retirement after every node has moved to the new server.
-        k3s.nodes_done(name="Every k3s node follows the new server")
+        cross_host.barrier(name="Every k3s node follows the new server",
+                           why="every k3s node's operations come before what follows")
     if host.name == old:
         k3s.retired(
             name=f"Retire the old k3s server (its cluster moved to {first_server.name})", successor=first_server,
@@ -259,6 +260,6 @@ def k3s_node(first_server: Host, headscale_host: Host | None = None) -> None:
         _k3s_node("server", first_server, headscale_host)
     # One operation for every k3s node: pyinfra orders each host's operations, and this one sits after the
     # servers' and before the agents', so all servers are done before any agent starts.
-    k3s.servers_first(name="Servers before agents")
+    cross_host.barrier(name="Servers before agents", why="the servers' operations come before the agents'")
     if not server:
         _k3s_node("agent", first_server, headscale_host)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pyinfra import host
 from pyinfra.api import Host, OperationError, QuoteString, StringCommand
 
+from ..adapter import executing
 from ..facts.cluster import REMOVING, ManifestFiles
 from ..facts.tailscale import Tailscale
 from ..manifests import MANIFEST_DIR, PREFIX
@@ -57,7 +58,7 @@ def traefik_config(
     """
     addresses, missing = entrance_addresses(entrances)
     if missing or not entrances:
-        if not host.state.is_executing:  # planned before the tailnet is up (--dry): written when it is
+        if not executing(host.state):  # planned before the tailnet is up (--dry): written when it is
             host.noop(f"{path}: written once {', '.join(missing) or 'an entrance'} has a tailnet address")
             return
         raise OperationError(f"{', '.join(missing) or 'no entrance'} has no tailnet IPv4: Traefik would trust no "

@@ -11,10 +11,10 @@ from pyinfra.api.command import FileUploadCommand
 
 from ..facts.files import FileStates
 from ..render import sha256
-from .util import forget, host_operation, shared_fact
+from .util import host_operation, shared_fact
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def content(
     path: str,
     text: str,
@@ -61,7 +61,6 @@ def content(
     if current == wanted:
         host.noop(f"{path} is up to date")
         return
-    forget(host, FileStates)
     # Hidden, with the same extension: tools that check the extension accept it, globs like *.conf skip it.
     directory_name, base = posixpath.split(path)
     stem, dot, ext = base.rpartition(".") if "." in base.lstrip(".") else (base, "", "")
@@ -87,7 +86,7 @@ def content(
     yield StringCommand(*check, *marked(pending), *swap_in(path, staged, test_in_place))
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def absent(path: str, batch: tuple[str, ...] | None = None):
     """
     Remove ``path`` if it exists.
@@ -107,7 +106,6 @@ def absent(path: str, batch: tuple[str, ...] | None = None):
     if shared_fact(host, FileStates, paths=paths).get(path) is None:
         host.noop(f"{path} does not exist")
         return
-    forget(host, FileStates)
     yield StringCommand("rm -f", QuoteString(path))
 
 

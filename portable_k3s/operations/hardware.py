@@ -16,6 +16,7 @@ from pyinfra import host, logger
 from pyinfra.api import OperationValueError, QuoteString, StringCommand
 from pyinfra.api.command import FileUploadCommand
 
+from ..adapter import executing, run_store
 from ..facts.files import FileStates
 from ..facts.hardware import (
     LOGIND_KEYS,
@@ -39,7 +40,7 @@ from ..settings.node_baseline import (  # noqa: F401 - FIRMWARE_CHECKS: the poli
     POLICY_LEVELS,
     WATCHDOG_SEC_RANGE,
 )
-from .util import file_checksum, forget, host_operation, shared_fact
+from .util import file_checksum, host_operation, shared_fact
 
 LOGIND_DROPIN = "/etc/systemd/logind.conf.d/90-portable-k3s-laptop.conf"
 WATCHDOG_DROPIN = "/etc/systemd/system.conf.d/90-portable-k3s-watchdog.conf"
@@ -205,14 +206,15 @@ def firmware_policy(require_coreboot: str = "off", require_me_disabled: str = "o
     info = shared_fact(host, Firmware, static=True)  # read once per run (a --dry run reads it when planning)
     findings = firmware_findings(info, require_coreboot, require_me_disabled)
     failures = [f for f in findings if f.level == "fail" and not f.complies]
-    first = not getattr(host, "_portable_k3s_firmware_reported", False)  # planned with --dry/--diff, then run
-    host._portable_k3s_firmware_reported = True  # type: ignore[attr-defined]
+    reported: dict[str, bool] = run_store(host, "firmware_reported", dict)  # planned with --dry/--diff, then run
+    first = not reported
+    reported["once"] = True
     for finding in findings:
         if first and finding.level == "warn" and not finding.complies:
             logger.warning(f"{host.print_prefix}{finding.message()}")
     if failures:
         message = "; ".join(f.message() for f in failures)
-        if not host.state.is_executing:  # --dry: the command below never runs to print it
+        if not executing(host.state):  # --dry: the command below never runs to print it
             logger.error(f"{host.print_prefix}{message}")
         yield StringCommand("echo", QuoteString(message), ">&2; exit 1")
         return
@@ -259,7 +261,7 @@ def lid_switch_ignored(path: str = LOGIND_DROPIN, present: bool = True):
         yield from _upload(content, path)
     configured, in_effect = info["configured"], info["in_effect"]
     overridden = {k: v for k, v in configured.items() if not changed and LID_SETTINGS.get(k, v) != v}
-    for key, value in overridden.items() if not host.state.is_executing else ():
+    for key, value in overridden.items() if not executing(host.state) else ():
         logger.warning(
             f"{host.print_prefix}logind: {key}={value} from a drop-in that sorts after {path} overrides "
             f"{key}={LID_SETTINGS[key]} (remove it, or the lid may still suspend this host)"
@@ -410,7 +412,7 @@ def console_blanking(minutes: int = 1, unit: str = CONSOLE_UNIT, present: bool =
 #
 
 
-@host_operation()
+@host_operation(changes=(Watchdog, FileStates))
 def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool = True):
     """
     Let systemd feed the hardware watchdog (``RuntimeWatchdogSec``), so a hung host is reset by it. The
@@ -433,20 +435,17 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool =
     if not (_is_int(runtime_sec) and (runtime_sec == 0 or low <= runtime_sec <= high)):
         raise OperationValueError(f"runtime_sec: {runtime_sec!r} (expected 0 (off) or {low}-{high} seconds)")
     info = shared_fact(host, Watchdog)
-    forget(host, Watchdog)  # read again by whoever asks next: this operation may change it
     current = file_checksum(host, path)
     if not present:
         if current is None:
             host.noop("the watchdog drop-in is absent")
             return
-        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         yield "systemctl daemon-reexec"
         return
     content = render("node_baseline/watchdog.conf.j2", runtime_sec=runtime_sec)
     changed = current != sha256(content)
     if changed:
-        forget(host, FileStates)
         yield from _upload(content, path)
     if changed or info["runtime_watchdog_sec"] != runtime_sec:
         yield "systemctl daemon-reexec"
@@ -467,7 +466,7 @@ def watchdog(runtime_sec: int = 15, path: str = WATCHDOG_DROPIN, present: bool =
         )
 
 
-@host_operation()
+@host_operation(changes=(PanicSysctl, FileStates))
 def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_SYSCTL, present: bool = True):
     """
     Reboot after a kernel panic instead of hanging (``kernel.panic``), and panic on an oops
@@ -494,13 +493,11 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
     if not isinstance(on_oops, bool):
         raise OperationValueError(f"on_oops: {on_oops!r} (expected True or False)")
     info = shared_fact(host, PanicSysctl)
-    forget(host, PanicSysctl)  # read again by whoever asks next: this operation may change it
     current = file_checksum(host, path)
     if not present:
         if current is None:
             host.noop(f"{path} is absent")
             return
-        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         if info["writable"]:
             yield "sysctl -q -w kernel.panic=0 kernel.panic_on_oops=0"
@@ -508,7 +505,6 @@ def panic_reboot(reboot_sec: int = 10, on_oops: bool = True, path: str = PANIC_S
     content = render("node_baseline/panic-sysctl.conf.j2", reboot_sec=reboot_sec, on_oops=on_oops)
     changed = current != sha256(content)
     if changed:
-        forget(host, FileStates)
         yield from _upload(content, path)
     differs = (info["panic"], info["panic_on_oops"]) != (reboot_sec, int(on_oops))
     if info["writable"]:

@@ -21,7 +21,9 @@ from pyinfra.api.command import FileUploadCommand, FunctionCommand
 
 from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
-from .util import HOST_ERRORS, escalation, forget, gate, host_error, host_operation, shared_fact
+from .cross_host import run_on
+from .files import content
+from .util import escalation, host_operation, shared_fact
 
 PREAUTH_KEY_EXPIRY = "15m"
 EXTRA_RECORDS = "/var/lib/headscale/extra-records.json"
@@ -44,7 +46,7 @@ def backup_problems(path: str) -> list[str]:
     return [f"{path}: has no {', '.join(missing)}"] if missing else []
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def restored(archive: str):
     """
     Restore headscale's state (database, private keys, MagicDNS records) from a backup archive made by the
@@ -66,7 +68,6 @@ def restored(archive: str):
     if shared_fact(host, FileStates, paths=(DATABASE,)).get(DATABASE) is not None:
         host.noop(f"headscale already has a database ({DATABASE}): not restored over it")
         return
-    forget(host, FileStates)
     yield StringCommand("install -m 0600 -o root -g root /dev/null", RESTORE_ARCHIVE)
     yield FileUploadCommand(archive, RESTORE_ARCHIVE)
     yield StringCommand(
@@ -77,7 +78,7 @@ def restored(archive: str):
     )
 
 
-@host_operation()
+@host_operation(changes=(Headscale,))
 def users(names: list[str]):
     """
     Create the headscale users that do not exist yet (existing users are kept; none are deleted).
@@ -98,7 +99,6 @@ def users(names: list[str]):
     if not missing:
         host.noop(f"headscale users exist: {', '.join(names) or 'none wanted'}")
         return
-    forget(host, Headscale)
     for name in missing:
         yield StringCommand("headscale users create", QuoteString(name), ">/dev/null")
 
@@ -115,18 +115,10 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
         "headscale preauthkeys create --expiration", QuoteString(expiration),
         "--tags", QuoteString(",".join(tags)), "-o json",
     )
-    with gate(headscale_host):
-        try:
-            ok, output = headscale_host.run_shell_command(
-                command, print_output=False, print_input=False, **escalation(headscale_host)
-            )
-        except HOST_ERRORS as exc:
-            raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {host_error(exc)}; "
-                                 f"this node joins at the next run once {headscale_host.name} is back") from exc
-    if not ok:
-        raise OperationError(f"minting a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
+    stdout = run_on(headscale_host, command, "minting a pre-auth key",
+                    when_lost=f"; this node joins at the next run once {headscale_host.name} is back")
     try:
-        key = json.loads(output.stdout)["key"]
+        key = json.loads(stdout)["key"]
     except (ValueError, KeyError, TypeError) as exc:
         raise OperationError(f"headscale on {headscale_host.name} returned no pre-auth key") from exc
     return HiddenValue(key)
@@ -135,26 +127,15 @@ def mint_preauth_key(headscale_host: Host, tags: list[str], expiration: str = PR
 def expire_preauth_key(headscale_host: Host, key: HiddenValue) -> bool:
     """Expire ``key`` on ``headscale_host`` (found by the prefix ``headscale preauthkeys list`` shows of it);
     False when headscale does not list it. Nothing of the key is printed."""
-    with gate(headscale_host):
-        ok, output = headscale_host.run_shell_command(
-            "headscale preauthkeys list -o json", print_output=False, print_input=False,
-            **escalation(headscale_host),
-        )
-    if not ok:
-        raise OperationError(f"listing pre-auth keys on {headscale_host.name} failed: {output.stderr[-500:]}")
+    listed = json.loads(run_on(headscale_host, "headscale preauthkeys list -o json", "listing pre-auth keys")
+                        or "[]") or []
     secret = key.unmask()
-    listed = json.loads(output.stdout or "[]") or []
     match = next((k for k in listed if str(k.get("key", "")).rstrip("*") and
                   secret.startswith(str(k["key"]).rstrip("*"))), None)
     if match is None:
         return False
-    with gate(headscale_host):
-        ok, output = headscale_host.run_shell_command(
-            StringCommand("headscale preauthkeys expire --id", str(int(match["id"]))), print_output=False,
-            **escalation(headscale_host),
-        )
-    if not ok:
-        raise OperationError(f"expiring a pre-auth key on {headscale_host.name} failed: {output.stderr[-500:]}")
+    run_on(headscale_host, StringCommand("headscale preauthkeys expire --id", str(int(match["id"]))),
+           "expiring a pre-auth key")
     return True
 
 
@@ -184,7 +165,6 @@ def dns_records(names: list[str], address: str | None = None, node: str | None =
     """
     if (address is None) == (node is None):
         raise OperationValueError("give exactly one of address or node")
-    from .files import content  # noqa: PLC0415 - avoids a cycle at import time
 
     if address is None:
         address = next((n["ipv4"] for n in shared_fact(host, Headscale)["nodes"] if n["name"] == node), None)

@@ -6,10 +6,10 @@ from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand
 
 from ..facts.hostname import NodeName
-from .util import forget, host_operation, shared_fact
+from .util import host_operation, shared_fact
 
 
-@host_operation()
+@host_operation(changes=(NodeName,))
 def named(hostname: str):
     """
     Give the host this name, now and at boot (``hostnamectl``, or ``/etc/hostname`` and ``hostname`` where there
@@ -29,7 +29,6 @@ def named(hostname: str):
     if shared_fact(host, NodeName) == hostname:
         host.noop(f"the hostname is {hostname}")
         return
-    forget(host, NodeName)
     name = QuoteString(hostname)
     yield StringCommand(
         "if command -v hostnamectl >/dev/null 2>&1 && hostnamectl set-hostname", name, "2>/dev/null; then :;",

@@ -21,15 +21,17 @@ from pyinfra.api import (
 )
 from pyinfra.api.command import FunctionCommand
 
+from ..adapter import executing, run_store
 from ..facts.files import FileStates
 from ..facts.k3s import CNI_INTERFACES, K3S_DATA, K3S_FILES, K3sFootprint, K3sFootprintInfo, parse_nodes
 from ..facts.release import InstalledRelease
 from ..facts.tailscale import Tailscale
 from ..render import render, to_yaml
 from . import files, release
+from .cross_host import reaching, run_on
 from .headscale import expire_preauth_key, mint_preauth_key
 from .services import clearing, start_command
-from .util import escalation, forget, gate, host_operation, shared_fact
+from .util import escalation, host_operation, shared_fact
 
 CONFIG = "/etc/rancher/k3s/config.yaml"
 KUBECONFIG = "/etc/rancher/k3s/k3s.yaml"  # the admin kubeconfig a server writes
@@ -164,7 +166,7 @@ def config(
     server_ipv4 = shared_fact(join, Tailscale)["ipv4"] if join is not None else None
     missing = [name for name, ip in ((node_name, ipv4), (join and join.name, server_ipv4)) if name and not ip]
     if missing:
-        if not host.state.is_executing:  # planned before the tailnet is up (--dry): written when it is
+        if not executing(host.state):  # planned before the tailnet is up (--dry): written when it is
             host.noop(f"{path}: written once {' and '.join(missing)} has a tailnet address")
             return
         raise OperationError(f"{' and '.join(missing)} has no tailnet IPv4: join the tailnet before k3s")
@@ -173,7 +175,7 @@ def config(
                                     pending=pending)
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def vpn_auth(
     login_server: str,
     headscale_host: Host | None,
@@ -214,7 +216,6 @@ def vpn_auth(
         if current is None:
             host.noop(f"{path} does not exist")
             return
-        forget(host, FileStates)
 
         def retire_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
             ok, output = host.run_shell_command(
@@ -232,7 +233,6 @@ def vpn_auth(
         return
     if headscale_host is None:
         raise OperationValueError("headscale_host: needed to mint the join key")
-    forget(host, FileStates)
 
     def write_vpn_auth(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
         key = mint_preauth_key(headscale_host, tags)
@@ -241,7 +241,7 @@ def vpn_auth(
     yield FunctionCommand(write_vpn_auth, (), {})
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def token(
     value: HiddenValue | None = None,
     source: Host | None = None,
@@ -279,7 +279,6 @@ def token(
         if mine is not None and mine["mode"] == "600":
             host.noop(f"{path} holds the cluster token")
             return
-        forget(host, FileStates)
         yield StringCommand(
             *files.marked(pending), "install -d -m 0755", QuoteString(path.rsplit("/", 1)[0]), "&& ( umask 077; [ -s",
             QuoteString(path),
@@ -289,27 +288,16 @@ def token(
         return
     theirs = shared_fact(source, FileStates, paths=(source_path,)).get(source_path)
     if theirs is None:
-        if not host.state.is_executing:
+        if not executing(host.state):
             host.noop(f"{path}: copied from {source.name} once it has its token")
             return
         raise OperationError(f"{source.name} has no {source_path}: the first server must be up before others join")
     if mine is not None and mine["sha256"] == theirs["sha256"] and mine["mode"] == "600":
         host.noop(f"{path} holds {source.name}'s cluster token")
         return
-    forget(host, FileStates)
     sudo = escalation(host, use_current_op=True)
 
-    def copy_token(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        with gate(source):
-            ok, output = source.run_shell_command(
-                StringCommand("cat", QuoteString(source_path)), print_output=False, print_input=False,
-                **escalation(source),
-            )
-        if not ok or not output.stdout.strip():
-            raise OperationError(f"reading {source_path} on {source.name} failed")
-        put_secret(host, path, output.stdout.strip() + "\n", sudo, pending)
-
-    yield FunctionCommand(copy_token, (), {})
+    yield FunctionCommand(_copy_token, (source, source_path, path, sudo, pending), {})
 
 
 def kubeconfig_marker(source: str, sha: str, server_url: str) -> str:
@@ -339,7 +327,7 @@ def kubeconfig(local_path: str, path: str = KUBECONFIG):
     remote = shared_fact(host, FileStates, paths=(path,)).get(path)
     ipv4 = shared_fact(host, Tailscale)["ipv4"]
     if remote is None or not ipv4:
-        if not host.state.is_executing:
+        if not executing(host.state):
             host.noop(f"{path}: fetched once k3s has written it")
             return
         raise OperationError(f"{host.name} has no {path} (or no tailnet address): is k3s running there?")
@@ -429,7 +417,7 @@ def moved_snapshot(source: Host) -> str:
     return f"{SNAPSHOT_DIR}/{MOVE_SNAPSHOT}-from-{source.name}"
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def moved_from(source: Host, batch: tuple[str, ...] | None = None):
     """
     Make this new server take over the cluster of ``source``, the server it replaces: unless this host already
@@ -449,13 +437,11 @@ def moved_from(source: Host, batch: tuple[str, ...] | None = None):
     if shared_fact(host, FileStates, paths=tuple(batch or (SERVER_TOKEN,))).get(SERVER_TOKEN) is not None:
         host.noop(f"this server runs a cluster already ({SERVER_TOKEN} exists)")
         return
-    forget(host, FileStates)
     sudo = escalation(host, use_current_op=True)
     target = moved_snapshot(source)
 
     def fetch_snapshot(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        theirs = escalation(source)
-        with gate(source):
+        with reaching(source, "taking the etcd snapshot") as theirs:
             ok, output = source.run_shell_command(
                 StringCommand("k3s etcd-snapshot save --name", MOVE_SNAPSHOT, ">/dev/null 2>&1 && ls -t",
                               f"{SNAPSHOT_DIR}/{MOVE_SNAPSHOT}-*", "| head -n 1"), print_output=False, **theirs,
@@ -464,7 +450,7 @@ def moved_from(source: Host, batch: tuple[str, ...] | None = None):
         if not snapshot:
             raise OperationError(f"the etcd snapshot on {source.name} failed (is k3s running there, with "
                                  f"k3s_cluster_init?): {output.stderr[-300:]}")
-        with gate(source):
+        with reaching(source, "copying the snapshot and cluster token") as theirs:
             ok, token = source.run_shell_command(
                 StringCommand("cat", QuoteString(TOKEN)), print_output=False, print_input=False, **theirs
             )
@@ -484,7 +470,7 @@ def moved_from(source: Host, batch: tuple[str, ...] | None = None):
     yield FunctionCommand(fetch_snapshot, (), {})
 
 
-@host_operation()
+@host_operation(is_idempotent=False)
 def cluster_reset(snapshot: str):
     """
     Restore an etcd ``snapshot`` into this server's datastore before k3s starts (``k3s server --cluster-reset
@@ -543,50 +529,23 @@ def retired(successor: Host, node_name: str, remove_data: bool = False):
     yield FunctionCommand(forget_node, (), {})
 
 
-@host_operation()
-def servers_first():
-    """
-    Nothing on the host: an ordering point. Called from one place for every k3s node, after the servers'
-    operations and before the agents', it makes pyinfra run every server's operations before any agent's.
-
-    **Example:**
-
-    .. code:: python
-
-        k3s.servers_first(name="Servers before agents")
-    """
-    host.noop("the servers' operations come before the agents'")
-    return
-    yield  # an operation is a generator
-
-
-@host_operation()
-def nodes_done():
-    """
-    Nothing on the host: an ordering point, like ``servers_first``. Called from one place on every k3s node and on
-    a host that acts after them (the old server of a move, see ``retired``), it makes pyinfra run every k3s node's
-    operations before that host's next ones.
-
-    **Example:**
-
-    .. code:: python
-
-        k3s.nodes_done(name="Every k3s node follows the new server")
-    """
-    host.noop("every k3s node's operations come before what follows")
-    return
-    yield  # an operation is a generator
-
-
 def _kubectl(server: Host, *args: object) -> tuple[bool, str]:
-    with gate(server):
-        ok, output = server.run_shell_command(
-            StringCommand(KUBECTL, *args), print_output=False, **escalation(server)
-        )
+    """``k3s kubectl`` on a server, as a cross-host step; its output, or its error output when it failed."""
+    with reaching(server, "k3s kubectl") as sudo:
+        ok, output = server.run_shell_command(StringCommand(KUBECTL, *args), print_output=False, **sudo)
     return ok, output.stdout if ok else output.stderr
 
 
-@host_operation()
+def _copy_token(state: State, host: Host, source: Host, source_path: str, path: str, sudo: dict[str, Any],
+                pending: str | None) -> None:  # pyinfra passes state and host by these names
+    """The cluster token of ``source`` (a server) into ``path`` on this node."""
+    token = run_on(source, StringCommand("cat", QuoteString(source_path)), f"reading {source_path}").strip()
+    if not token:
+        raise OperationError(f"reading {source_path} on {source.name} failed: it is empty")
+    put_secret(host, path, token + "\n", sudo, pending)
+
+
+@host_operation(changes=(InstalledRelease,))
 def binary(
     version: str,
     node_name: str,
@@ -630,7 +589,6 @@ def binary(
         host.noop(f"k3s {version} is installed")
         return
     url, files_, checksum_url = release.for_machine("k3s", url, {"": BINARY}, checksum_url, machines)
-    forget(host, InstalledRelease)
     if not current:  # a new node: nothing runs yet, nothing to drain
         yield release.install_command("k3s", version, url, files_, checksum_url, sha256)
         return
@@ -678,11 +636,7 @@ class _upgrade_turn:
         from gevent.lock import Semaphore
 
         self.node_name = node_name
-        turn = getattr(state, "_portable_k3s_upgrade_turn", None)
-        if turn is None:
-            turn = {"lock": Semaphore(1), "failed": None}
-            state._portable_k3s_upgrade_turn = turn
-        self.turn = turn
+        self.turn = run_store(state, "upgrade_turn", lambda: {"lock": Semaphore(1), "failed": None})
 
     def __enter__(self) -> None:
         self.turn["lock"].acquire()

@@ -14,7 +14,8 @@ from ..facts.files import FileStates
 from ..facts.headscale import Headscale, parse_nodes
 from ..render import sha256
 from . import files
-from .util import escalation, forget, gate, host_operation, shared_fact
+from .cross_host import reaching, run_on
+from .util import escalation, host_operation, shared_fact
 
 NGINX_CONF = "/etc/nginx/nginx.conf"
 TEST = "nginx -t -q"
@@ -88,8 +89,8 @@ def entrance_config(
     sudo, server = escalation(host, use_current_op=True), headscale_host
 
     def write_when_joined(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        ok, output = server.run_shell_command("headscale nodes list -o json", print_output=False, **escalation(server))
-        found = _addresses(parse_nodes(output.stdout) if ok else [], backends)
+        listed = run_on(server, "headscale nodes list -o json", "listing the tailnet's nodes")
+        found = _addresses(parse_nodes(listed), backends)
         if found is None:
             raise OperationError(f"not every backend of {backends} is in the tailnet: the entrance cannot point at it")
         _put_tested(host, path, render_config(found), sudo, pending=pending)
@@ -137,11 +138,8 @@ def entrance_followed(
     if current is not None and current["sha256"] == sha256(text):
         host.noop(f"the nginx of {entrance.name} already points at every k3s node")
         return
-    forget(entrance, FileStates)
-    sudo = escalation(entrance)
-
     def write(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        with gate(entrance):
+        with reaching(entrance, "pointing the entrance's nginx at this node", forgets=(FileStates,)) as sudo:
             _put_tested(entrance, path, text, sudo, "&& systemctl reload nginx.service")
 
     yield FunctionCommand(write, (), {})

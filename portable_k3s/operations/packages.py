@@ -6,10 +6,10 @@ from pyinfra import host
 from pyinfra.operations import apt
 
 from ..facts.packages import InstalledPackages
-from .util import forget, host_operation, shared_fact
+from .util import host_operation, shared_fact
 
 
-@host_operation()
+@host_operation(changes=(InstalledPackages,))
 def installed(packages: list[str], cache_time: int = 3600):
     """
     Install the Debian packages that are missing; refresh the apt lists (if older than ``cache_time``) only
@@ -29,5 +29,4 @@ def installed(packages: list[str], cache_time: int = 3600):
     if not missing:
         host.noop(f"{len(packages)} packages are installed")
         return
-    forget(host, InstalledPackages)
     yield from apt.packages._inner(packages=missing, update=True, cache_time=cache_time, no_recommends=True)

@@ -7,6 +7,7 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import Host, OperationValueError
 
+from ..adapter import run_store
 from .util import _frozen, host_operation, prefetch
 
 Reads = list[tuple[Any, dict[str, Any]]]
@@ -93,9 +94,5 @@ def _key(read: tuple[Any, dict[str, Any]]) -> tuple[str, Any]:
 
 
 def _planned(on: Host) -> list[dict[str, Any]]:
-    """The host's ``facts`` calls in planning order, kept on the host object (it lives for one run)."""
-    planned = getattr(on, "_portable_k3s_prefetches", None)
-    if planned is None:
-        planned = []
-        on._portable_k3s_prefetches = planned  # type: ignore[attr-defined]
-    return planned
+    """The host's ``facts`` calls in planning order (kept with the host for the run)."""
+    return run_store(on, "prefetches", list)

@@ -12,7 +12,7 @@ from pyinfra.facts.server import Arch
 
 from ..facts.release import RELEASE_STATE_DIR, InstalledRelease
 from .files import marked
-from .util import forget, host_operation, shared_fact
+from .util import host_operation, shared_fact
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -20,7 +20,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MACHINES = ("x86_64", "aarch64", "armv7l")  # the ``uname -m`` of the machines the releases are published for
 
 
-@host_operation()
+@host_operation(changes=(InstalledRelease,))
 def installed(
     component: str,
     version: str,
@@ -69,7 +69,6 @@ def installed(
         host.noop(f"{component} {version} is installed")
         return
     url, files, checksum_url = for_machine(component, url, files, checksum_url, machines)
-    forget(host, InstalledRelease)
     yield install_command(component, version, url, files, checksum_url, sha256, pending=pending)
 
 

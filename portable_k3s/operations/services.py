@@ -7,7 +7,7 @@ from pyinfra.api import OperationValueError, QuoteString, StringCommand
 
 from ..facts.files import FileStates
 from ..facts.services import ServiceState, ServiceStates
-from .util import forget, host_operation, shared_fact
+from .util import host_operation, shared_fact
 
 # Unit file states that start the unit at boot (or that systemd manages without an [Install] section).
 STARTS_AT_BOOT = ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated")
@@ -40,7 +40,7 @@ def _unit_state(service: str, batch: tuple[str, ...] | None) -> ServiceState:
     return state
 
 
-@host_operation()
+@host_operation(changes=(ServiceStates,))
 def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = None, timeout: int | None = None):
     """
     Start a service unit that is not active and enable it if it would not start at boot.
@@ -65,7 +65,6 @@ def running(service: str, enabled: bool = True, batch: tuple[str, ...] | None = 
     if not commands:
         host.noop(f"{service} is running" + (" and enabled" if enabled else ""))
         return
-    forget(host, ServiceStates)
     yield from commands
 
 
@@ -92,13 +91,10 @@ def _again(verb: str, service: str, timeout: int | None, pending: str | tuple[st
     """``systemctl <verb>`` of the unit, then its ``pending`` marker(s) removed."""
     if not service.endswith((".service", ".socket", ".timer")):
         raise OperationValueError(f"service: {service!r} (expected a unit name such as nginx.service)")
-    forget(host, ServiceStates)
-    if pending:
-        forget(host, FileStates)
     yield clearing(start_command(verb, service, timeout), pending)
 
 
-@host_operation()
+@host_operation(changes=(ServiceStates, FileStates), is_idempotent=False)
 def restarted(service: str, timeout: int | None = None, pending: str | tuple[str, ...] | None = None):
     """
     Restart a service unit (call it with ``_if=`` a change of its config, or its ``pending`` marker there),
@@ -119,7 +115,7 @@ def restarted(service: str, timeout: int | None = None, pending: str | tuple[str
     yield from _again("restart", service, timeout, pending)
 
 
-@host_operation()
+@host_operation(changes=(ServiceStates, FileStates), is_idempotent=False)
 def reloaded(service: str, pending: str | None = None):
     """
     Reload a service unit (call it with ``_if=`` a change of its config, or its ``pending`` marker there).
@@ -137,7 +133,7 @@ def reloaded(service: str, pending: str | None = None):
     yield from _again("reload", service, None, pending)
 
 
-@host_operation()
+@host_operation(changes=(ServiceStates,), is_idempotent=False)
 def restarted_if_running(services: list[str], timeout: int):
     """
     Restart those of ``services`` that are running or starting (also when systemd is about to restart them after a
@@ -156,13 +152,12 @@ def restarted_if_running(services: list[str], timeout: int):
     for service in services:
         if not service.endswith((".service", ".socket", ".timer")):
             raise OperationValueError(f"services: {service!r} (expected a unit name such as nginx.service)")
-    forget(host, ServiceStates)
     for service in services:
         yield StringCommand("case $(systemctl is-active", QuoteString(service), ") in active|activating|reloading)",
                             start_command("restart", service, timeout), ";; esac")
 
 
-@host_operation()
+@host_operation(changes=(ServiceStates,))
 def stopped(service: str, batch: tuple[str, ...] | None = None):
     """
     Stop a service unit and disable it, if it is running or enabled.
@@ -180,5 +175,4 @@ def stopped(service: str, batch: tuple[str, ...] | None = None):
     if not state["active"] and state["enabled"] != "enabled":
         host.noop(f"{service} is stopped and disabled")
         return
-    forget(host, ServiceStates)
     yield StringCommand("systemctl disable --now", QuoteString(service))

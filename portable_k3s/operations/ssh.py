@@ -11,13 +11,13 @@ from pyinfra.api.command import FileUploadCommand
 from ..facts.files import FileStates
 from ..facts.ssh import SSHD_DROPIN_DIR, SshdHardening
 from ..render import render, sha256
-from .util import file_checksum, forget, host_operation, shared_fact
+from .util import file_checksum, host_operation, shared_fact
 
 HARDENING_DROPIN = f"{SSHD_DROPIN_DIR}/01-portable-k3s-hardening.conf"
 PERMIT_ROOT_LOGIN = ("prohibit-password", "no")
 
 
-@host_operation()
+@host_operation(changes=(FileStates,))
 def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING_DROPIN, present: bool = True):
     """
     Harden sshd: public keys only (no password or keyboard-interactive login), root by key only or not at all.
@@ -45,7 +45,6 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
         if current is None:
             host.noop("sshd hardening is absent")
             return
-        forget(host, FileStates)
         yield StringCommand(
             "rm -f", QuoteString(path), "&& sshd -t && systemctl try-reload-or-restart ssh.service"
         )
@@ -55,7 +54,6 @@ def hardened(permit_root_login: str = "prohibit-password", path: str = HARDENING
         host.noop("sshd hardening is in place")
         return
     info = shared_fact(host, SshdHardening)  # only now: a converged host needs no more than the checksum
-    forget(host, FileStates)
     if not info["includes_dropins"]:
         raise OperationError(
             f"/etc/ssh/sshd_config does not include {SSHD_DROPIN_DIR}/*.conf, so the hardening would not apply "

@@ -15,8 +15,9 @@ from pyinfra.api.command import FunctionCommand
 
 from ..facts.headscale import Headscale
 from ..facts.tailscale import Tailscale
+from .cross_host import on_host, run_on
 from .headscale import mint_preauth_key
-from .util import escalation, forget, gate, host_operation, shared_fact
+from .util import escalation, forget, host_operation, shared_fact
 
 AUTHKEY_DIR = "/run/portable-k3s"
 AUTHKEY_FILE = f"{AUTHKEY_DIR}/tailscale-authkey"
@@ -48,7 +49,7 @@ def settings_flags(hostname: str, accept_dns: bool, accept_routes: bool, exit_no
     return flags
 
 
-@host_operation()
+@host_operation(changes=(Tailscale,))
 def joined(
     login_server: str,
     headscale_host: Host,
@@ -101,81 +102,55 @@ def joined(
     if server is None:  # its host failed as it was read (pyinfra said why)
         raise OperationError(f"headscale's node list could not be read on {headscale_host.name}: this node joins at "
                              f"the next run once {headscale_host.name} answers")
-    known_keys = {node["node_key"] for node in server["nodes"]}
     flags = settings_flags(hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
     wanted = wanted_prefs(login_server, hostname, accept_dns, accept_routes, exit_node, routes, routes_by_k3s, snat)
     # "Starting": logged in, waiting for a relay or a peer (e.g. right after a reboot that also restarted
     # headscale): still this tailnet's node. A re-join would not help it and would cost it its node key.
     joined_here = info["backend_state"] in ("Running", "Starting") and info["prefs"].get("ControlURL") == login_server
-    known = info["node_key"] in known_keys if server["running"] else True
+    known = info["node_key"] in {node["node_key"] for node in server["nodes"]} if server["running"] else True
     if joined_here and known:
-        current = {key: info["prefs"].get(key) for key in wanted}
-        if "AdvertiseRoutes" in wanted:
-            current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
-        node = next((n for n in server["nodes"] if n["node_key"] == info["node_key"]), None)
-        retag = node is not None and node["tags"] != sorted(set(tags))
-        if current == wanted and not retag:
-            if info["backend_state"] == "Running":
-                host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
-            else:
-                host.noop(f"{hostname} is in the tailnet ({info['backend_state']}: waiting for a relay or a peer)")
-            return
-        forget(host, Tailscale)
-        if current != wanted:
-            yield StringCommand("tailscale set", *flags)
-        if retag and node is not None:
-            node_id, wanted_tags = node["id"], ",".join(sorted(set(tags)))
+        yield from _in_line(info, server, wanted, flags, headscale_host, hostname, tags)
+    else:
+        yield from _join(login_server, info, server, flags, headscale_host, hostname, tags)
 
-            def set_tags(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-                command = StringCommand(
-                    "headscale nodes tag --identifier", str(node_id), "--tags", QuoteString(wanted_tags)
-                )
-                with gate(headscale_host):
-                    ok, output = headscale_host.run_shell_command(
-                        command, print_output=False, **escalation(headscale_host)
-                    )
-                forget(headscale_host, Headscale)
-                if not ok:
-                    raise OSError(f"re-tagging {hostname} on {headscale_host.name} failed: {output.stderr[-300:]}")
 
-            yield FunctionCommand(set_tags, (), {})
+def _in_line(info: dict[str, Any], server: dict[str, Any], wanted: dict[str, Any], flags: list[str],
+             headscale_host: Host, hostname: str, tags: list[str]):
+    """A node in the tailnet: its changed settings with ``tailscale set``, its changed tags on headscale."""
+    current = {key: info["prefs"].get(key) for key in wanted}
+    if "AdvertiseRoutes" in wanted:
+        current["AdvertiseRoutes"] = sorted(current["AdvertiseRoutes"] or [])
+    node = next((n for n in server["nodes"] if n["node_key"] == info["node_key"]), None)
+    retag = node is not None and node["tags"] != sorted(set(tags))
+    if current == wanted and not retag:
+        if info["backend_state"] == "Running":
+            host.noop(f"{hostname} is in the tailnet as {info['ipv4']}")
+        else:
+            host.noop(f"{hostname} is in the tailnet ({info['backend_state']}: waiting for a relay or a peer)")
         return
+    if current != wanted:
+        yield StringCommand("tailscale set", *flags)
+    if retag and node is not None:
+        command = StringCommand("headscale nodes tag --identifier", str(node["id"]), "--tags",
+                                QuoteString(",".join(sorted(set(tags)))))
+        yield on_host(headscale_host, command, f"re-tagging {hostname}", forgets=(Headscale,))
 
-    forget(host, Tailscale)
+
+def _join(login_server: str, info: dict[str, Any], server: dict[str, Any], flags: list[str], headscale_host: Host,
+          hostname: str, tags: list[str]):
+    """A node not in the tailnet (or not the one headscale knows): (re-)join it with a fresh pre-auth key."""
     sudo = escalation(host, use_current_op=True)
     # An earlier registration of this host that it can no longer use (its disk was replaced, or headscale was
     # restored from a backup): deleted first, or headscale would give the new one another name (h1-abc123).
     stale = [n["id"] for n in server["nodes"] if n["name"] == hostname and n["node_key"] != info["node_key"]
              and set(n["tags"]) & set(tags)]
     if stale:
-
-        def delete_stale(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-            for node_id in stale:
-                command = StringCommand("headscale nodes delete --force --identifier", str(node_id))
-                with gate(headscale_host):
-                    ok, output = headscale_host.run_shell_command(
-                        command, print_output=False, **escalation(headscale_host)
-                    )
-                if not ok:
-                    raise OSError(f"deleting the stale registration {node_id} of {hostname} on "
-                                  f"{headscale_host.name} failed: {output.stderr[-300:]}")
-            forget(headscale_host, Headscale)
-
-        yield FunctionCommand(delete_stale, (), {})
-
-    def upload_fresh_key(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        try:
-            key = mint_preauth_key(headscale_host, tags)
-            if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False,
-                                 **sudo):
-                raise OSError(f"uploading the pre-auth key to {host.name} failed")
-        except Exception:  # no key file left behind (empty, or half written) for a join that did not happen
-            with contextlib.suppress(Exception):
-                host.run_shell_command(StringCommand("rm -f", QuoteString(AUTHKEY_FILE)), **sudo)
-            raise
-
+        deletes = [StringCommand("headscale nodes delete --force --identifier", str(node_id)) for node_id in stale]
+        yield on_host(headscale_host, StringCommand(*_joined_by_and(deletes)),
+                      f"deleting the stale registration {', '.join(map(str, stale))} of {hostname}",
+                      forgets=(Headscale,))
     yield StringCommand("install -d -m 0700", AUTHKEY_DIR, "&& install -m 0600 /dev/null", AUTHKEY_FILE)
-    yield FunctionCommand(upload_fresh_key, (), {})
+    yield FunctionCommand(_upload_fresh_key, (headscale_host, tags, sudo), {})
     yield StringCommand(
         "tailscale up --reset", f"--login-server={login_server}", f"--auth-key=file:{AUTHKEY_FILE}",
         "--timeout=60s", *flags, "; rc=$?; rm -f", QuoteString(AUTHKEY_FILE), "; exit $rc",
@@ -189,21 +164,38 @@ def joined(
             "| grep -qE", QuoteString('"BackendState": "(Running|Starting)"'), "&& exit 0; sleep 0.5; done;",
             "echo 'tailscaled did not come back after its restart' >&2; exit 1",
         )
+    yield FunctionCommand(_wait_until_listed, (headscale_host, hostname, sudo), {})
 
-    def wait_until_listed(state: State, host: Host) -> None:  # pyinfra passes state and host by these names
-        """headscale lists a new node a moment after it joined; later operations (the entrance) need it there."""
-        ok, output = host.run_shell_command("tailscale status --json", print_output=False, **sudo)
-        node_key = (json.loads(output.stdout or "{}").get("Self") or {}).get("PublicKey") if ok else None
-        deadline = time.monotonic() + 30
-        while node_key and time.monotonic() < deadline:
-            with gate(headscale_host):
-                ok, output = headscale_host.run_shell_command(
-                    "headscale nodes list -o json", print_output=False, **escalation(headscale_host)
-                )
-            if ok and node_key in output.stdout:
-                forget(headscale_host, Headscale)  # later operations read the node list with this node in it
-                return
-            gevent.sleep(0.5)
-        raise OSError(f"{hostname} joined, but headscale on {headscale_host.name} does not list it")
 
-    yield FunctionCommand(wait_until_listed, (), {})
+def _joined_by_and(commands: list[StringCommand]) -> list[Any]:
+    words: list[Any] = []
+    for command in commands:
+        words += ["&&", command] if words else [command]
+    return words
+
+
+def _upload_fresh_key(state: State, host: Host, headscale_host: Host, tags: list[str], sudo: dict[str, Any]) -> None:
+    """Mint a pre-auth key on headscale and put it into the node's key file; no key file is left behind (empty, or
+    half written) for a join that does not happen."""
+    try:
+        key = mint_preauth_key(headscale_host, tags)
+        if not host.put_file(StringIO(key.unmask()), AUTHKEY_FILE, print_output=False, print_input=False, **sudo):
+            raise OSError(f"uploading the pre-auth key to {host.name} failed")
+    except Exception:
+        with contextlib.suppress(Exception):
+            host.run_shell_command(StringCommand("rm -f", QuoteString(AUTHKEY_FILE)), **sudo)
+        raise
+
+
+def _wait_until_listed(state: State, host: Host, headscale_host: Host, hostname: str, sudo: dict[str, Any]) -> None:
+    """headscale lists a new node a moment after it joined; later operations (the entrance) need it there."""
+    ok, output = host.run_shell_command("tailscale status --json", print_output=False, **sudo)
+    node_key = (json.loads(output.stdout or "{}").get("Self") or {}).get("PublicKey") if ok else None
+    deadline = time.monotonic() + 30
+    while node_key and time.monotonic() < deadline:
+        listed = run_on(headscale_host, "headscale nodes list -o json", f"listing the nodes for {hostname}")
+        if node_key in listed:
+            forget(headscale_host, Headscale)  # later operations read the node list with this node in it
+            return
+        gevent.sleep(0.5)
+    raise OSError(f"{hostname} joined, but headscale on {headscale_host.name} does not list it")

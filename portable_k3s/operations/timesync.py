@@ -13,13 +13,13 @@ from ..facts.files import FileStates
 from ..facts.services import ServiceStates
 from ..facts.timesync import Timesyncd
 from ..render import render, sha256
-from .util import file_checksum, forget, host_operation, shared_fact
+from .util import file_checksum, host_operation, shared_fact
 
 TIMESYNCD_DROPIN = "/etc/systemd/timesyncd.conf.d/portable-k3s.conf"
 TIMESYNCD_UNIT = "systemd-timesyncd.service"
 
 
-@host_operation()
+@host_operation(changes=(FileStates, ServiceStates))
 def timesyncd(
     servers: list[str], fallback: list[str] | None = None, path: str = TIMESYNCD_DROPIN, present: bool = True
 ):
@@ -53,20 +53,16 @@ def timesyncd(
         if current is None:
             host.noop("timesyncd drop-in is absent")
             return
-        forget(host, FileStates)
         yield StringCommand("rm -f", QuoteString(path))
         if active:
-            forget(host, ServiceStates)
             yield f"systemctl restart {TIMESYNCD_UNIT}"
         return
     content = render("timesyncd.conf.j2", servers=servers, fallback=fallback or [])
     changed = current != sha256(content)
     if changed:
-        forget(host, FileStates)
         yield StringCommand("mkdir -p", QuoteString(os.path.dirname(path) or "."))
         yield FileUploadCommand(StringIO(content), path)
     if not enabled:
-        forget(host, ServiceStates)
         yield f"systemctl enable {TIMESYNCD_UNIT}"
     if info["container"]:
         if not changed and enabled:
@@ -76,10 +72,8 @@ def timesyncd(
             )
         return
     if changed and active:
-        forget(host, ServiceStates)
         yield f"systemctl restart {TIMESYNCD_UNIT}"
     elif not active:
-        forget(host, ServiceStates)
         yield f"systemctl start {TIMESYNCD_UNIT}"
     elif not changed and enabled:
         host.noop("timesyncd is configured and running")

@@ -12,6 +12,7 @@ from pyinfra import logger
 from pyinfra.api import Host, OperationError, OperationValueError, State, operation
 from pyinfra.api.command import FunctionCommand
 
+from ..adapter import executing, operation_arguments, run_store, supported
 from ..facts.util import SHARED_VALUES
 
 # Errors that concern one host during a run: an operation that cannot go on there, or the host's connection lost.
@@ -23,10 +24,8 @@ ESCALATION_ARGUMENTS = ("_sudo", "_sudo_user", "_use_sudo_login", "_su_user", "_
 def escalation(host: Host, use_current_op: bool = False) -> dict[str, Any]:
     """The privilege escalation arguments (``_sudo`` …) to pass to ``host.run_shell_command``/``put_file``
     from a callback: those of the operation being planned on ``host``, else those set in ``host``'s data."""
-    source: dict[str, Any] = {}
-    if use_current_op and host.current_op_global_arguments:
-        source = dict(host.current_op_global_arguments)
-    else:
+    source: dict[str, Any] = operation_arguments(host) if use_current_op else {}
+    if not source:
         source = {key: host.data.get(key) for key in ESCALATION_ARGUMENTS}
     return {key: source[key] for key in ESCALATION_ARGUMENTS if source.get(key)}
 
@@ -36,20 +35,11 @@ def escalation(host: Host, use_current_op: bool = False) -> dict[str, Any]:
 CROSS_HOST_CONCURRENCY = 4
 
 
-def _per_state(state: Any) -> dict[str, dict]:
-    """This run's cross-host bookkeeping, kept on the pyinfra state itself (it ends with the run)."""
-    store = getattr(state, "_portable_k3s_cross_host", None)
-    if store is None:
-        store = {"gates": {}, "once": {}}
-        state._portable_k3s_cross_host = store
-    return store
-
-
 def gate(host: Host) -> Any:
     """A semaphore bounding the commands that several hosts' operations run on ``host`` at the same time."""
     from gevent.lock import BoundedSemaphore
 
-    gates = _per_state(host.state)["gates"]
+    gates: dict[str, Any] = run_store(host.state, "gates", dict)
     if host.name not in gates:
         gates[host.name] = BoundedSemaphore(CROSS_HOST_CONCURRENCY)
     return gates[host.name]
@@ -69,15 +59,18 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
     ask for it with the same arguments, on ``host`` or on other hosts (headscale's node list for every joining
     node): pyinfra itself reads a fact again on every call.
 
-    An operation that changes what the fact reports calls ``forget(host, fact)`` when it yields commands, so the
-    next operation reads it afresh (operations are generated just before they execute). Batched facts such as
+    An operation that changes what the fact reports declares it (``host_operation(changes=(Fact,))``): its read is
+    forgotten when the operation yields commands, so the next operation reads it afresh (operations are generated
+    just before they execute). Batched facts such as
     ``FileStates`` are shared safely as long as each path belongs to one operation. ``static=True``: the fact
     cannot change during a run (the machine's architecture, its firmware), read once for both phases.
     """
     from gevent.lock import Semaphore
 
-    executing = None if static else bool(getattr(host.state, "is_executing", False))
-    key = (fact.__name__, _frozen(kwargs), executing)
+    if not supported():  # a pyinfra whose objects the adapter does not know: pyinfra's own read, every time
+        return host.get_fact(fact, **kwargs)
+    phase = None if static else executing(host.state)
+    key = (fact.__name__, _frozen(kwargs), phase)
     shared = _shared_reads(host)
     entry = shared.get(key)
     if entry is None:
@@ -92,8 +85,8 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
 
 def file_checksum(host: Host, path: str) -> str | None:
     """The sha256 of the file ``path`` on ``host`` (None when it is absent): ``FileStates`` of that one path, which a
-    prefetch reads with all the other files' in one ``sha256sum``. An operation that changes the file
-    ``forget``s ``FileStates``."""
+    prefetch reads with all the other files' in one ``sha256sum``. An operation that changes the file declares
+    ``changes=(FileStates,)``."""
     from ..facts.files import FileStates
 
     state = shared_fact(host, FileStates, paths=(path,)).get(path)
@@ -122,10 +115,12 @@ def prefetch(
     from gevent.lock import Semaphore
     from pyinfra.api import StringCommand
 
-    executing = bool(getattr(host.state, "is_executing", False))
+    if not supported():  # no shared store: the operations read their facts themselves
+        return 0
+    phase = executing(host.state)
     shared = _shared_reads(host)
     keyed: list[tuple[Any, dict[str, Any], tuple[Any, Any, bool | None]]] = [
-        (fact, kwargs, (fact.__name__, _frozen(kwargs), executing)) for fact, kwargs in reads
+        (fact, kwargs, (fact.__name__, _frozen(kwargs), phase)) for fact, kwargs in reads
     ]
     keyed += [(fact, kwargs, (fact.__name__, _frozen(kwargs), None)) for fact, kwargs in static or []]
     wanted: list[tuple[Any, dict[str, Any], tuple[Any, Any, bool | None]]] = []
@@ -216,27 +211,29 @@ def forget(host: Host, fact: Any) -> None:
 
 
 def _shared_reads(host: Host) -> dict[tuple, dict[str, Any]]:
-    """The facts read for ``host`` in this run, kept on the host object (it lives for one run)."""
-    shared = getattr(host, "_portable_k3s_shared_facts", None)
-    if shared is None:
-        shared = {}
-        host._portable_k3s_shared_facts = shared  # type: ignore[attr-defined]
-    return shared
+    """The facts read for ``host`` in this run (kept with the host for the run: see ``adapter.run_store``)."""
+    return run_store(host, "shared_facts", dict)
 
 
-def host_operation(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+def host_operation(changes: tuple[Any, ...] = (), **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """
-    pyinfra's ``@operation()``, where an error raised while the operation works out its commands during the run
-    (an ``OperationError``, or the host's connection lost as the operation reads from it) fails that host only, as a
-    failing command does. pyinfra itself ends the whole run, for every host, on such an error. Argument errors
-    (``OperationValueError``) and every error while planning still stop the run before any host is touched.
+    pyinfra's ``@operation()``, with two additions:
+
+    + changes: the facts whose subject the operation changes when it yields commands (``FileStates`` for one that
+      writes files): their shared reads on the host are forgotten as it yields its first command, so the next
+      operation that asks reads them afresh (see ``shared_fact``). An operation that yields nothing changed
+      nothing and forgets nothing.
+    + An error raised while the operation works out its commands during the run (an ``OperationError``, or the
+      host's connection lost as the operation reads from it) fails that host only, as a failing command does.
+      pyinfra itself ends the whole run, for every host, on such an error. Argument errors
+      (``OperationValueError``) and every error while planning still stop the run before any host is touched.
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
         @functools.wraps(func)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            commands = func(*args, **kwargs)
-            if not getattr(current_host.state, "is_executing", False):
+            commands = _forgetting(func(*args, **kwargs), changes)
+            if not executing(current_host.state):
                 yield from commands
                 return
             try:
@@ -246,9 +243,19 @@ def host_operation(**options: Any) -> Callable[[Callable[..., Any]], Any]:
             except HOST_ERRORS as exc:
                 yield FunctionCommand(_host_failed, (host_error(exc),), {})
 
+        guarded.changes = changes  # type: ignore[attr-defined]
         return operation(**options)(guarded)
 
     return decorate
+
+
+def _forgetting(commands: Any, facts: tuple[Any, ...]) -> Any:
+    """``commands``, with ``facts`` forgotten on the current host before the first one."""
+    for index, command in enumerate(commands):
+        if index == 0:
+            for fact in facts:
+                forget(current_host, fact)
+        yield command
 
 
 def host_error(exc: BaseException) -> str:

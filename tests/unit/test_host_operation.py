@@ -10,7 +10,8 @@ from pyinfra.api import OperationError, OperationValueError, StringCommand
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra_testing.util import FakeState, create_host
 
-from portable_k3s.operations.util import host_operation
+from portable_k3s.facts.files import FileStates
+from portable_k3s.operations.util import host_operation, shared_fact
 from tests.callbacks import host_failure
 
 
@@ -48,3 +49,32 @@ def test_argument_errors_and_errors_while_planning_still_raise() -> None:
 
 def test_without_an_error_the_commands_are_unchanged() -> None:
     assert [c.get_raw_value() for c in _commands(True)] == ["true"]
+
+
+@host_operation(changes=(FileStates,))
+def _writes_when_told(write: bool):
+    """Changes a file when told to: declares that it changes FileStates."""
+    if write:
+        yield StringCommand("touch /etc/x")
+
+
+@pytest.mark.parametrize("write", [True, False])
+def test_declared_changes_are_forgotten_when_the_operation_yields_commands(write: bool) -> None:
+    """An operation that changes a fact's subject declares it; its shared read is forgotten only when the
+    operation yields a command (one that changes nothing forgets nothing)."""
+    state = FakeState()
+    host = create_host(state, facts={"files.FileStates": {"paths=('/etc/x',)": {"/etc/x": None}}})
+    with ctx_state.use(state), ctx_host.use(host):
+        before = shared_fact(host, FileStates, paths=("/etc/x",))
+        assert len(list(_writes_when_told._inner(write=write))) == int(write)
+        host.fact = type(host.fact)({"files.FileStates": {"paths=('/etc/x',)": {"/etc/x": {"sha256": "new"}}}})
+        after = shared_fact(host, FileStates, paths=("/etc/x",))
+    assert (after is before) is not write
+
+
+def test_the_operations_that_always_act_are_marked_as_pyinfra_marks_them() -> None:
+    from portable_k3s.operations import k3s, services
+
+    for operation in (services.restarted, services.reloaded, services.restarted_if_running, k3s.cluster_reset):
+        assert operation.is_idempotent is False, operation.__name__
+    assert services.running.is_idempotent is True

@@ -1,21 +1,38 @@
-"""portable_k3s.planning: pyinfra's operation order from the frames themselves, the same as pyinfra's own."""
+"""portable_k3s.adapter's planning speed-ups: pyinfra's operation order from the frames themselves, the same as
+pyinfra's own; asked for explicitly, never by an import."""
 
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pyinfra
 import pytest
 from pyinfra.api import util
 
-import portable_k3s.operations  # noqa: F401 - importing the operations puts the fast order in place
-from portable_k3s import planning
+from portable_k3s import adapter as planning
 
 
-def test_importing_the_operations_puts_it_in_place() -> None:
+@pytest.fixture(autouse=True)
+def _sped_up() -> None:
+    planning.speed_up_planning()
+
+
+def test_importing_the_library_changes_nothing_of_pyinfra() -> None:
+    code = ("import inspect, portable_k3s.operations, portable_k3s.deploys.k3s, portable_k3s.config; "
+            "from pyinfra.api import util, arguments; "
+            "print(util.stack is inspect.stack, util.getframeinfo is inspect.getframeinfo, "
+            "not hasattr(arguments.all_global_arguments, '__wrapped__'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.split() == ["True", "True", "True"]
+
+
+def test_speed_up_planning_puts_it_in_place_and_is_idempotent() -> None:
+    assert planning.speed_up_planning() is True
     assert util.stack is planning.frames and util.getframeinfo is planning.frame_place
-    assert planning.fast_operation_order() is True  # idempotent
+    assert planning.speed_up_planning() is True
 
 
 def _fast_and_pyinfras(call, monkeypatch: pytest.MonkeyPatch) -> list:

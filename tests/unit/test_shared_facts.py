@@ -251,3 +251,36 @@ def test_prefetch_runs_facts_without_a_subshell_only_where_nothing_outlives_them
     assert "( cd / && pwd );" in host.commands[0] and "{ stat -c" in host.commands[0]
     assert shared_fact(host, _Cd) == ["/"]
     assert shared_fact(host, FileStates, paths=("here.conf",))["here.conf"]["mode"] == "640"
+
+
+def test_on_a_pyinfra_the_adapter_does_not_know_reads_go_through_pyinfras_public_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """portable_k3s.adapter falls back to the public API: every read is pyinfra's own, nothing is read ahead, the
+    SSH socket and pyinfra's planning are left alone."""
+    from portable_k3s import adapter
+
+    monkeypatch.setattr(adapter, "pyinfra_version", lambda: (4, 0))
+    adapter.supported.cache_clear()
+    try:
+        assert adapter.supported() is False
+        host = LocalShellHost()
+        assert prefetch(host, [(Hostname, {})]) == 0 and host.commands == []
+        shared_fact(host, Hostname)
+        shared_fact(host, Hostname)
+        assert [name for name, _ in host.reads] == ["Hostname", "Hostname"]
+        with socket.socket() as sock:
+            ssh_host = SimpleNamespace(connector=SimpleNamespace(client=SimpleNamespace(
+                get_transport=lambda: SimpleNamespace(sock=sock))))
+            assert adapter.ssh_socket(ssh_host) is None  # type: ignore[arg-type]
+        assert adapter.wrap_connector(ssh_host, "x", lambda method: method) is False  # type: ignore[arg-type]
+        from pyinfra.api import util
+
+        before = util.stack
+        monkeypatch.setattr(util, "stack", __import__("inspect").stack)
+        assert adapter.fast_operation_order() is False and util.stack is not adapter.frames
+        monkeypatch.setattr(util, "stack", before)
+    finally:
+        monkeypatch.undo()
+        adapter.supported.cache_clear()
+    assert adapter.supported() is True

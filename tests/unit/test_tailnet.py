@@ -15,7 +15,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from pyinfra.api import OperationError, OperationValueError
+from pyinfra.api import OperationError, OperationValueError, StringCommand
 from pyinfra.api.command import FunctionCommand
 from pyinfra.connectors.util import CommandOutput
 from pyinfra.context import ctx_host, ctx_state
@@ -112,7 +112,20 @@ def _plan_joined(node_info: dict, server_info: dict, **kwargs: Any) -> Planned:
     arguments.update(kwargs)
     with ctx_state.use(state), ctx_host.use(node):
         commands = list(tailscale.joined._inner(**arguments))
-    return Planned(commands, parse_commands(list(commands)), node, headscale_host, state)
+    return Planned(commands, _shown(commands, parse_commands(list(commands))), node, headscale_host, state)
+
+
+def _shown(commands: list[Any], serialised: list[Any]) -> list[Any]:
+    """Shell commands as their text; a function command as its name and its text arguments (the other host's
+    command and the step it is named by, for a cross-host step)."""
+    shown: list[Any] = []
+    for command, item in zip(commands, serialised, strict=True):
+        if isinstance(command, FunctionCommand):
+            texts = [_raw(arg) if isinstance(arg, StringCommand) else arg for arg in command.args]
+            shown.append([command.function.__name__, *[text for text in texts if isinstance(text, str)]])
+        else:
+            shown.append(item)
+    return shown
 
 
 RESTART_TAILSCALED = (
@@ -122,16 +135,16 @@ RESTART_TAILSCALED = (
 )
 
 
-def _join(flags: str = DEFAULT_FLAGS, was_online: bool = False) -> list[Any]:
+def _join(flags: str = DEFAULT_FLAGS, was_online: bool = False, hostname: str = "t420") -> list[Any]:
     """The commands of a (re-)join with a fresh pre-auth key, then the wait until headscale lists the node; a node
     that was online under a registration headscale no longer has restarts tailscaled in between."""
     return [
         f"install -d -m 0700 /run/portable-k3s && install -m 0600 /dev/null {AUTHKEY_FILE}",
-        ["upload_fresh_key", [], {}],
+        ["_upload_fresh_key"],
         f"tailscale up --reset --login-server={LOGIN} --auth-key=file:{AUTHKEY_FILE} --timeout=60s {flags}"
         f" ; rc=$?; rm -f {AUTHKEY_FILE} ; exit $rc",
         *([RESTART_TAILSCALED] if was_online else []),
-        ["wait_until_listed", [], {}],
+        ["_wait_until_listed", hostname],
     ]
 
 
@@ -231,10 +244,12 @@ def test_joined_fresh_disk_deletes_its_stale_registration_first() -> None:
     server["nodes"][1]["tags"] = ["tag:phone"]
     info = _tailscale_info("NeedsLogin", node_key="nodekey:" + "0" * 64)
     planned = _plan_joined(info, server)
-    assert planned.serialised == [["delete_stale", [], {}], *_join()]
+    assert planned.serialised == [["_run_step", "headscale nodes delete --force --identifier 1",
+                                   "deleting the stale registration 1 of t420"], *_join()]
     ran: list[str] = []
-    planned.headscale_host.run_shell_command = lambda command, **kw: (ran.append(str(command)), (True, None))[1]
-    planned.commands[0].function(planned.state, planned.node)
+    planned.headscale_host.run_shell_command = lambda command, **kw: (ran.append(str(command)), (True, _output()))[1]
+    step = planned.commands[0]
+    step.function(planned.state, planned.node, *step.args)
     assert ran == ["headscale nodes delete --force --identifier 1"]
 
 
@@ -279,7 +294,7 @@ def test_joined_flags_for_an_exit_node_with_routes() -> None:
     )
     assert planned.serialised == _join(
         "--hostname=cloud --accept-dns=false --snat-subnet-routes=true --accept-routes=true --advertise-exit-node=true"
-        " --advertise-routes=192.168.50.0/24"
+        " --advertise-routes=192.168.50.0/24", hostname="cloud",
     )
 
 
@@ -663,7 +678,7 @@ def test_policy_is_json() -> None:
 def _wait_function(server_stdouts: list[str]) -> tuple[Any, Any, Any]:
     planned = _plan_joined(_tailscale_info("NeedsLogin"), _headscale_info(OTHER_KEY))
     (wait,) = [c for c in planned.commands if isinstance(c, FunctionCommand) and c.function.__name__ ==
-               "wait_until_listed"]
+               "_wait_until_listed"]
     status = json.dumps({"Self": {"PublicKey": NODE_KEY}})
     planned.node.run_shell_command = mock.Mock(return_value=(True, _output(status)))
     planned.headscale_host.run_shell_command = mock.Mock(
@@ -713,3 +728,16 @@ def test_k3s_is_stale_when_it_has_run_since_before_tailscaled_last_started(state
     from portable_k3s.deploys.tailscale import k3s_older_than_tailscaled
 
     assert k3s_older_than_tailscaled(states) is stale
+
+
+def test_joined_node_with_other_tags_is_retagged_on_headscale_as_a_cross_host_step() -> None:
+    server = _headscale_info(NODE_KEY)
+    server["nodes"][0]["tags"] = ["tag:old"]
+    planned = _plan_joined(_tailscale_info(), server, tags=["tag:k3s", "tag:nas"])
+    assert planned.serialised == [["_run_step", "headscale nodes tag --identifier 1 --tags tag:k3s,tag:nas",
+                                   "re-tagging t420"]]
+    planned.headscale_host.run_shell_command = mock.Mock(return_value=(False, _output(stderr="Error: no such tag")))
+    step = planned.commands[0]
+    with pytest.raises(OperationError) as raised:
+        step.function(planned.state, planned.node, *step.args)
+    assert raised.value.args[0] == "re-tagging t420 on cloud failed: Error: no such tag"
