@@ -737,7 +737,7 @@ def _check_app_deployment(
                                  "backup_schedule") if k in raw]
     if kind is None:
         for unused in deployed_keys:
-            problems.add(f"{key}.{unused}", "is set on an app without a kind (the cluster does not run it)",
+            problems.add(f"{key}.{unused}", "is set, but the cluster does not run an app without a kind",
                          f"a kind as well, one of {', '.join(KINDS)}, or no {unused}")
         return found
     if isinstance(name, str) and len(name) > APP_NAME_MAX:
@@ -1003,7 +1003,7 @@ def _check_native_mode(inventory: Inventory, nodes: list[Host], problems: _Probl
     modes = {name: default if mode is _MISSING else mode for name, mode in modes.items()}
     if len(set(map(str, modes.values()))) > 1:
         shown = ", ".join(f"{name}={mode}" for name, mode in modes.items())
-        problems.add(f"{K3S_SERVERS}.k3s_tailnet_mode", f"differs between k3s nodes ({shown})",
+        problems.add(f"{K3S_SERVERS}.k3s_tailnet_mode", f"differs between k3s nodes: {shown}",
                      "one mode for every k3s node: flannel's backend follows it, cluster-wide")
     found: dict[str, tuple[str, str]] = {}  # one problem per place a key is set, not per host
     for host in _native_k3s_hosts(inventory):
@@ -1051,7 +1051,7 @@ def _check_k3s(inventory: Inventory, problems: _Problems) -> None:
             shown = ", ".join(f"{name}={'unset' if lan is _MISSING else lan}" for name, lan in lans.items())
             problems.add(
                 K3S_SERVERS + ".k3s_lan",
-                f"{len(servers)} servers with embedded etcd, not all on one LAN ({shown})",
+                f"{len(servers)} servers with embedded etcd, not all on one LAN: {shown}",
                 "the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
                 "or k3s_etcd_across_vpn = True on every server to accept that risk",
             )
@@ -1091,8 +1091,8 @@ def _check_alerts(inventory: Inventory, values: _Values, problems: _Problems) ->
         if isinstance(value, str) and value.startswith("http://") and values.ok(source, "alerts_ntfy_url") and any(
             _lookup(inventory, host, "alerts_allow_http")[1] is not True for host in hosts
         ):
-            problems.add(f"{source}.alerts_ntfy_url", f"{value} is plain http (the token and the alerts would "
-                         "travel in clear)", "https://…, or alerts_allow_http = True where that is fine")
+            problems.add(f"{source}.alerts_ntfy_url", f"{value} is plain http: the token and the alerts would "
+                         "travel in clear", "https://…, or alerts_allow_http = True where that is fine")
 
 
 # Cluster add-ons and the address plan
@@ -1231,7 +1231,7 @@ def _check_addons(inventory: Inventory, values: _Values, problems: _Problems,
             problems.add(
                 where,
                 f"{wanted} replicas but only {len(devices)} k3s node{'' if len(devices) == 1 else 's'} with an "
-                f"external_ssd (nodes without one: {without})",
+                f"external_ssd; without one: {without}",
                 f"external_ssd on at least {wanted} k3s nodes, a smaller rook_ceph_replicas, or rook_ceph = False",
             )
         config.ceph_replicas = wanted

@@ -121,8 +121,8 @@ def _problems(**data):
      "all.alerts_ntfy_url: 'ntfy.sh/alerts' is not an ntfy topic URL (expected https://HOST/TOPIC, e.g. "
      "https://ntfy.sh/my-cluster-alerts, or None for no alerts)"),
     ({"alerts_ntfy_url": "http://ntfy.example.org/alerts"},
-     "all.alerts_ntfy_url: http://ntfy.example.org/alerts is plain http (the token and the alerts would travel in "
-     "clear) (expected https://…, or alerts_allow_http = True where that is fine)"),
+     "all.alerts_ntfy_url: http://ntfy.example.org/alerts is plain http: the token and the alerts would travel in "
+     "clear (expected https://…, or alerts_allow_http = True where that is fine)"),
     ({"alerts_interval": 2}, "all.alerts_interval: 2 is out of range (expected whole seconds 5-86400)"),
     ({"alerts_ntfy_token": "tk_literal"}, None),
 ], ids=["not-a-url", "plain-http", "interval", "literal-token"])

@@ -305,15 +305,15 @@ BAD_CASES: list[tuple[str, Any, list[str]]] = [
     ]),
     ("three servers, LAN unknown",
      lambda: with_groups(k3s_servers=(["master", "t420", "t410"], {}), k3s_agents=None), [
-        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN (master=unset, t420=unset, "
-        "t410=unset) (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
+        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN: master=unset, t420=unset, "
+        "t410=unset (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a VPN; "
         "or k3s_etcd_across_vpn = True on every server to accept that risk)",
     ]),
     ("three servers, two LANs",
      lambda: with_groups(k3s_servers=(["master", "t420", ("t410", {"k3s_lan": "office"})], {"k3s_lan": "home"}),
                          k3s_agents=None), [
-        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN (master=home, t420=home, "
-        "t410=office) (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a "
+        "k3s_servers.k3s_lan: 3 servers with embedded etcd, not all on one LAN: master=home, t420=home, "
+        "t410=office (expected the same k3s_lan (e.g. 'home') on every server: etcd is not supported across a "
         "VPN; or k3s_etcd_across_vpn = True on every server to accept that risk)",
     ]),
     ("server and agent", lambda: with_groups(k3s_agents=(["t420", "master"], {})), [

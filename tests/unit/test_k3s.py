@@ -564,7 +564,7 @@ K3S_BAD_CASES: list[tuple[str, Any, str]] = [
      "master.k3s_state: 'absent' on the first server while t420, t410 keep k3s (expected the first of "
      "k3s_servers removed last (every other node joins it), or another server listed first)"),
     ("mixed tailnet modes", lambda: with_host("k3s_agents", 0, "t420", {"k3s_tailnet_mode": "native"}),
-     "k3s_servers.k3s_tailnet_mode: differs between k3s nodes (master=manual, t420=native, t410=manual) "
+     "k3s_servers.k3s_tailnet_mode: differs between k3s nodes: master=manual, t420=native, t410=manual "
      "(expected one mode for every k3s node: flannel's backend follows it, cluster-wide)"),
     ("native mode with routes",
      lambda: with_data(k3s_tailnet_mode="native", tailscale_advertise_routes=["192.168.1.0/24"]),

@@ -279,7 +279,7 @@ def test_a_tcp_port_collision() -> None:
 
 def test_rook_ceph_with_fewer_devices_than_replicas() -> None:
     assert _problems(_inventory([BLOG], rook_ceph=True)) == [
-        "all.rook_ceph: 3 replicas but only 1 k3s node with an external_ssd (nodes without one: t420, t410) "
+        "all.rook_ceph: 3 replicas but only 1 k3s node with an external_ssd; without one: t420, t410 "
         "(expected external_ssd on at least 3 k3s nodes, a smaller rook_ceph_replicas, or rook_ceph = False)"]
     assert _problems(_inventory([BLOG], rook_ceph=True, rook_ceph_replicas=2))[0].startswith(
         "all.rook_ceph_replicas: 2 replicas but only 1 k3s node with an external_ssd")
@@ -323,7 +323,7 @@ def test_a_metallb_pool_with_no_route_from_the_entrance() -> None:
       "storage": "10GB"}, "all.apps[0].storage: '10GB' is not a quantity (expected a size of at least 1Mi as "
          "Kubernetes writes it, like 10Gi, 512M or 1.5Gi)"),
     ({"name": "legacy", "hostname": "legacy.example.org", "image": "example/x:1.0"},
-     "all.apps[0].image: is set on an app without a kind (the cluster does not run it) (expected a kind as well, "
+     "all.apps[0].image: is set, but the cluster does not run an app without a kind (expected a kind as well, "
      "one of container, static, hugo, privatebin, kutt, nextcloud, gitea, vaultwarden, ntfy, prometheus, "
      "jupyterhub, baikal, minecraft, or no image)"),
 ])
