@@ -102,8 +102,8 @@ def test_bad_backup_keys_are_refused_naming_the_key(changes: dict[str, Any], exp
      "all.apps[5].backup: True for a container app with no volume (give it storage)"),
     ({"name": "kutt", "hostname": "s.example.org", "backup_schedule": "0 25 * * *"},
      "all.apps[5].backup_schedule: '0 25 * * *': hour: '25' is outside 0-23"),
-    ({"name": "notdeployed", "hostname": "n.example.org", "backup": False}, "all.apps[5].backup: is set, but the cluster "
-     "does not run an app without a kind"),
+    ({"name": "notdeployed", "hostname": "n.example.org", "backup": False},
+     "all.apps[5].backup: is set, but the cluster does not run an app without a kind"),
 ])
 def test_bad_app_backup_keys_name_the_app(app: dict[str, Any], expected: str) -> None:
     data = good_data()
