@@ -9,6 +9,7 @@ import ipaddress
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import paramiko
 
@@ -114,6 +115,20 @@ def test_password_login_possible_before_deploy(lab):
     for host in lab.hosts():
         assert "password" in _auth_methods(host.address), host.name
     assert _password_login(lab.hosts()[0].address)
+
+
+def test_a_dry_run_on_fresh_hosts_plans_every_change_and_makes_none(lab, lab_env):
+    """``--dry`` on the fresh lab: pyinfra works out every operation's commands (change detection, without ``-y``)
+    on hosts where nothing is installed yet, and changes nothing."""
+    proc = subprocess.run([str(Path(sys.executable).with_name("pyinfra")), "inventories/lab.py", "deploy.py", "--dry"],
+                          cwd=REPO, env=lab_env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "Detected changes" in output and "Base host | Harden sshd" in output, output[-4000:]
+    assert "Error" not in output, output[-4000:]
+    for host in lab.hosts():
+        assert "password" in _auth_methods(host.address), host.name  # sshd untouched
+        assert lab.ssh(host.name, "test ! -e /usr/local/bin/k3s && ! command -v tailscale", check=False).returncode == 0
 
 
 def test_deploy_converges_then_changes_nothing(pyinfra):
