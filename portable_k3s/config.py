@@ -109,8 +109,6 @@ TAILNET_RANGE = ipaddress.IPv4Network("100.64.0.0/10")  # the tailnet's addresse
 
 # Where a value set with ``pyinfra --data key=value`` is said to come from.
 OVERRIDE_SOURCE = "--data"
-# Keys that were settings once and are read by nothing now: (what to do).
-RETIRED: dict[str, str] = {"headscale_api_key": "remove it: nothing reads it (the deploy mints its own keys)"}
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOMAIN_EXPECTED = DOMAIN_EXPECTED
@@ -473,9 +471,7 @@ def _check_unknown_keys(inventory: Inventory, problems: _Problems) -> None:
             if not isinstance(key, str) or (source, key) in seen:
                 continue
             seen.add((source, key))
-            if key in RETIRED:
-                problems.add(f"{source}.{key}", "is no longer a setting", RETIRED[key])
-            elif found := unknown_key_problem(key):
+            if found := unknown_key_problem(key):
                 problems.add(f"{source}.{key}", *found)
 
 

@@ -228,7 +228,7 @@ def is_host_or_ip(value: str) -> bool:
 
 
 def url(what: str, example: str, schemes: tuple[str, ...] = ("https", "http")) -> Type:
-    """A URL with one of ``schemes``, a valid host and an optional port and path, without a trailing slash,
+    """A URL with one of ``schemes``, a valid host and an optional port and path (a trailing slash is fine), without
     quotes, spaces or a query."""
 
     def test(value: str) -> bool:
@@ -239,8 +239,7 @@ def url(what: str, example: str, schemes: tuple[str, ...] = ("https", "http")) -
         host, _, port_text = authority.rpartition(":") if ":" in authority else (authority, "", "")
         if port_text and not (port_text.isdigit() and 1 <= int(port_text) <= 65535):
             return False
-        return (is_host_or_ip(host) and not value.endswith("/")
-                and re.fullmatch(r"[A-Za-z0-9._~%+@/-]*", path) is not None)
+        return is_host_or_ip(host) and re.fullmatch(r"[A-Za-z0-9._~%+@/-]*", path) is not None
 
     expected = f"an {' or '.join(s + '://' for s in schemes)} URL of {what}, like {example}"
     return predicate(test, "URL", expected, {"type": "string", "format": "uri"})
@@ -256,7 +255,7 @@ def listen_address(expected: str) -> Type:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
             return is_ip(host) and ":" in host
-        return is_ipv4(host) or is_domain(host, min_labels=1, any_case=True)
+        return not host or is_ipv4(host) or is_domain(host, min_labels=1, any_case=True)  # ":8080": every address
 
     return predicate(test, "listen address", expected)
 

@@ -8,12 +8,13 @@ from typing import Any
 from .core import Check, Setting, custom, integer, is_int, is_ipv4, port, show, wrong_type
 
 ENTRANCE = "entrance"
-_DURATION = re.compile(r"([1-9][0-9]{0,5})(ms|s|m|h)?")
-_TO_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
+_DURATION = re.compile(r"(?:[0-9]{1,6}(?:ms|s|m|h|d))+|[0-9]{1,6}")
+_PART = re.compile(r"([0-9]+)(ms|s|m|h|d)?")
+_TO_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
 
 
 def nginx_duration(low_ms: int, high_ms: int, what: str) -> Any:
-    """An nginx time (``3s``, ``500ms``, ``1m``) or whole seconds, from ``low_ms`` to ``high_ms``."""
+    """An nginx time (``3s``, ``500ms``, ``1m30s``) or whole seconds, from ``low_ms`` to ``high_ms``."""
     expected = f"{what}: an nginx time like 3s, 500ms or 1m, or whole seconds, from {low_ms} ms to {high_ms // 1000} s"
 
     def check(value: Any) -> Check:
@@ -21,10 +22,10 @@ def nginx_duration(low_ms: int, high_ms: int, what: str) -> Any:
             value = str(value)
         elif not isinstance(value, str):
             return [(wrong_type(value), expected)]
-        match = _DURATION.fullmatch(value)
-        if not match:
+        if not _DURATION.fullmatch(value):
             return [(f"{show(value)} is not a time", expected)]
-        if not low_ms <= int(match.group(1)) * _TO_MS[match.group(2)] <= high_ms:
+        total = sum(int(number) * _TO_MS[unit or None] for number, unit in _PART.findall(value))
+        if not low_ms <= total <= high_ms:
             return [(f"{value} is out of range", expected)]
         return []
 

@@ -24,6 +24,7 @@ from .core import (
     optional,
     port,
     predicate,
+    secret,
     show,
     str_list,
     string,
@@ -94,6 +95,8 @@ _TAG_LIST = str_list(string(TAG, "valid tag", "tags like tag:nas"), "tags like t
 _IPV4 = predicate(is_ipv4, "IPv4 address", "an IPv4 address, or None", {"type": "string", "format": "ipv4"})
 
 SETTINGS: tuple[Setting, ...] = (
+    secret("headscale_api_key", "accepted so inventories that set it stay valid; nothing reads it (the deploys "
+           "create what they need on the headscale host over SSH)", read_on="nothing"),
     Setting("headscale_url", custom(headscale_url_problems, {"type": "string", "format": "uri"}),
             "the URL nodes reach headscale at; `https://` (plain `http://` only with `headscale_allow_http = True`, "
             "as the lab does)", scope=ALL, required=True, default_doc="— (required)", read_on="tailnet hosts"),

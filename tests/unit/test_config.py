@@ -614,7 +614,7 @@ def test_override_data_is_named() -> None:
 
 def test_secret_keys_known() -> None:
     assert {"k3s_token", "s3_access_key", "s3_secret_key", "dns01_token", "alerts_ntfy_token",
-            "app_backup_password"} == SECRET_KEYS
+            "app_backup_password", "headscale_api_key"} == SECRET_KEYS
 
 
 # Secrets
