@@ -26,8 +26,8 @@ from portable_k3s.backups import AppBackupState, BackupError, backed_up_apps, li
 from portable_k3s.config import ENTRANCE, ClusterConfig, HostConfig
 from portable_k3s.facts.headscale import Headscale, HeadscaleInfo
 from portable_k3s.facts.k3s import K3sNodes
-from portable_k3s.manifests.apps import kind_of
 from portable_k3s.manifests.backups import NAMESPACE as BACKUPS_NAMESPACE
+from portable_k3s.settings.apps import kind_of
 
 INGRESS_PORT = 443
 # The backup hop's listing Job: a doctor run answers in minutes even when a node is down (its pod would wait).

@@ -1,4 +1,5 @@
-"""The app catalog's kinds and each app's manifest: its namespace, volume, secret, workload, service and ingress.
+"""Each catalog app's manifest: its namespace, volume, secret, workload, service and ingress (the kinds of app are
+in ``portable_k3s.settings.apps``).
 
 An app of the catalog (``apps`` in group_data/all.py) with a ``kind`` (or whose ``name`` is a kind) is deployed by
 the cluster add-ons deploy as ``portable-k3s-app-<name>.yaml``; an app without a kind only gets its entrance or
@@ -9,135 +10,19 @@ deploy deletes its namespace with everything in it, its volume's data included.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..render import render, sha256, to_yaml
+from ..settings.apps import KINDS, App, AppKind, kind_of
 from ..versions import CHARTS, IMAGES
 
 if TYPE_CHECKING:
-    from ..config import AddonsConfig, App
+    from ..config import AddonsConfig
+
+__all__ = ["KINDS", "AppKind", "SecretReader", "kind_of", "namespace", "render_app"]
 
 # A secret's value for a manifest: (key path in the inventory, secret reference) -> the text to write.
 SecretReader = Callable[[str, Any], str]
-
-
-@dataclass(frozen=True)
-class AppKind:
-    """
-    What the catalog knows about one kind of app.
-
-    + summary: one line for the README
-    + image: the ``IMAGES`` pin, or None when the app gives its own ``image`` (the generic container kind)
-    + port: the port the container listens on
-    + storage: the default volume size (None: no volume unless the app asks for ``storage``)
-    + mounts: ``(subPath, mount path)`` of the volume in the container
-    + env: environment; ``{hostname}`` and ``{url}`` stand for the app's
-    + secrets: ``{secret name: (environment variable, required)}``
-    + args: container arguments
-    + http: served through Traefik with a certificate (else a raw TCP app, e.g. minecraft)
-    + user, group: ``runAsUser`` and ``fsGroup`` (the volume's group)
-    + cpu, memory: default requests (memory is also the limit)
-    + chart: installed from this ``CHARTS`` Helm chart instead of a Deployment
-    + backup: its volume is backed up unless the app says otherwise (``app_backup_s3``)
-    + sqlite: it keeps SQLite databases on its volume: each backup first takes a consistent copy of every one
-    """
-
-    summary: str
-    image: str | None
-    port: int = 80
-    storage: str | None = "1Gi"
-    mounts: tuple[tuple[str, str], ...] = (("", "/data"),)
-    env: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    args: tuple[str, ...] = ()
-    http: bool = True
-    user: int | None = None
-    group: int | None = None
-    cpu: str = "50m"
-    memory: str = "128Mi"
-    chart: str | None = None
-    backup: bool = True
-    sqlite: bool = False
-
-
-KINDS: dict[str, AppKind] = {
-    "container": AppKind(
-        "any container image of yours (a random project): image, port, optional volume, env and secrets",
-        image=None, storage=None, sqlite=True,
-    ),
-    "static": AppKind(
-        "a static website (e.g. your personal site) served by nginx from its volume",
-        image="static", mounts=(("", "/usr/share/nginx/html"),), cpu="20m", memory="32Mi",
-    ),
-    "hugo": AppKind(
-        "a Hugo blog: hugo's public/ output served by nginx from its volume",
-        image="static", mounts=(("", "/usr/share/nginx/html"),), cpu="20m", memory="32Mi",
-    ),
-    "privatebin": AppKind(
-        "PrivateBin, a pastebin whose server cannot read the pastes", image="privatebin", port=8080,
-        mounts=(("", "/srv/data"),), user=65534, group=82, memory="64Mi",
-    ),
-    "kutt": AppKind(
-        "Kutt, a URL shortener (SQLite on its volume)", image="kutt", port=3000, mounts=(("", "/var/lib/kutt"),),
-        env={"DB_FILENAME": "/var/lib/kutt/data.sqlite", "DEFAULT_DOMAIN": "{hostname}", "TRUST_PROXY": "true"},
-        secrets={"jwt_secret": ("JWT_SECRET", True)}, memory="192Mi", sqlite=True,
-    ),
-    "nextcloud": AppKind(
-        "Nextcloud, files and calendars (SQLite on its volume)", image="nextcloud", storage="50Gi",
-        mounts=(("", "/var/www/html"),),
-        env={"NEXTCLOUD_TRUSTED_DOMAINS": "{hostname}", "SQLITE_DATABASE": "nextcloud", "NEXTCLOUD_ADMIN_USER": "admin",
-             "OVERWRITEPROTOCOL": "https", "TRUSTED_PROXIES": "10.42.0.0/16"},
-        secrets={"admin_password": ("NEXTCLOUD_ADMIN_PASSWORD", True)}, group=33, cpu="100m", memory="512Mi",
-        sqlite=True,
-    ),
-    "gitea": AppKind(
-        "Gitea, git hosting (SQLite on its volume)", image="gitea", port=3000, storage="10Gi",
-        mounts=(("", "/var/lib/gitea"),),
-        env={"GITEA_APP_INI": "/var/lib/gitea/custom/conf/app.ini", "GITEA__server__DOMAIN": "{hostname}",
-             "GITEA__server__ROOT_URL": "{url}/", "GITEA__database__DB_TYPE": "sqlite3",
-             "GITEA__security__INSTALL_LOCK": "true", "GITEA__service__DISABLE_REGISTRATION": "true"},
-        secrets={"secret_key": ("GITEA__security__SECRET_KEY", False)}, user=1000, group=1000, memory="256Mi",
-        sqlite=True,
-    ),
-    "vaultwarden": AppKind(
-        "Vaultwarden, a Bitwarden-compatible password manager", image="vaultwarden",
-        env={"DOMAIN": "{url}", "SIGNUPS_ALLOWED": "false"}, secrets={"admin_token": ("ADMIN_TOKEN", False)},
-        memory="64Mi", sqlite=True,
-    ),
-    "ntfy": AppKind(
-        "ntfy, push notifications to your phone", image="ntfy", mounts=(("", "/var/cache/ntfy"),), args=("serve",),
-        env={"NTFY_BASE_URL": "{url}", "NTFY_CACHE_FILE": "/var/cache/ntfy/cache.db", "NTFY_BEHIND_PROXY": "true",
-             "NTFY_LISTEN_HTTP": ":80"},
-        memory="64Mi", sqlite=True,
-    ),
-    "prometheus": AppKind(
-        "Prometheus, metrics of the cluster's nodes, pods and services", image="prometheus", port=9090,
-        storage="10Gi", mounts=(("", "/prometheus"),),
-        args=("--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
-              "--storage.tsdb.retention.time=15d", "--web.external-url={url}"),
-        user=65534, group=65534, cpu="100m", memory="512Mi", backup=False,
-    ),
-    "jupyterhub": AppKind(
-        "JupyterHub (its Helm chart): one notebook server per user, each with a volume", image=None,
-        storage="10Gi", secrets={"password": ("", True)}, chart="jupyterhub", cpu="100m", memory="512Mi",
-    ),
-    "baikal": AppKind(
-        "Baïkal, a CalDAV/CardDAV server", image="baikal",
-        mounts=(("config", "/var/www/baikal/config"), ("specific", "/var/www/baikal/Specific")), memory="64Mi",
-        sqlite=True,
-    ),
-    "minecraft": AppKind(
-        "a Minecraft server (raw TCP: give it tcp_port 25565)", image="minecraft", port=25565, storage="10Gi",
-        env={"EULA": "TRUE", "TYPE": "VANILLA", "MEMORY": "2G"}, http=False, cpu="500m", memory="2560Mi",
-    ),
-}
-
-
-def kind_of(app: App) -> AppKind | None:
-    """The app's kind (``kind``, else its name when that is a kind), or None for an app deployed elsewhere."""
-    name = app.kind or (app.name if app.name in KINDS else None)
-    return KINDS.get(name) if name else None
 
 
 def namespace(app: App) -> str:

@@ -16,7 +16,7 @@ import difflib
 from types import ModuleType
 from typing import Any
 
-from . import addons, alerts, backups, base, entrance, k3s, node_baseline, tailnet
+from . import addons, alerts, apps, backups, base, entrance, k3s, node_baseline, tailnet
 from .core import ALL, GROUP, HOST, ConfigError, Setting, defaults, resolve_secret
 
 __all__ = [
@@ -32,18 +32,12 @@ COMPONENTS: tuple[tuple[ModuleType, str], ...] = (
     (alerts, "Downtime alerts"),
     (k3s, "k3s"),
     (addons, "Cluster add-ons"),
+    (apps, "App catalog"),
     (backups, "Backups"),
     (node_baseline, "Node baseline"),
 )
 
-# The app catalog: one list, whose entries config.py checks against the kinds (see "App catalog" in the README).
-APPS = Setting("apps", base.custom(lambda v: [] if isinstance(v, list | tuple) else [
-    (base.wrong_type(v), 'a list of apps like {"name": "blog", ...}')], {"type": "array", "items": {
-        "type": "object", "required": ["name"]}}),
-    'the app catalog, see "App catalog"', [], ALL, "every host")
-
 SETTINGS: dict[str, Setting] = {s.name: s for module, _ in COMPONENTS for s in module.SETTINGS}
-SETTINGS[APPS.name] = APPS
 SECRET_KEYS: frozenset[str] = frozenset(name for name, s in SETTINGS.items() if s.secret)
 
 # Prefixes this library's keys use: an unknown key with one of them is a mistake, not someone else's key.
@@ -102,8 +96,7 @@ def markdown_tables() -> str:
     for module, title in COMPONENTS:
         parts += [f"#### {title} (`portable_k3s.settings.{module.__name__.rsplit('.', 1)[1]}`)", "",
                   "| key | set per | read on | default | meaning |", "|---|---|---|---|---|"]
-        settings = list(module.SETTINGS) + ([APPS] if module is base else [])
-        for s in settings:
+        for s in module.SETTINGS:
             meaning = s.doc + (" (secret reference)" if s.secret and "secret reference" not in s.doc else "")
             parts.append(f"| `{s.name}` | {scope[s.scope]} | {s.read_on} | {_default_cell(s)} | {meaning} |")
         parts.append("")

@@ -46,6 +46,23 @@ class ConfigError(PyinfraError):
         super().__init__("\n".join([header, *(f"    {problem}" for problem in self.problems)]))
 
 
+class Problems:
+    """Problem lines collected while checking an inventory: ``<where>: <problem> (expected …)``."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, where: str, problem: str, expected: str) -> None:
+        self.lines.append(f"{where}: {problem} (expected {expected})")
+
+    def add_check(self, where: str, check: Check) -> bool:
+        """Add a check's problems at ``where`` (their paths appended); True when there were none."""
+        found = located(check)
+        for path, problem, expected in found:
+            self.add(f"{where}{path}", problem, expected)
+        return not found
+
+
 # Showing values in problems
 #
 

@@ -427,3 +427,13 @@ def test_the_problem_format_holds_for_every_new_refusal() -> None:
     error = pytest.raises(ConfigError, validate_inventory, inventory).value
     assert all(re.match(r"^\S+: .+ \(expected .+\)$", line) for line in error.problems), error.problems
     assert yaml.safe_dump(error.problems)  # plain strings
+
+
+def test_the_readmes_app_catalog_names_every_app_key_and_kind() -> None:
+    from portable_k3s.settings.apps import APP_KEYS, KINDS
+
+    readme = (REPO / "README.md").read_text()
+    catalog = readme[readme.index("\n### App catalog\n"):]
+    catalog = catalog[:catalog.index("\n### ", 5)]
+    assert [key for key in APP_KEYS if f"`{key}`" not in catalog] == []
+    assert [kind for kind in KINDS if f"| `{kind}` |" not in catalog] == []
