@@ -15,13 +15,13 @@ from typing import Any
 
 from ..schedule import cron_problem
 from .backups import CRON_EXPECTED as _CRON_EXPECTED
-from .base import DOMAIN_EXPECTED as _DOMAIN_EXPECTED
-from .base import LABEL_EXPECTED as _LABEL_EXPECTED
+from .base import domain_type, label_type
 from .core import (
     ALL,
     Check,
     Problems,
     Setting,
+    boolean,
     custom,
     is_domain,
     is_label,
@@ -220,27 +220,9 @@ class App:
 
 
 
-def _check_domain(value: Any) -> Check:
-    if not isinstance(value, str):
-        return [(_wrong_type(value), f"a string, {_DOMAIN_EXPECTED}")]
-    if not is_domain(value):
-        return [(f"{_show(value)} is not a valid domain name", _DOMAIN_EXPECTED)]
-    return []
-
-
-def _check_label(value: Any, what: str, example: str) -> Check:
-    expected = _LABEL_EXPECTED.format(example=example)
-    if not isinstance(value, str):
-        return [(_wrong_type(value), f"a string, {expected}")]
-    if not is_label(value):
-        return [(f"{_show(value)} is not a valid {what}", expected)]
-    return []
-
-
-def _check_bool(value: Any) -> Check:
-    if not isinstance(value, bool):
-        return [(_wrong_type(value), "True or False")]
-    return []
+_check_domain = domain_type().check
+_check_name = label_type("app name", "blog or home-assistant").check
+_check_bool = boolean().check
 
 
 def _check_port(value: Any) -> Check:
@@ -304,7 +286,7 @@ def _check_app(
     if "name" not in raw:
         problems.add(f"{key}.name", "is missing", "a unique app name like blog")
     else:
-        for problem, expected in _check_label(name, "app name", "blog or home-assistant"):
+        for problem, expected in _check_name(name):
             problems.add(f"{key}.name", problem, expected)
 
     hostname = raw.get("hostname")
