@@ -86,6 +86,14 @@ def executing(state: Any) -> bool:
     return bool(getattr(state, "is_executing", False))
 
 
+def current_host() -> Host:
+    """The host pyinfra is planning for now (``pyinfra.host`` is a proxy that follows the context; this is the host
+    itself, for a callable that runs later)."""
+    from pyinfra.context import ctx_host
+
+    return ctx_host.get()
+
+
 def operation_arguments(host: Host) -> dict[str, Any]:
     """The global arguments (``_sudo`` …) of the operation pyinfra is planning on ``host``, or {}."""
     return dict(getattr(host, "current_op_global_arguments", None) or {})

@@ -78,11 +78,11 @@ def downtime_alerts(apps: list[Any]) -> None:
         text=render("alerts/portable-k3s-app-probe.timer.j2", interval=int(data.alerts_interval)),
     )
     # A unit or timer written by a run that stopped before the timer restarted is still to be taken up.
-    left_pending = services.left_pending(PENDING, FILES)
+    pending = services.left_pending(PENDING, FILES)
     changed = any_changed(unit, timer)
-    systemd.daemon_reload(name="Reload systemd for the app probe", _if=lambda: left_pending or changed())
+    systemd.daemon_reload(name="Reload systemd for the app probe", _if=lambda: changed() or pending())
     # A changed interval takes effect when the timer restarts (a changed service with the reload; the restart
     # clears the mark of both); the script and token are read at each probe.
     services.restarted(name="Restart the app probe timer", service=TIMER, pending=PENDING,
-                       _if=lambda: left_pending or changed())
+                       _if=lambda: changed() or pending())
     services.running(name="Run the app probe timer", service=TIMER)

@@ -74,9 +74,9 @@ def entrance(apps: list[Any], backends: list[str], headscale_host: Host) -> None
         batch=MANAGED,
     )
     # A config written by a run that stopped before reloading nginx is still to be taken up.
-    left_pending = services.left_pending(PENDING, MANAGED)
+    pending = services.left_pending(PENDING, MANAGED)
     services.running(name="Run nginx", service="nginx.service")
     services.reloaded(
         name="Reload nginx after a config change", service="nginx.service", pending=PENDING,
-        _if=lambda: left_pending or config.did_change(),
+        _if=lambda: config.did_change() or pending(),
     )

@@ -157,8 +157,8 @@ def headscale_server(policy: dict[str, Any]) -> None:
     unit = files.content(name="headscale unit", path=UNIT, text=render("headscale.service.j2"), batch=MANAGED,
                          pending=PENDING)
     # A change written by a run that stopped before restarting headscale is still to be taken up.
-    left_pending, left_policy = services.left_pending(PENDING, MANAGED), services.left_pending(POLICY_PENDING, MANAGED)
-    systemd.daemon_reload(name="Reload systemd for headscale", _if=lambda: left_pending or unit.did_change())
+    pending, policy_pending = services.left_pending(PENDING, MANAGED), services.left_pending(POLICY_PENDING, MANAGED)
+    systemd.daemon_reload(name="Reload systemd for headscale", _if=lambda: unit.did_change() or pending())
     policy_file = files.content(
         name="headscale ACL policy", path=POLICY, text=json.dumps(policy, indent=2) + "\n",
         mode="0640", group="headscale", batch=MANAGED, pending=POLICY_PENDING,
@@ -177,7 +177,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
     changed = any_changed(config, unit, binary)
 
     def restart() -> bool:
-        return left_pending or bool(changed())
+        return bool(changed()) or pending()
 
     services.running(name="Run headscale", service="headscale.service")
     services.restarted(
@@ -186,7 +186,7 @@ def headscale_server(policy: dict[str, Any]) -> None:
     )
     services.reloaded(
         name="Reload the headscale ACL policy", service="headscale.service", pending=POLICY_PENDING,
-        _if=lambda: (left_policy or bool(policy_file.did_change())) and not restart(),
+        _if=lambda: (bool(policy_file.did_change()) or policy_pending()) and not restart(),
     )
     headscale.users(name="headscale users", names=list(data.tailnet_admins))
     backups()

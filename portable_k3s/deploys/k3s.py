@@ -196,7 +196,7 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
         pending=pending,
     )
     left_pending = services.left_pending(pending, managed)
-    systemd.daemon_reload(name=f"{label}: reload systemd", _if=lambda: left_pending or unit.did_change())
+    systemd.daemon_reload(name=f"{label}: reload systemd", _if=lambda: unit.did_change() or left_pending())
     if old_server is not None and moved is not None:
         k3s.cluster_reset(name=f"{label}: restore {old_server.name}'s snapshot before the first start",
                           snapshot=k3s.moved_snapshot(old_server), _if=moved.did_change)
@@ -206,7 +206,8 @@ def _k3s_node(role: str, first_server: Host, headscale_host: Host | None) -> Non
     settings_changed = any_changed(config, token, unit, vpn_auth, *([registries_file] if registries_file else []))
 
     def restart_needed() -> bool:
-        return left_pending or settings_changed() or bool(images and images.did_change() and not binary.did_change())
+        return bool(settings_changed() or (images and images.did_change() and not binary.did_change())
+                    or left_pending())
 
     services.restarted(
         name=f"{label}: restart after a config, token or unit change", service=k3s.unit_name(role),

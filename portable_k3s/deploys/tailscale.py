@@ -133,7 +133,7 @@ def tailscale_node(headscale_host: Host) -> None:
     # A change written by a run that stopped before restarting tailscaled is still to be taken up.
     left_pending = services.left_pending(pending, managed)
     unit_changed = any_changed(unit, wait_online)
-    systemd.daemon_reload(name="Reload systemd for tailscaled", _if=lambda: left_pending or unit_changed())
+    systemd.daemon_reload(name="Reload systemd for tailscaled", _if=lambda: unit_changed() or left_pending())
     env = files.content(
         name="tailscaled settings", path=DEFAULTS_FILE, batch=managed, pending=pending,
         text=render(
@@ -145,7 +145,7 @@ def tailscale_node(headscale_host: Host) -> None:
     changed = any_changed(binary, unit, env)
     restart = services.restarted(
         name="Restart tailscaled after a change", service="tailscaled.service", pending=pending,
-        _if=lambda: left_pending or changed(),
+        _if=lambda: changed() or left_pending(),
     )
     joined = tailscale.joined(
         name="Join the tailnet",

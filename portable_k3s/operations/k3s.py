@@ -545,7 +545,7 @@ def _copy_token(state: State, host: Host, source: Host, source_path: str, path: 
     put_secret(host, path, token + "\n", sudo, pending)
 
 
-@host_operation(changes=(InstalledRelease,))
+@host_operation(changes=(InstalledRelease, FileStates))  # FileStates: its restart clears the pending mark
 def binary(
     version: str,
     node_name: str,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pyinfra import host
 from pyinfra.api import OperationValueError, QuoteString, StringCommand
 
+from ..adapter import current_host
 from ..facts.files import FileStates
 from ..facts.services import ServiceState, ServiceStates
 from .util import host_operation, shared_fact
@@ -75,10 +78,19 @@ def pending_marker(service: str, verb: str = "restart") -> str:
     return f"{PENDING_DIR}/{service}.{verb}"
 
 
-def left_pending(marker: str, batch: tuple[str, ...]) -> bool:
-    """Whether ``marker`` is on the host: a change written by a run that stopped before the restart or reload that
-    takes it up (read with ``batch``, the component's one read of its files)."""
-    return shared_fact(host, FileStates, paths=batch).get(marker) is not None
+def left_pending(marker: str, batch: tuple[str, ...]) -> Callable[[], bool]:
+    """
+    A check, for an ``_if=``, of whether ``marker`` is on the host: a change written by a run that stopped before the
+    restart or reload that takes it up. It reads when the run gets there (the component's one read of its files,
+    ``batch``, which the host's prefetch has read already): ask it after what changed this run (``changed() or
+    pending()``), so a file written in this run costs no read of its own.
+    """
+    target = current_host()
+
+    def pending() -> bool:
+        return shared_fact(target, FileStates, paths=batch).get(marker) is not None
+
+    return pending
 
 
 def clearing(command: StringCommand, pending: str | tuple[str, ...] | None) -> StringCommand:

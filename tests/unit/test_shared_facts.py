@@ -284,3 +284,21 @@ def test_on_a_pyinfra_the_adapter_does_not_know_reads_go_through_pyinfras_public
         monkeypatch.undo()
         adapter.supported.cache_clear()
     assert adapter.supported() is True
+
+
+def test_a_pending_mark_is_read_when_the_run_asks_not_while_planning() -> None:
+    """``services.left_pending`` gives a check for an ``_if``: nothing is read while the deploy is planned; asked at
+    run time it reads the component's batch of files (which the host's prefetch has read already), once."""
+    from pyinfra.context import ctx_host
+
+    from portable_k3s.operations import services
+
+    host = CountingHost()
+    with ctx_host.use(host):
+        pending = services.left_pending("/run/portable-k3s/pending/nginx.service.reload", ("/etc/nginx/x.conf",))
+    assert host.reads == []
+    host.state.is_executing = True
+    host.get_fact = lambda fact, **kwargs: (host.reads.append((fact.__name__, kwargs)),  # type: ignore[method-assign]
+                                            {"/run/portable-k3s/pending/nginx.service.reload": {"sha256": "x"}})[1]
+    assert pending() is True and pending() is True
+    assert host.reads == [("FileStates", {"paths": ("/etc/nginx/x.conf",)})]
