@@ -11,6 +11,7 @@ from pyinfra.operations import apt, systemd
 from pyinfra.operations import files as pyinfra_files
 from pyinfra.operations.util import any_changed
 
+from ..adapter import current_host
 from ..connection import ssh_tcp_options
 from ..facts.files import FileStates
 from ..facts.release import InstalledRelease
@@ -141,7 +142,7 @@ def tailscale_node(headscale_host: Host) -> None:
             flags="" if data.tailscale_upload_logs else "--no-logs-no-support",
         ),
     )
-    services.running(name="Run tailscaled", service="tailscaled.service")
+    services.running(name="Run tailscaled", service="tailscaled.service", batch=units)
     changed = any_changed(binary, unit, env)
     restart = services.restarted(
         name="Restart tailscaled after a change", service="tailscaled.service", pending=pending,
@@ -166,9 +167,13 @@ def tailscale_node(headscale_host: Host) -> None:
         # restarts (a changed tailscale, a re-join); k3s does not notice: restart it, so that it makes it anew.
         # Also when k3s has run since before tailscaled's last start: a run stopped between the two restarts, or
         # tailscaled restarted outside the deploy (an upgrade, by hand).
-        stale = k3s_older_than_tailscaled(shared_fact(host, ServiceStates, units=units))
+        node = current_host()
         restarted = any_changed(restart, joined)
+
+        def k3s_needs_restart() -> bool:  # asked when the run gets there: the prefetch has read the units then
+            return bool(restarted()) or k3s_older_than_tailscaled(shared_fact(node, ServiceStates, units=units))
+
         services.restarted_if_running(
             name="Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)",
-            services=list(K3S_UNITS), timeout=K3S_RESTART_TIMEOUT, _if=lambda: stale or restarted(),
+            services=list(K3S_UNITS), timeout=K3S_RESTART_TIMEOUT, _if=k3s_needs_restart,
         )
