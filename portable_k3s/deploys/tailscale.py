@@ -18,7 +18,7 @@ from ..facts.release import InstalledRelease
 from ..facts.services import ServiceState, ServiceStates
 from ..facts.tailscale import Tailscale
 from ..operations import files, prefetch, release, services, tailscale
-from ..operations.util import shared_fact
+from ..operations.util import run_start_fact, shared_fact
 from ..render import render
 from ..settings import defaults
 from ..settings import tailnet as tailnet_settings
@@ -171,7 +171,7 @@ def tailscale_node(headscale_host: Host) -> None:
         restarted = any_changed(restart, joined)
 
         def k3s_needs_restart() -> bool:  # asked when the run gets there: the prefetch has read the units then
-            return bool(restarted()) or k3s_older_than_tailscaled(shared_fact(node, ServiceStates, units=units))
+            return bool(restarted()) or k3s_older_than_tailscaled(run_start_fact(node, ServiceStates, units=units))
 
         services.restarted_if_running(
             name="Restart k3s after tailscaled restarted (flannel's VXLAN device is on tailscale0)",

@@ -10,7 +10,7 @@ from pyinfra.api import OperationValueError, QuoteString, StringCommand
 from ..adapter import current_host
 from ..facts.files import FileStates
 from ..facts.services import ServiceState, ServiceStates
-from .util import host_operation, shared_fact
+from .util import host_operation, run_start_fact, shared_fact
 
 # Unit file states that start the unit at boot (or that systemd manages without an [Install] section).
 STARTS_AT_BOOT = ("enabled", "enabled-runtime", "static", "alias", "indirect", "generated")
@@ -80,15 +80,15 @@ def pending_marker(service: str, verb: str = "restart") -> str:
 
 def left_pending(marker: str, batch: tuple[str, ...]) -> Callable[[], bool]:
     """
-    A check, for an ``_if=``, of whether ``marker`` is on the host: a change written by a run that stopped before the
-    restart or reload that takes it up. It reads when the run gets there (the component's one read of its files,
-    ``batch``, which the host's prefetch has read already): ask it after what changed this run (``changed() or
-    pending()``), so a file written in this run costs no read of its own.
+    A check, for an ``_if=``, of whether ``marker`` was on the host when the run started: a change written by a run
+    that stopped before the restart or reload that takes it up (not a mark this run made with its own change). It
+    reads when the run gets there, from the component's one read of its files (``batch``, which the host's prefetch
+    has read already), and costs no command while planning.
     """
     target = current_host()
 
     def pending() -> bool:
-        return shared_fact(target, FileStates, paths=batch).get(marker) is not None
+        return run_start_fact(target, FileStates, paths=batch).get(marker) is not None
 
     return pending
 

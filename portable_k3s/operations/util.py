@@ -80,7 +80,21 @@ def shared_fact(host: Host, fact: Any, static: bool = False, **kwargs: Any) -> A
             with gate(host):
                 entry["value"] = host.get_fact(fact, **kwargs)
             entry["read"] = True
+            _first_reads(host).setdefault(key, entry["value"])
     return entry["value"]
+
+
+def run_start_fact(host: Host, fact: Any, **kwargs: Any) -> Any:
+    """
+    ``shared_fact``, as it was first read in this phase of the run: before this run's own operations changed it
+    (their ``forget`` makes ``shared_fact`` read it again, this keeps the first answer). For what a run left behind,
+    such as a pending mark: read at run time from the host's prefetch, not confused with this run's own changes.
+    """
+    if not supported():
+        return host.get_fact(fact, **kwargs)
+    key = (fact.__name__, _frozen(kwargs), executing(host.state))
+    first = _first_reads(host)
+    return first[key] if key in first else shared_fact(host, fact, **kwargs)
 
 
 def file_checksum(host: Host, path: str) -> str | None:
@@ -199,6 +213,7 @@ def prefetch(
             part = value if items is None else instance.pick(value, items)
             if part is not None:  # None: this part cannot be told apart (the operation reads it itself)
                 shared[key] = {"lock": Semaphore(), "read": True, "value": part}
+                _first_reads(host).setdefault(key, part)
                 count += 1
     return count
 
@@ -208,6 +223,11 @@ def forget(host: Host, fact: Any) -> None:
     shared = _shared_reads(host)
     for key in [key for key in shared if key[0] == fact.__name__]:
         del shared[key]
+
+
+def _first_reads(host: Host) -> dict[tuple, Any]:
+    """The first answer of each fact read for ``host`` in this run, by the same keys (``run_start_fact``)."""
+    return run_store(host, "first_reads", dict)
 
 
 def _shared_reads(host: Host) -> dict[tuple, dict[str, Any]]:

@@ -302,3 +302,23 @@ def test_a_pending_mark_is_read_when_the_run_asks_not_while_planning() -> None:
                                             {"/run/portable-k3s/pending/nginx.service.reload": {"sha256": "x"}})[1]
     assert pending() is True and pending() is True
     assert host.reads == [("FileStates", {"paths": ("/etc/nginx/x.conf",)})]
+
+
+def test_a_pending_mark_made_by_this_runs_own_change_is_not_taken_for_one_left_behind() -> None:
+    """The run writes a file (its operation forgets FileStates, and the mark is on the host now): the check still
+    answers what the run started with, so nothing is reloaded for the mark this run made itself."""
+    from pyinfra.context import ctx_host
+
+    from portable_k3s.operations import services
+
+    marker, batch = "/run/portable-k3s/pending/k3s.service", ("/etc/rancher/k3s/config.yaml",)
+    host = CountingHost()
+    host.state.is_executing = True
+    answers = iter([{}, {marker: {"sha256": "x"}}])
+    host.get_fact = lambda fact, **kwargs: (host.reads.append((fact.__name__, kwargs)), next(answers))[1]  # type: ignore[method-assign]
+    with ctx_host.use(host):
+        pending = services.left_pending(marker, batch)
+    assert shared_fact(host, FileStates, paths=batch) == {}  # the prefetch's read, at the start of the run
+    forget(host, FileStates)  # an operation wrote a file, and made the mark
+    assert shared_fact(host, FileStates, paths=batch) == {marker: {"sha256": "x"}}
+    assert pending() is False
