@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -54,17 +53,12 @@ from portable_k3s.settings.core import (
     ConfigError,
     Problems,
     Setting,
-    a,
     check_secret,
-    int_range_problems,
     is_domain,
     is_ipv4,
     is_label,
     resolve_secret,
-    secret_file_path,
     show,
-    type_name,
-    wrong_type,
 )
 from portable_k3s.settings.k3s import K3S_DISABLE, K3S_TAILNET_MODES, TAINT_EFFECTS
 from portable_k3s.versions import HEADSCALE_CLIENTS, VERSIONS
@@ -98,18 +92,12 @@ TAILNET_RANGE = ipaddress.IPv4Network("100.64.0.0/10")  # the tailnet's addresse
 # Where a value set with ``pyinfra --data key=value`` is said to come from.
 OVERRIDE_SOURCE = "--data"
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DOMAIN_EXPECTED = DOMAIN_EXPECTED
 _LABEL_EXPECTED = LABEL_EXPECTED
 _REFERENCE_SHAPES = REFERENCE_SHAPES
 _show = show
-_wrong_type = wrong_type
-_check_int_range = int_range_problems
 _is_ipv4 = is_ipv4
 _check_secret = check_secret
-_a = a
-_type_name = type_name
-_secret_file_path = secret_file_path
 
 
 @dataclass
